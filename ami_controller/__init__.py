@@ -1,0 +1,1 @@
+"""AMI controller: the Asterisk Manager connection, scheduler, call initiator and outcome rules."""

@@ -1,0 +1,1 @@
+"""Database: models, the one engine factory, migrations and the tenant-scoped repository."""

@@ -1,0 +1,36 @@
+"""Run Alembic migrations from code (`opendeep db upgrade`, `make run`, tests) with no alembic.ini."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db.engine import create_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+async def upgrade(database_url: str, revision: str = "head", engine: AsyncEngine | None = None) -> None:
+    """Bring the schema at `database_url` to `revision`."""
+    own_engine = engine is None
+    engine = engine or create_engine(database_url)
+    config = alembic_config(database_url)
+    try:
+        async with engine.begin() as connection:
+            def _run(sync_connection):
+                config.attributes["connection"] = sync_connection
+                command.upgrade(config, revision)
+            await connection.run_sync(_run)
+    finally:
+        if own_engine:
+            await engine.dispose()

@@ -1,0 +1,379 @@
+"""The tenant-scoped repository. Every function that touches tenant data takes `user_id` and filters on it:
+a row of another user is simply not found (None / False / empty), never returned or changed.
+
+Functions take an AsyncSession and do not commit; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import (
+    Call,
+    CallEvent,
+    CallTranscript,
+    Campaign,
+    CampaignStatus,
+    ChatMessage,
+    ChatRole,
+    ChatSession,
+    DndEntry,
+    FeedbackRequest,
+    FeedbackStatus,
+    Notification,
+    Speaker,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    User,
+)
+from db.types import utcnow
+
+# ---------------------------------------------------------------- users (not tenant data: the tenants)
+
+
+async def create_user(session: AsyncSession, username: str, password_hash: str, *, is_admin: bool = False,
+                      profile: dict[str, Any] | None = None) -> User:
+    user = User(username=username, password_hash=password_hash, is_admin=is_admin, profile=profile or {})
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def get_user_by_username(session: AsyncSession, username: str) -> User | None:
+    return await session.scalar(select(User).where(User.username == username))
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def update_user_profile(session: AsyncSession, user_id: int, profile: dict[str, Any]) -> bool:
+    result = await session.execute(update(User).where(User.id == user_id).values(profile=profile))
+    return result.rowcount == 1
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+async def list_campaigns(session: AsyncSession, user_id: int) -> Sequence[Campaign]:
+    rows = await session.scalars(select(Campaign).where(Campaign.user_id == user_id).order_by(Campaign.id.desc()))
+    return rows.all()
+
+
+async def get_campaign(session: AsyncSession, user_id: int, campaign_id: int) -> Campaign | None:
+    return await session.scalar(
+        select(Campaign).where(Campaign.id == campaign_id, Campaign.user_id == user_id)
+    )
+
+
+async def get_campaign_by_source_key(session: AsyncSession, user_id: int, source_key: str) -> Campaign | None:
+    return await session.scalar(
+        select(Campaign).where(Campaign.user_id == user_id, Campaign.source_key == source_key)
+    )
+
+
+async def create_campaign(session: AsyncSession, user_id: int, *, name: str, goal: str = "",
+                          master_prompt: str = "", window_start: str | None = None,
+                          window_end: str | None = None, plan: dict[str, Any] | None = None,
+                          source_key: str | None = None) -> Campaign:
+    campaign = Campaign(user_id=user_id, name=name, goal=goal, master_prompt=master_prompt,
+                        window_start=window_start, window_end=window_end, plan=plan or {},
+                        source_key=source_key)
+    session.add(campaign)
+    await session.flush()
+    return campaign
+
+
+async def set_campaign_status(session: AsyncSession, user_id: int, campaign_id: int,
+                              status: CampaignStatus) -> bool:
+    values: dict[str, Any] = {"status": status}
+    if status in (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED):
+        values["finished_at"] = utcnow()
+    result = await session.execute(
+        update(Campaign).where(Campaign.id == campaign_id, Campaign.user_id == user_id).values(**values)
+    )
+    return result.rowcount == 1
+
+
+# ---------------------------------------------------------------- tasks
+
+
+async def add_task(session: AsyncSession, user_id: int, campaign_id: int, *, target_name: str,
+                   phone_number: str, objective: str = "", context: dict[str, Any] | None = None,
+                   max_attempts: int = 3, priority: int = 0, language: str = "en",
+                   next_action_time: datetime | None = None) -> Task:
+    """Add a task to one of the user's campaigns (LookupError if the campaign is not theirs)."""
+    if await get_campaign(session, user_id, campaign_id) is None:
+        raise LookupError(f"campaign {campaign_id} not found")
+    task = Task(user_id=user_id, campaign_id=campaign_id, target_name=target_name, phone_number=phone_number,
+                objective=objective, context=context or {}, max_attempts=max_attempts, priority=priority,
+                language=language, next_action_time=next_action_time or utcnow())
+    session.add(task)
+    await session.flush()
+    return task
+
+
+async def list_tasks(session: AsyncSession, user_id: int, campaign_id: int | None = None) -> Sequence[Task]:
+    query = select(Task).where(Task.user_id == user_id)
+    if campaign_id is not None:
+        query = query.where(Task.campaign_id == campaign_id)
+    return (await session.scalars(query.order_by(Task.id))).all()
+
+
+async def get_task(session: AsyncSession, user_id: int, task_id: int) -> Task | None:
+    return await session.scalar(select(Task).where(Task.id == task_id, Task.user_id == user_id))
+
+
+async def set_task_status(session: AsyncSession, user_id: int, task_id: int, status: TaskStatus, *,
+                          reason: str | None = None, next_action_time: datetime | None = None,
+                          only_from: Iterable[TaskStatus] | None = None) -> bool:
+    """Move a task to `status`; with `only_from`, only if it is currently in one of those (no lost updates)."""
+    values: dict[str, Any] = {"status": status, "status_reason": reason, "updated_at": utcnow()}
+    if next_action_time is not None:
+        values["next_action_time"] = next_action_time
+    query = update(Task).where(Task.id == task_id, Task.user_id == user_id)
+    if only_from is not None:
+        query = query.where(Task.status.in_(list(only_from)))
+    result = await session.execute(query.values(**values))
+    return result.rowcount == 1
+
+
+async def record_task_event(session: AsyncSession, user_id: int, task_id: int, type_: str, reason: str = "",
+                            payload: dict[str, Any] | None = None) -> TaskEvent | None:
+    if await get_task(session, user_id, task_id) is None:
+        return None
+    event = TaskEvent(user_id=user_id, task_id=task_id, type=type_, reason=reason, payload=payload or {})
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def list_task_events(session: AsyncSession, user_id: int, task_id: int) -> Sequence[TaskEvent]:
+    rows = await session.scalars(
+        select(TaskEvent).where(TaskEvent.user_id == user_id, TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+    )
+    return rows.all()
+
+
+# ---------------------------------------------------------------- calls
+
+
+async def get_call(session: AsyncSession, user_id: int, call_id: int) -> Call | None:
+    return await session.scalar(select(Call).where(Call.id == call_id, Call.user_id == user_id))
+
+
+async def list_calls(session: AsyncSession, user_id: int, task_id: int) -> Sequence[Call]:
+    rows = await session.scalars(
+        select(Call).where(Call.user_id == user_id, Call.task_id == task_id).order_by(Call.attempt_number)
+    )
+    return rows.all()
+
+
+async def record_call_event(session: AsyncSession, user_id: int, call_id: int, type_: str,
+                            payload: dict[str, Any] | None = None) -> CallEvent | None:
+    if await get_call(session, user_id, call_id) is None:
+        return None
+    event = CallEvent(user_id=user_id, call_id=call_id, type=type_, payload=payload or {})
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def list_call_events(session: AsyncSession, user_id: int, call_id: int) -> Sequence[CallEvent]:
+    rows = await session.scalars(
+        select(CallEvent).where(CallEvent.user_id == user_id, CallEvent.call_id == call_id).order_by(CallEvent.id)
+    )
+    return rows.all()
+
+
+async def add_transcript(session: AsyncSession, user_id: int, call_id: int, speaker: Speaker, text: str,
+                         offset_ms: int) -> CallTranscript | None:
+    if await get_call(session, user_id, call_id) is None:
+        return None
+    line = CallTranscript(user_id=user_id, call_id=call_id, speaker=speaker, text=text, offset_ms=offset_ms)
+    session.add(line)
+    await session.flush()
+    return line
+
+
+async def list_transcript(session: AsyncSession, user_id: int, call_id: int) -> Sequence[CallTranscript]:
+    rows = await session.scalars(
+        select(CallTranscript)
+        .where(CallTranscript.user_id == user_id, CallTranscript.call_id == call_id)
+        .order_by(CallTranscript.offset_ms, CallTranscript.id)
+    )
+    return rows.all()
+
+
+# ---------------------------------------------------------------- do-not-call list
+
+
+async def add_dnd(session: AsyncSession, user_id: int, phone_number: str, reason: str = "") -> bool:
+    """Add a number to the user's DND list; False if it was already there."""
+    if await is_dnd(session, user_id, phone_number):
+        return False
+    session.add(DndEntry(user_id=user_id, phone_number=phone_number, reason=reason))
+    await session.flush()
+    return True
+
+
+async def remove_dnd(session: AsyncSession, user_id: int, phone_number: str) -> bool:
+    result = await session.execute(
+        delete(DndEntry).where(DndEntry.user_id == user_id, DndEntry.phone_number == phone_number)
+    )
+    return result.rowcount == 1
+
+
+async def list_dnd(session: AsyncSession, user_id: int) -> Sequence[DndEntry]:
+    rows = await session.scalars(
+        select(DndEntry).where(DndEntry.user_id == user_id).order_by(DndEntry.phone_number)
+    )
+    return rows.all()
+
+
+async def is_dnd(session: AsyncSession, user_id: int, phone_number: str) -> bool:
+    found = await session.scalar(
+        select(DndEntry.id).where(DndEntry.user_id == user_id, DndEntry.phone_number == phone_number)
+    )
+    return found is not None
+
+
+async def count_dnd_tenants(session: AsyncSession, phone_number: str) -> int:
+    """How many tenants list this number: the global DND (a setting's threshold) is built on this count.
+    It returns a number only, never who listed it."""
+    return await session.scalar(
+        select(func.count(func.distinct(DndEntry.user_id))).where(DndEntry.phone_number == phone_number)
+    ) or 0
+
+
+# ---------------------------------------------------------------- human-in-the-loop questions
+
+
+async def create_feedback_request(session: AsyncSession, user_id: int, call_id: int, question: str,
+                                  timeout_at: datetime | None = None) -> FeedbackRequest | None:
+    if await get_call(session, user_id, call_id) is None:
+        return None
+    request = FeedbackRequest(user_id=user_id, call_id=call_id, question=question, timeout_at=timeout_at)
+    session.add(request)
+    await session.flush()
+    return request
+
+
+async def get_feedback_request(session: AsyncSession, user_id: int, request_id: int) -> FeedbackRequest | None:
+    return await session.scalar(
+        select(FeedbackRequest).where(FeedbackRequest.id == request_id, FeedbackRequest.user_id == user_id)
+    )
+
+
+async def answer_feedback_request(session: AsyncSession, user_id: int, request_id: int, answer: str) -> bool:
+    """Answer a pending question; False if it is not the user's, or no longer pending."""
+    result = await session.execute(
+        update(FeedbackRequest)
+        .where(FeedbackRequest.id == request_id, FeedbackRequest.user_id == user_id,
+               FeedbackRequest.status == FeedbackStatus.PENDING)
+        .values(answer=answer, status=FeedbackStatus.ANSWERED, answered_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+async def close_feedback_request(session: AsyncSession, user_id: int, request_id: int,
+                                 status: FeedbackStatus) -> bool:
+    """Time out or cancel a pending question (only if still pending)."""
+    result = await session.execute(
+        update(FeedbackRequest)
+        .where(FeedbackRequest.id == request_id, FeedbackRequest.user_id == user_id,
+               FeedbackRequest.status == FeedbackStatus.PENDING)
+        .values(status=status)
+    )
+    return result.rowcount == 1
+
+
+async def list_pending_feedback(session: AsyncSession, user_id: int) -> Sequence[FeedbackRequest]:
+    rows = await session.scalars(
+        select(FeedbackRequest)
+        .where(FeedbackRequest.user_id == user_id, FeedbackRequest.status == FeedbackStatus.PENDING)
+        .order_by(FeedbackRequest.id)
+    )
+    return rows.all()
+
+
+# ---------------------------------------------------------------- chat
+
+
+async def create_chat_session(session: AsyncSession, user_id: int, title: str = "New task") -> ChatSession:
+    chat = ChatSession(user_id=user_id, title=title)
+    session.add(chat)
+    await session.flush()
+    return chat
+
+
+async def get_chat_session(session: AsyncSession, user_id: int, chat_id: int) -> ChatSession | None:
+    return await session.scalar(
+        select(ChatSession).where(ChatSession.id == chat_id, ChatSession.user_id == user_id)
+    )
+
+
+async def list_chat_sessions(session: AsyncSession, user_id: int) -> Sequence[ChatSession]:
+    rows = await session.scalars(
+        select(ChatSession).where(ChatSession.user_id == user_id).order_by(ChatSession.id.desc())
+    )
+    return rows.all()
+
+
+async def add_chat_message(session: AsyncSession, user_id: int, chat_id: int, role: ChatRole, content: str,
+                           *, tool_calls: list[Any] | None = None,
+                           tool_call_id: str | None = None) -> ChatMessage | None:
+    if await get_chat_session(session, user_id, chat_id) is None:
+        return None
+    message = ChatMessage(user_id=user_id, session_id=chat_id, role=role, content=content,
+                          tool_calls=tool_calls, tool_call_id=tool_call_id)
+    session.add(message)
+    await session.flush()
+    return message
+
+
+async def list_chat_messages(session: AsyncSession, user_id: int, chat_id: int) -> Sequence[ChatMessage]:
+    rows = await session.scalars(
+        select(ChatMessage)
+        .where(ChatMessage.user_id == user_id, ChatMessage.session_id == chat_id)
+        .order_by(ChatMessage.id)
+    )
+    return rows.all()
+
+
+# ---------------------------------------------------------------- notifications
+
+
+async def add_notification(session: AsyncSession, user_id: int, kind: str, message: str,
+                           payload: dict[str, Any] | None = None) -> Notification:
+    note = Notification(user_id=user_id, kind=kind, message=message, payload=payload or {})
+    session.add(note)
+    await session.flush()
+    return note
+
+
+async def list_notifications(session: AsyncSession, user_id: int, *, after_id: int = 0,
+                             limit: int = 100) -> Sequence[Notification]:
+    rows = await session.scalars(
+        select(Notification)
+        .where(Notification.user_id == user_id, Notification.id > after_id)
+        .order_by(Notification.id)
+        .limit(limit)
+    )
+    return rows.all()
+
+
+async def mark_notification_read(session: AsyncSession, user_id: int, notification_id: int) -> bool:
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.user_id == user_id,
+               Notification.read_at.is_(None))
+        .values(read_at=utcnow())
+    )
+    return result.rowcount == 1

@@ -1,0 +1,237 @@
+"""`opendeep` command line: serve, db upgrade, user add, dialplan render, dnd import/export, tasks import.
+
+Every failure a user can cause ends in one line on stderr naming what to fix, and exit code 2 (usage or
+configuration) or 1 (the operation failed); nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from opendeep.settings import Settings, SettingsError, load_settings
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opendeep", description="AI outbound calling on Asterisk")
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the components (default: all of them) in one process")
+    serve.add_argument("--only", help="comma-separated subset: fastagi,audiosocket,ami,aftercall,web")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="migrate the database to the latest schema")
+
+    user = commands.add_parser("user", help="accounts").add_subparsers(dest="user_command", required=True)
+    add = user.add_parser("add", help="create a user (password from a prompt or --password-stdin)")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--admin", action="store_true", help="make the user an administrator")
+
+    dialplan = commands.add_parser("dialplan", help="Asterisk configuration").add_subparsers(
+        dest="dialplan_command", required=True)
+    render = dialplan.add_parser("render", help="print dialplan/ with the configured hosts and ports")
+    render.add_argument("--out", type=Path, help="write the files into this folder instead of printing them")
+
+    dnd = commands.add_parser("dnd", help="do-not-call list").add_subparsers(dest="dnd_command", required=True)
+    dnd_import = dnd.add_parser("import", help="add numbers from a CSV (phone_number[,reason])")
+    dnd_import.add_argument("file", type=Path)
+    dnd_import.add_argument("--user", required=True)
+    dnd_export = dnd.add_parser("export", help="print the DND list as CSV")
+    dnd_export.add_argument("--user", required=True)
+
+    tasks = commands.add_parser("tasks", help="tasks").add_subparsers(dest="tasks_command", required=True)
+    tasks_import = tasks.add_parser("import", help="add targets from a CSV to a campaign")
+    tasks_import.add_argument("file", type=Path)
+    tasks_import.add_argument("--user", required=True)
+    target = tasks_import.add_mutually_exclusive_group(required=True)
+    target.add_argument("--campaign", type=int, help="id of an existing campaign of that user")
+    target.add_argument("--new-campaign", metavar="NAME", help="create a campaign with this name")
+    tasks_import.add_argument("--goal", default="", help="goal of the new campaign")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(dotenv=Path(args.env_file))
+    except SettingsError as exc:
+        print(f"opendeep: invalid setting {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_dispatch(args, settings)) or 0
+    except CliError as exc:
+        print(f"opendeep: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
+    if args.command == "serve":
+        return await _serve(settings, args.only)
+    if args.command == "db":
+        from db.migrate import upgrade
+        await upgrade(settings.database_url)
+        print("database is at the latest schema")
+        return 0
+    if args.command == "user":
+        return await _user_add(settings, args.name, args.password_stdin, args.admin)
+    if args.command == "dialplan":
+        return _dialplan_render(settings, args.out)
+    if args.command == "dnd":
+        return await _dnd(settings, args)
+    if args.command == "tasks":
+        return await _tasks_import(settings, args)
+    raise CliError(f"unknown command {args.command}", EXIT_USAGE)  # pragma: no cover - argparse prevents it
+
+
+async def _serve(settings: Settings, only: str | None) -> int:
+    from opendeep.runtime import Runtime
+    from opendeep.serve import parse_only, serve
+
+    try:
+        names = parse_only(only)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    await serve(Runtime.create(settings), names)
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat password: "):
+            raise CliError("the passwords do not match", EXIT_USAGE)
+    if len(password) < 8:
+        raise CliError("the password must have at least 8 characters", EXIT_USAGE)
+    return password
+
+
+async def _user_add(settings: Settings, name: str, password_stdin: bool, admin: bool) -> int:
+    from db import repo
+    from opendeep.passwords import hash_password
+
+    if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise CliError(f"invalid user name {name!r}: use 1-64 letters, digits, '.', '_' or '-'", EXIT_USAGE)
+    password = _read_password(password_stdin)
+    async with _sessions(settings) as sessions, sessions() as session:
+        if await repo.get_user_by_username(session, name):
+            raise CliError(f"user {name!r} already exists")
+        user = await repo.create_user(session, name, hash_password(password), is_admin=admin)
+        await session.commit()
+        print(f"created user {name!r} (id {user.id})")
+    return 0
+
+
+def _dialplan_render(settings: Settings, out: Path | None) -> int:
+    from dialplan.render import render_dialplan
+
+    files = render_dialplan(settings)
+    if out is None:
+        for name, text in files.items():
+            print(f";; ---- {name}")
+            print(text)
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(f"wrote {out / name}")
+    return 0
+
+
+async def _dnd(settings: Settings, args: argparse.Namespace) -> int:
+    from webui.csv_import import CsvImportError, export_dnd_csv, import_dnd, parse_dnd_csv
+
+    async with _sessions(settings) as sessions, sessions() as session:
+        user_id = await _user_id(session, args.user)
+        if args.dnd_command == "export":
+            sys.stdout.write(await export_dnd_csv(session, user_id))
+            return 0
+        try:
+            rows = parse_dnd_csv(_read_text(args.file))
+        except CsvImportError as exc:
+            raise CliError(f"{args.file}: {exc}") from None
+        added = await import_dnd(session, user_id, rows)
+        await session.commit()
+        print(f"imported {len(rows)} number(s) into {args.user}'s DND list ({added} new)")
+    return 0
+
+
+async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
+    from db import repo
+    from webui.csv_import import CsvImportError, import_targets, parse_targets_csv
+
+    try:
+        rows = parse_targets_csv(_read_text(args.file))
+    except CsvImportError as exc:
+        raise CliError(f"{args.file}: {exc}") from None
+    async with _sessions(settings) as sessions, sessions() as session:
+        user_id = await _user_id(session, args.user)
+        if args.new_campaign:
+            campaign = await repo.create_campaign(session, user_id, name=args.new_campaign, goal=args.goal)
+        else:
+            campaign = await repo.get_campaign(session, user_id, args.campaign)
+            if campaign is None:
+                raise CliError(f"campaign {args.campaign} not found for user {args.user!r}")
+        await import_targets(session, user_id, campaign.id, rows)
+        await session.commit()
+        print(f"imported {len(rows)} task(s) into campaign {campaign.id} ({campaign.name!r})")
+    return 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path} is not UTF-8 text") from None
+
+
+async def _user_id(session, username: str) -> int:
+    from db import repo
+
+    user = await repo.get_user_by_username(session, username)
+    if user is None:
+        raise CliError(f"no user {username!r} (create one with: opendeep user add {username})")
+    return user.id
+
+
+class _sessions:
+    """`async with _sessions(settings) as factory`: an engine for one CLI command, disposed after it."""
+
+    def __init__(self, settings: Settings) -> None:
+        from db.engine import create_engine, session_factory
+
+        self._engine = create_engine(settings.database_url)
+        self._factory = session_factory(self._engine)
+
+    async def __aenter__(self):
+        return self._factory
+
+    async def __aexit__(self, *exc) -> None:
+        await self._engine.dispose()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

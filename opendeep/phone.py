@@ -1,0 +1,42 @@
+"""Phone numbers: E.164 validation and the callee's time zone, via `phonenumbers`."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezone
+
+
+class InvalidPhoneNumber(ValueError):
+    """Not a dialable number; the message says why, for a CSV line or a plan's target."""
+
+
+def normalize_e164(raw: str, default_region: str | None = None) -> str:
+    """Return `raw` as E.164 (+14155550123) or raise InvalidPhoneNumber."""
+    text = (raw or "").strip()
+    if not text:
+        raise InvalidPhoneNumber("phone number is empty")
+    try:
+        parsed = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidPhoneNumber(f"{text!r} is not a phone number ({exc._msg})") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidPhoneNumber(f"{text!r} is not a valid phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def callee_timezone(e164: str, fallback: str = "UTC") -> ZoneInfo:
+    """The callee's zone from the number. Several zones (e.g. +1 area codes spanning two) -> the first;
+    unknown -> `fallback`."""
+    try:
+        zones = phone_timezone.time_zones_for_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        zones = ()
+    for name in zones:
+        if name != "Etc/Unknown":
+            try:
+                return ZoneInfo(name)
+            except (KeyError, ValueError):
+                continue
+    return ZoneInfo(fallback)

@@ -1,0 +1,33 @@
+"""What the running components share: settings, the database, the event hub, the AMI controller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from db.engine import create_engine, session_factory
+from opendeep.events import EventHub
+from opendeep.settings import Settings
+
+if TYPE_CHECKING:  # imported for type checkers only: the AMI package is optional in `serve --only`
+    from ami_controller.manager import AmiController
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    events: EventHub
+    ami: AmiController | None = None   # set when the AMI component runs in this process
+    extras: dict[str, Any] | None = None
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        engine = create_engine(settings.database_url)
+        return cls(settings=settings, engine=engine, sessions=session_factory(engine), events=EventHub())
+
+    async def close(self) -> None:
+        await self.engine.dispose()

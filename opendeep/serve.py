@@ -1,0 +1,99 @@
+"""`opendeep serve`: start the components in order in one process, stop them in reverse.
+
+A component is any object with `name`, `async start()` and `async stop()`. Each package builds its own
+from the shared Runtime; `--only` picks a subset (e.g. `fastagi,audiosocket` on a box beside Asterisk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from opendeep.runtime import Runtime
+
+log = logging.getLogger("opendeep.serve")
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _web(runtime: Runtime) -> Component:
+    from webui.app import WebComponent
+    return WebComponent(runtime)
+
+
+def _fastagi(runtime: Runtime) -> Component:
+    from fastagi_server.server import FastAgiComponent
+    return FastAgiComponent(runtime)
+
+
+def _audiosocket(runtime: Runtime) -> Component:
+    from audiosocket.server import AudioSocketComponent
+    return AudioSocketComponent(runtime)
+
+
+def _ami(runtime: Runtime) -> Component:
+    from ami_controller.component import AmiComponent
+    return AmiComponent(runtime)
+
+
+def _after_call(runtime: Runtime) -> Component:
+    from opendeep.after_call import AfterCallComponent
+    return AfterCallComponent(runtime)
+
+
+# Start order: the servers Asterisk calls into first, then the AMI controller and scheduler that make calls,
+# the after-call services, and the web UI last (it shows all of the above).
+COMPONENTS: dict[str, Callable[[Runtime], Component]] = {
+    "fastagi": _fastagi,
+    "audiosocket": _audiosocket,
+    "ami": _ami,
+    "aftercall": _after_call,
+    "web": _web,
+}
+
+
+def parse_only(raw: str | None) -> list[str]:
+    if not raw:
+        return list(COMPONENTS)
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in COMPONENTS]
+    if unknown or not names:
+        raise ValueError(f"--only: unknown component(s) {', '.join(unknown) or '(none)'}; "
+                         f"choose from {', '.join(COMPONENTS)}")
+    return [name for name in COMPONENTS if name in names]
+
+
+async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Event | None = None) -> None:
+    """Run the named components until SIGINT/SIGTERM (or `stop_event`)."""
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop_event.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    started: list[Component] = []
+    try:
+        for name in names:
+            component = COMPONENTS[name](runtime)
+            await component.start()
+            started.append(component)
+            log.info("%s started", component.name)
+        await stop_event.wait()
+    finally:
+        for component in reversed(started):
+            try:
+                await component.stop()
+                log.info("%s stopped", component.name)
+            except Exception:  # one failing stop must not keep the others running
+                log.exception("%s failed to stop cleanly", component.name)
+        await runtime.close()

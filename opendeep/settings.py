@@ -1,0 +1,310 @@
+"""Every setting OpenDeep reads, from the environment and an optional `.env` file.
+
+One table (`SETTINGS`) names each setting, its default and its parser; README.md and .env.example list the
+same names (a test keeps them in step). An invalid value raises `SettingsError` naming the setting; the CLI
+turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CallingWindow:
+    """Local hours in which a callee may be rung, e.g. 09:00-20:00 in the callee's time zone."""
+
+    start: time
+    end: time
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def parse_host_port(raw: str) -> HostPort:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535")
+    return HostPort(host.strip("[]"), int(port))
+
+
+def parse_window(raw: str) -> CallingWindow:
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", raw)
+    if not match:
+        raise ValueError("expected HH:MM-HH:MM")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    try:
+        start, end = time(h1, m1), time(h2, m2)
+    except ValueError as exc:
+        raise ValueError("expected HH:MM-HH:MM with real hours and minutes") from exc
+    if start == end:
+        raise ValueError("window start and end must differ")
+    return CallingWindow(start, end)
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("expected a number of at least 0")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("expected a number from 0 to 1")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ValueError("expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+    return raw
+
+
+def _e164_or_empty(raw: str) -> str:
+    if raw and not re.fullmatch(r"\+[1-9]\d{6,14}", raw):
+        raise ValueError("expected an E.164 number such as +14155550123")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    value = raw.upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "database_url", "sqlite+aiosqlite:///./opendeep.db", _database_url,
+            "SQLAlchemy URL: SQLite (embedded) or PostgreSQL via asyncpg (production)"),
+    Setting("SECRET_KEY", "secret_key", "", str,
+            "signs session cookies; empty = a random key per start (everyone is logged out on restart)",
+            secret=True),
+    Setting("ALLOW_SIGNUP", "allow_signup", "false", parse_bool, "let visitors create their own account"),
+    Setting("AMI_HOST", "ami_host", "127.0.0.1", str, "Asterisk Manager Interface host"),
+    Setting("AMI_PORT", "ami_port", "5038", _positive_int, "AMI port"),
+    Setting("AMI_USERNAME", "ami_username", "opendeep", str, "AMI user (see dialplan/manager_opendeep.conf)"),
+    Setting("AMI_SECRET", "ami_secret", "", str, "AMI secret", secret=True),
+    Setting("AMI_RECONNECT_MAX_SECONDS", "ami_reconnect_max_seconds", "30", _non_negative_float,
+            "longest wait between AMI reconnect attempts (backoff doubles from 1 s)"),
+    Setting("FASTAGI_BIND", "fastagi_bind", "127.0.0.1:4573", parse_host_port, "FastAGI server listen address"),
+    Setting("FASTAGI_ADVERTISE", "fastagi_advertise", "", str,
+            "HOST:PORT Asterisk uses to reach FastAGI (dialplan render); empty = FASTAGI_BIND"),
+    Setting("AUDIOSOCKET_BIND", "audiosocket_bind", "127.0.0.1:9092", parse_host_port,
+            "AudioSocket server listen address"),
+    Setting("AUDIOSOCKET_ADVERTISE", "audiosocket_advertise", "", str,
+            "HOST:PORT Asterisk's AudioSocket() connects to; empty = AUDIOSOCKET_BIND"),
+    Setting("WEB_BIND", "web_bind", "127.0.0.1:8000", parse_host_port, "web UI listen address"),
+    Setting("OPENAI_API_KEY", "openai_api_key", "", str, "key for the OpenAI-compatible API", secret=True),
+    Setting("OPENAI_BASE_URL", "openai_base_url", "", str,
+            "base URL of an OpenAI-compatible API; empty = api.openai.com"),
+    Setting("OPENAI_CHAT_MODEL", "openai_chat_model", "gpt-4.1-mini", str, "model of the web UI assistant"),
+    Setting("OPENAI_ANALYZER_MODEL", "openai_analyzer_model", "gpt-4.1-mini", str,
+            "model of the post-call analyzer, lifecycle manager and summarizer"),
+    Setting("OPENAI_REALTIME_MODEL", "openai_realtime_model", "gpt-realtime", str, "realtime voice model"),
+    Setting("OPENAI_REALTIME_VOICE", "openai_realtime_voice", "marin", str, "voice of the call AI"),
+    Setting("LLM_TIMEOUT_SECONDS", "llm_timeout_seconds", "30", _non_negative_float,
+            "timeout of one chat/analyzer LLM request"),
+    Setting("GOOGLE_API_KEY", "google_api_key", "", str,
+            "Google Places (business lookup) and Gemini (internet search)", secret=True),
+    Setting("GOOGLE_PLACES_BASE_URL", "google_places_base_url", "https://places.googleapis.com", str,
+            "Places API (New) endpoint (tests point it at a fake)"),
+    Setting("GEMINI_BASE_URL", "gemini_base_url", "https://generativelanguage.googleapis.com", str,
+            "Gemini API endpoint used by search_internet"),
+    Setting("MAX_CONCURRENT_CALLS", "max_concurrent_calls", "4", _positive_int, "calls in progress at once"),
+    Setting("MAX_CONCURRENT_CALLS_PER_USER", "max_concurrent_calls_per_user", "2", _positive_int,
+            "calls in progress at once for one tenant"),
+    Setting("APP_TEST_MODE", "app_test_mode", "false", parse_bool,
+            "dial only APP_TEST_MODE_REDIRECT_NUMBER, one call at a time"),
+    Setting("APP_TEST_MODE_REDIRECT_NUMBER", "app_test_mode_redirect_number", "", _e164_or_empty,
+            "the one number dialled in test mode (E.164)"),
+    Setting("SCHEDULER_POLL_SECONDS", "scheduler_poll_seconds", "2", _non_negative_float,
+            "how often the scheduler looks for due tasks"),
+    Setting("DEFAULT_CALLING_WINDOW", "default_calling_window", "09:00-20:00", parse_window,
+            "callee-local hours for calls unless the campaign overrides them"),
+    Setting("RETRY_BACKOFF_BASE_SECONDS", "retry_backoff_base_seconds", "300", _non_negative_float,
+            "first retry delay after busy / no answer / failed; doubles per attempt"),
+    Setting("RETRY_BACKOFF_MAX_SECONDS", "retry_backoff_max_seconds", "14400", _non_negative_float,
+            "longest retry delay"),
+    Setting("RETRY_JITTER", "retry_jitter", "0.2", _fraction, "random +/- share added to each retry delay"),
+    Setting("GLOBAL_DND_TENANT_THRESHOLD", "global_dnd_tenant_threshold", "3", _positive_int,
+            "a number listed by this many tenants is not called by anyone"),
+    Setting("DIAL_STRING_TEMPLATE", "dial_string_template", "PJSIP/{number}@opendeep-trunk", str,
+            "what Dial() rings; {number} is the E.164 number, {digits} the same without '+'"),
+    Setting("CALLER_ID", "caller_id", "", str, "caller ID presented on outbound calls, e.g. \"Acme\" <+15551234>"),
+    Setting("ORIGINATE_TIMEOUT_SECONDS", "originate_timeout_seconds", "45", _positive_int,
+            "how long the callee's phone rings"),
+    Setting("MAX_CALL_SECONDS", "max_call_seconds", "600", _positive_int, "hard limit of one call"),
+    Setting("SILENCE_TIMEOUT_SECONDS", "silence_timeout_seconds", "30", _positive_int,
+            "hang up after this long with nobody speaking"),
+    Setting("HITL_TIMEOUT_SECONDS", "hitl_timeout_seconds", "90", _positive_int,
+            "how long the call AI waits for the user's answer to a question"),
+    Setting("REALTIME_VAD_THRESHOLD", "realtime_vad_threshold", "0.6", _fraction,
+            "server VAD threshold (higher = less false barge-in from echo)"),
+    Setting("REALTIME_VAD_SILENCE_MS", "realtime_vad_silence_ms", "500", _positive_int,
+            "silence that ends the callee's turn"),
+    Setting("REALTIME_VAD_PREFIX_MS", "realtime_vad_prefix_ms", "300", _positive_int,
+            "audio kept before detected speech"),
+    Setting("LIFECYCLE_INTERVAL_SECONDS", "lifecycle_interval_seconds", "60", _non_negative_float,
+            "how often the lifecycle manager checks for stuck and long-running tasks"),
+    Setting("STUCK_TASK_SECONDS", "stuck_task_seconds", "900", _positive_int,
+            "a queued / in-progress task with no live call for this long is recovered"),
+    Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    secret_key: str
+    allow_signup: bool
+    ami_host: str
+    ami_port: int
+    ami_username: str
+    ami_secret: str
+    ami_reconnect_max_seconds: float
+    fastagi_bind: HostPort
+    fastagi_advertise: str
+    audiosocket_bind: HostPort
+    audiosocket_advertise: str
+    web_bind: HostPort
+    openai_api_key: str
+    openai_base_url: str
+    openai_chat_model: str
+    openai_analyzer_model: str
+    openai_realtime_model: str
+    openai_realtime_voice: str
+    llm_timeout_seconds: float
+    google_api_key: str
+    google_places_base_url: str
+    gemini_base_url: str
+    max_concurrent_calls: int
+    max_concurrent_calls_per_user: int
+    app_test_mode: bool
+    app_test_mode_redirect_number: str
+    scheduler_poll_seconds: float
+    default_calling_window: CallingWindow
+    retry_backoff_base_seconds: float
+    retry_backoff_max_seconds: float
+    retry_jitter: float
+    global_dnd_tenant_threshold: int
+    dial_string_template: str
+    caller_id: str
+    originate_timeout_seconds: int
+    max_call_seconds: int
+    silence_timeout_seconds: int
+    hitl_timeout_seconds: int
+    realtime_vad_threshold: float
+    realtime_vad_silence_ms: int
+    realtime_vad_prefix_ms: int
+    lifecycle_interval_seconds: float
+    stuck_task_seconds: int
+    log_level: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_max_concurrent_calls(self) -> int:
+        """Test mode forces one call at a time."""
+        return 1 if self.app_test_mode else self.max_concurrent_calls
+
+    @property
+    def fastagi_address(self) -> str:
+        return self.fastagi_advertise or str(self.fastagi_bind)
+
+    @property
+    def audiosocket_address(self) -> str:
+        return self.audiosocket_advertise or str(self.audiosocket_bind)
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.openai_api_key or self.openai_base_url)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines (optionally quoted, # comments); a missing file is empty."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+    """Build Settings: the environment wins over `.env`, which wins over the defaults."""
+    source: dict[str, str] = read_dotenv(dotenv) if dotenv else {}
+    source.update(os.environ if environ is None else environ)
+    if source.get("APP_TEST_MODE") and parse_bool_safe(source["APP_TEST_MODE"]):
+        if not source.get("APP_TEST_MODE_REDIRECT_NUMBER"):
+            raise SettingsError("APP_TEST_MODE_REDIRECT_NUMBER: required when APP_TEST_MODE is on")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = source.get(setting.env, setting.default)
+        try:
+            values[setting.attr] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "***" if setting.secret else repr(raw)
+            raise SettingsError(f"{setting.env}={shown}: {exc}") from None
+    return Settings(**values)
+
+
+def parse_bool_safe(raw: str) -> bool:
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        return False

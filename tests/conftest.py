@@ -1,0 +1,110 @@
+"""Shared fixtures. Every database test runs twice: on SQLite (a temp file) and on PostgreSQL (a database
+created for this test run on 127.0.0.1:5432, dropped at the end).
+
+OPENDEEP_TEST_PG_URL overrides the PostgreSQL server URL (default: postgresql+asyncpg://postgres@127.0.0.1:5432/test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+
+from db.engine import create_engine, session_factory
+from db.migrate import upgrade
+from db.models import Base
+from opendeep.settings import load_settings
+
+PG_ADMIN_URL = os.environ.get("OPENDEEP_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _pg_url_for(database: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def _pg_admin(statement: str) -> None:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database_url():
+    """A fresh, migrated PostgreSQL database for this test run."""
+    name = f"opendeep_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except OSError as exc:  # pragma: no cover - CI starts PostgreSQL before the tests
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    url = _pg_url_for(name)
+    asyncio.run(upgrade(url))
+    yield url
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_database_url(tmp_path_factory):
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'opendeep.db'}"
+    asyncio.run(upgrade(url))
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """The URL of a migrated database; each test using it runs on both backends."""
+    return request.getfixturevalue("pg_database_url" if request.param == "postgresql" else "sqlite_database_url")
+
+
+async def _empty_all_tables(engine) -> None:
+    async with engine.begin() as connection:
+        tables = list(reversed(Base.metadata.sorted_tables))
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{table.name}"' for table in tables)
+            await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                await connection.execute(table.delete())
+
+
+@pytest_asyncio.fixture
+async def engine(database_url):
+    """An engine on an empty, migrated database (SQLite and PostgreSQL)."""
+    engine = create_engine(database_url)
+    await _empty_all_tables(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def pg_engine(pg_database_url):
+    """PostgreSQL only: for tests of PostgreSQL behaviour (SKIP LOCKED claims)."""
+    engine = create_engine(pg_database_url)
+    await _empty_all_tables(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine):
+    return session_factory(engine)
+
+
+@pytest.fixture
+def settings_env(database_url):
+    """Environment for load_settings() in tests: the test database, no .env, nothing external."""
+    return {"DATABASE_URL": database_url, "SECRET_KEY": "test-secret", "RETRY_JITTER": "0"}
+
+
+@pytest.fixture
+def settings(settings_env):
+    return load_settings(settings_env, dotenv=None)

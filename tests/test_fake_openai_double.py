@@ -1,0 +1,31 @@
+"""The fake OpenAI server speaks what the real SDK expects (tool calls, errors, timeouts)."""
+
+import json
+
+import openai
+import pytest
+
+from tests.doubles.fake_openai import FakeOpenAI
+
+
+async def test_sdk_receives_queued_tool_call_then_text_and_errors_when_nothing_is_queued():
+    fake = FakeOpenAI()
+    base_url = await fake.start()
+    try:
+        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0, timeout=5)
+        fake.queue_reply(tool_calls=[{"name": "lookup", "arguments": {"q": "dentist"}}])
+        fake.queue_reply(content="done")
+        first = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        call = first.choices[0].message.tool_calls[0]
+        assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"q": "dentist"}
+        second = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}])
+        assert second.choices[0].message.content == "done"
+        assert [r["messages"][0]["content"] for r in fake.requests] == ["hi", "go"]
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "?"}])
+        fake.queue_reply(content="late", delay=1.0)
+        slow = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0, timeout=0.2)
+        with pytest.raises(openai.APITimeoutError):
+            await slow.chat.completions.create(model="m", messages=[{"role": "user", "content": "slow"}])
+    finally:
+        await fake.stop()
