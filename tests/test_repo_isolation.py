@@ -44,6 +44,8 @@ def _reads(w):
         "get_task": ((b, w["task"]), None),
         "list_task_events": ((b, w["task"]), []),
         "get_call": ((b, w["call"]), None),
+        "get_call_with_task": ((b, w["call"]), None),
+        "dnd_check": ((b, "+14155550999"), (False, 1)),   # B learns a count for the global DND, not who
         "list_calls": ((b, w["task"]), []),
         "list_call_events": ((b, w["call"]), []),
         "list_transcript": ((b, w["call"]), []),

@@ -1,0 +1,172 @@
+"""The call initiator: turns screened, claimed tasks into calls, within the concurrency limits.
+
+One pass (`dispatch_due_tasks`): count the calls not ended (MAX_CONCURRENT_CALLS overall, or 1 in test mode;
+MAX_CONCURRENT_CALLS_PER_USER per tenant), claim at most that many due tasks, screen them (DND, calling
+window), then for each: write the `calls` row, move the task to `in_progress`, and hand the Originate to the
+AMI controller.
+
+Nothing is dialed twice: when AMI is not connected nothing is claimed; when it drops between the claim and
+the Originate (AmiNotConnected: nothing was written) the call row is removed and the task goes back to due
+with its attempt given back; when the Originate was written but its answer was lost, the call stays
+`originating` and the controller's re-sync after reconnecting decides what happened to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ami_controller.manager import (
+    AmiError,
+    AmiNotConnected,
+    AmiRefused,
+    call_uniqueids,
+    originate_action_id,
+)
+from ami_controller.outcomes import finish_call
+from ami_controller.scheduler import ClaimedTask, claim_due_tasks, release_task, screen_claimed_tasks
+from db import repo
+from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
+from db.types import utcnow
+from opendeep.settings import Settings
+
+if TYPE_CHECKING:
+    from ami_controller.manager import AmiController
+    from opendeep.events import EventHub
+
+log = logging.getLogger("opendeep.initiator")
+
+
+@dataclass
+class DispatchReport:
+    """What one pass did (for logs and tests)."""
+
+    claimed: int = 0
+    dialed: list[int] = field(default_factory=list)          # call ids whose Originate Asterisk queued
+    cancelled_dnd: list[int] = field(default_factory=list)   # task ids
+    rescheduled: list[int] = field(default_factory=list)     # task ids (outside the calling window)
+    deferred: list[int] = field(default_factory=list)        # task ids given back (AMI down, tenant at limit)
+    failed: list[int] = field(default_factory=list)          # call ids Asterisk refused
+
+
+async def active_call_counts(session: AsyncSession) -> Counter[int]:
+    """Calls not ended, per user id (the concurrency limits count these)."""
+    rows = await session.execute(
+        select(Call.user_id, func.count()).where(Call.status != CallStatus.ENDED).group_by(Call.user_id))
+    return Counter({user_id: count for user_id, count in rows.all()})
+
+
+def dial_number(settings: Settings, task_number: str) -> str:
+    """The number that reaches Asterisk: in test mode always APP_TEST_MODE_REDIRECT_NUMBER."""
+    return settings.app_test_mode_redirect_number if settings.app_test_mode else task_number
+
+
+async def dispatch_due_tasks(sessions: async_sessionmaker[AsyncSession], settings: Settings,
+                             ami: AmiController | None, *, claimer: str, events: EventHub | None = None,
+                             now: datetime | None = None) -> DispatchReport:
+    """One scheduler pass: claim what may be called now and originate it."""
+    report = DispatchReport()
+    if ami is None or not ami.connected:
+        return report  # nothing is claimed while Asterisk is unreachable: no attempt is spent
+    async with sessions() as session:
+        active = await active_call_counts(session)
+        capacity = settings.effective_max_concurrent_calls - sum(active.values())
+        if capacity <= 0:
+            return report
+        full = [user_id for user_id, count in active.items() if count >= settings.max_concurrent_calls_per_user]
+        claimed = await claim_due_tasks(session, claimer=claimer, limit=capacity, now=now, exclude_user_ids=full)
+    report.claimed = len(claimed)
+    if not claimed:
+        return report
+    screening = await screen_claimed_tasks(sessions, settings, claimed, now=now, events=events)
+    report.cancelled_dnd = [task.id for task in screening.cancelled_dnd]
+    report.rescheduled = [task.id for task in screening.rescheduled]
+    for task in screening.callable:
+        if active[task.user_id] >= settings.max_concurrent_calls_per_user:
+            async with sessions() as session:
+                await release_task(session, task, event_type="task.deferred",
+                                   reason=f"your limit of {settings.max_concurrent_calls_per_user} calls at once "
+                                          f"is reached; waiting for a call to end")
+                await session.commit()
+            report.deferred.append(task.id)
+            continue
+        active[task.user_id] += 1
+        await _dial(sessions, settings, ami, task, report, events)
+    return report
+
+
+async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, ami: AmiController,
+                task: ClaimedTask, report: DispatchReport, events: EventHub | None) -> None:
+    async with sessions() as session:
+        call = Call(user_id=task.user_id, task_id=task.id, attempt_number=task.attempt_count,
+                    dialed_number=dial_number(settings, task.phone_number), status=CallStatus.CREATED)
+        session.add(call)
+        await session.flush()
+        one, two = call_uniqueids(call.id)
+        call.ami_action_id = originate_action_id(call.id)
+        call.asterisk_uniqueid, call.asterisk_other_uniqueid, call.asterisk_linkedid = one, two, one
+        moved = await repo.set_task_status(session, task.user_id, task.id, TaskStatus.IN_PROGRESS,
+                                           reason=f"calling (attempt {task.attempt_count} of {task.max_attempts})",
+                                           only_from=[TaskStatus.QUEUED])
+        if not moved:  # the user paused or cancelled the task since the claim
+            await session.rollback()
+            return
+        await session.commit()
+    _publish_task(events, task, TaskStatus.IN_PROGRESS)
+    try:
+        await ami.originate(call)
+    except AmiNotConnected as exc:
+        await _give_back(sessions, task, call.id, f"Asterisk not reachable ({exc}); will call once it is back")
+        report.deferred.append(task.id)
+        _publish_task(events, task, task.previous_status)
+        return
+    except AmiRefused as exc:
+        async with sessions() as session:
+            await repo.record_call_event(session, task.user_id, call.id, "ami.originate_refused",
+                                         {"message": str(exc)})
+            await finish_call(session, settings, user_id=task.user_id, call_id=call.id,
+                              outcome=CallOutcome.FAILED, source="ami.originate_refused", events=events)
+            await session.commit()
+        log.error("call %s for task %s not placed: %s", call.id, task.id, exc)
+        report.failed.append(call.id)
+        return
+    except AmiError as exc:
+        # Written but unanswered: Asterisk may be dialing. Never re-send; the re-sync decides.
+        log.warning("call %s: Originate sent but not confirmed (%s); the AMI re-sync will settle it", call.id, exc)
+    async with sessions() as session:
+        await session.execute(update(Call).where(Call.id == call.id, Call.status == CallStatus.CREATED)
+                              .values(status=CallStatus.ORIGINATING, started_at=utcnow()))
+        await repo.record_call_event(session, task.user_id, call.id, "ami.originate",
+                                     {"action_id": call.ami_action_id, "dialed_number": call.dialed_number})
+        await session.commit()
+    report.dialed.append(call.id)
+    if events is not None:
+        events.publish(task.user_id, "call.updated", {"call_id": call.id, "task_id": task.id,
+                                                      "status": CallStatus.ORIGINATING.value, "outcome": None})
+
+
+async def _give_back(sessions: async_sessionmaker[AsyncSession], task: ClaimedTask, call_id: int,
+                     reason: str) -> None:
+    """Undo a dial that never reached Asterisk: no call row, the task due again, the attempt not spent."""
+    async with sessions() as session:
+        await session.execute(delete(Call).where(Call.id == call_id, Call.status == CallStatus.CREATED))
+        result = await session.execute(
+            update(Task).where(Task.id == task.id, Task.user_id == task.user_id,
+                               Task.status == TaskStatus.IN_PROGRESS)
+            .values(status=task.previous_status, attempt_count=Task.attempt_count - 1, claimed_by=None,
+                    claimed_at=None, status_reason=reason, next_action_time=utcnow(), updated_at=utcnow()))
+        if result.rowcount == 1:
+            await repo.record_task_event(session, task.user_id, task.id, "task.deferred", reason)
+        await session.commit()
+
+
+def _publish_task(events: EventHub | None, task: ClaimedTask, status: TaskStatus) -> None:
+    if events is not None:
+        events.publish(task.user_id, "task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
+                                                      "status": status.value})

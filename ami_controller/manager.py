@@ -1,0 +1,573 @@
+"""The Asterisk Manager connection: login, events, reconnect, Originate and live-call commands.
+
+Built on panoramisk's `Manager` for the wire (framing, ActionID matching, pings), with three things changed
+because of how panoramisk 1.4 behaves (tests/test_ami_wire.py shows each on the wire):
+
+- An async Originate's ActionID also tags its later `Event: OriginateResponse`; panoramisk treats the pair as
+  one multi-message reply, so `send_action()` would only resolve when the callee answers or gives up, and the
+  OriginateResponse would never reach event handlers. `WireAction` resolves on the first reply (the
+  "successfully queued" ack) so the OriginateResponse arrives as an event.
+- panoramisk re-sends unanswered actions after a reconnect (`awaiting_actions`): for an Originate that is a
+  second call to the same person. We never re-send; we fail the waiting future instead, and a re-sync
+  (CoreShowChannels) after each login decides what happened to every in-flight call.
+- panoramisk reconnects every 2 s forever; we back off from 1 s, doubling up to AMI_RECONNECT_MAX_SECONDS, and
+  say in the log which Asterisk we are waiting for.
+
+Calls are correlated without guessing: the Originate pre-assigns `ChannelId` = `opendeep-<call id>` (the ;1
+half, whose Uniqueid is also the Linkedid of every channel of the call) and `OtherChannelId` =
+`opendeep-<call id>-b` (the ;2 half, where the dialplan runs). Several call variables go out as separate
+`Variable:` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from panoramisk import Manager
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
+from db import repo
+from db.models import Call, CallOutcome, CallStatus
+from db.types import utcnow
+from opendeep.settings import Settings
+
+if TYPE_CHECKING:
+    from opendeep.events import EventHub
+
+log = logging.getLogger("opendeep.ami")
+
+OUTBOUND_CONTEXT = "opendeep-outbound"          # dialplan/extensions_opendeep.conf: the ;2 half dials the callee
+ORIGINATOR_CONTEXT = "opendeep-originator"      # where the ;1 half waits while the call lasts
+EVENT_CLASSES = "call"                          # every event we read is in the `call` class
+LOGIN_TIMEOUT_SECONDS = 10.0
+CALL_UNIQUEID = re.compile(r"opendeep-(\d+)(-b)?")
+# A call progresses one way only; an event that arrives late never moves it back.
+_STATUS_ORDER = [CallStatus.CREATED, CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED,
+                 CallStatus.ENDED]
+LIVE_CALL_STATUSES = (CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED)
+
+
+class AmiError(RuntimeError):
+    """AMI could not do what was asked; the message says what to check."""
+
+
+class AmiNotConnected(AmiError):
+    """Not connected to Asterisk: nothing was sent (safe to try again later)."""
+
+
+class AmiRefused(AmiError):
+    """Asterisk answered `Response: Error`: it received the action and will not do it."""
+
+
+class AmiLoginRefused(AmiError):
+    """Wrong AMI username/secret or a user without the rights we need."""
+
+
+def call_uniqueids(call_id: int) -> tuple[str, str]:
+    """The Uniqueids the Originate pre-assigns: the ;1 half (also the Linkedid) and the ;2 half."""
+    return f"opendeep-{call_id}", f"opendeep-{call_id}-b"
+
+
+def originate_action_id(call_id: int) -> str:
+    return f"opendeep-orig-{call_id}"
+
+
+def call_id_from_uniqueid(uniqueid: str | None) -> int | None:
+    match = CALL_UNIQUEID.fullmatch(uniqueid or "")
+    return int(match.group(1)) if match else None
+
+
+class WireAction(Action):
+    """An AMI action written header by header in the order given; a header may repeat (`Variable`).
+
+    panoramisk's own `Action` sorts headers and guesses from the reply text whether more replies follow; this
+    one resolves on the first reply unless `as_list=True` (CoreShowChannels / Status lists).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]):
+        for key, value in pairs:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", key) or "\r" in str(value) or "\n" in str(value):
+                raise AmiError(f"refusing to send AMI header {key!r}: names are letters/digits and values "
+                               f"cannot contain line breaks")
+        grouped: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in grouped:
+                previous = grouped[key]
+                grouped[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+            else:
+                grouped[key] = value
+        super().__init__(grouped)
+        self.pairs = [(key, str(value)) for key, value in pairs]
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.as_list)
+
+    def __str__(self) -> str:
+        return "".join(f"{key}: {value}\r\n" for key, value in self.pairs) + "\r\n"
+
+
+class _ForgetEveryAction:
+    """panoramisk's `forgetable_actions`: containing everything means nothing is re-sent after a reconnect."""
+
+    def __contains__(self, _name: object) -> bool:
+        return True
+
+
+class _Protocol(AMIProtocol):
+    def close(self) -> None:
+        # Whoever waits for a reply gets a clear error now instead of waiting forever.
+        for action in list(getattr(self, "responses", {}).values()):
+            if not action.future.done():
+                action.future.set_exception(AmiError(
+                    f"the AMI connection closed before Asterisk answered {action.get('Action', 'the action')}"))
+        if getattr(self, "responses", None):
+            self.responses.clear()
+        super().close()
+
+
+class _PanoramiskManager(Manager):
+    """panoramisk's Manager, minus its own reconnect loop: AmiController decides when to try again."""
+
+    def __init__(self, *, on_lost: Callable[[Any], None], **config: Any) -> None:
+        super().__init__(**config)
+        self._on_lost = on_lost
+
+    def connection_made(self, f: asyncio.Future) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return  # the caller awaits the same future and handles the error
+        super().connection_made(f)
+
+    def connection_lost(self, exc: Any) -> None:
+        self._connected = False
+        self.authenticated = False
+        if self.pinger:
+            self.pinger.cancel()
+            self.pinger = None
+        self._on_lost(exc)
+
+
+@dataclass
+class _CallTrack:
+    """What the events told us about one call so far (rebuilt lazily after a restart)."""
+
+    dial_status: str | None = None
+    hangup_cause: int | None = None
+    saw_dialplan_half: bool = False  # the ;2 channel existed, so its `h` extension reports the end too
+    finish_timer: asyncio.TimerHandle | None = None
+
+
+class AmiController:
+    """One AMI connection for the process. `originate`, `play_dtmf`, `hangup` and `redirect` raise AmiError
+    (AmiNotConnected when Asterisk is not reachable: nothing was sent)."""
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], events: EventHub | None,
+                 *, host: str | None = None, port: int | None = None, action_timeout_seconds: float = 10.0,
+                 end_grace_seconds: float = 3.0, ping_seconds: int = 10) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.events = events
+        self.host = host or settings.ami_host
+        self.port = port or settings.ami_port
+        self.action_timeout_seconds = action_timeout_seconds
+        # The dialplan's `h` extension (FastAGI call-end) knows DIALSTATUS; AMI only knows the Hangup cause.
+        # After a hangup we give call-end this long to finish the call before we finish it from AMI.
+        self.end_grace_seconds = end_grace_seconds
+        self.ping_seconds = ping_seconds
+        self._manager: _PanoramiskManager | None = None
+        self._connected = False
+        self._connected_event = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._runner: asyncio.Task | None = None
+        self._events: asyncio.Queue[Message] = asyncio.Queue()
+        self._event_worker: asyncio.Task | None = None
+        self._tracks: dict[int, _CallTrack] = {}
+        self._stopping = False
+        self.connect_count = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        """Logged in and re-synced: an Originate now would be sent."""
+        return self._connected
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start connecting in the background; Asterisk being down is not an error (we keep trying)."""
+        self._stopping = False
+        self._event_worker = asyncio.create_task(self._process_events(), name="ami-events")
+        self._runner = asyncio.create_task(self._run(), name="ami-connection")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._connected = False
+        for task in (self._runner, self._event_worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for track in self._tracks.values():
+            if track.finish_timer is not None:
+                track.finish_timer.cancel()
+        self._close_manager()
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait until logged in and re-synced (tests, and `serve` logging)."""
+        await asyncio.wait_for(self._connected_event.wait(), timeout)
+
+    def _close_manager(self) -> None:
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self._connect_and_login()
+            except AmiLoginRefused as exc:
+                log.error("%s", exc)
+            except (TimeoutError, OSError, AmiError) as exc:
+                delay = self._backoff(attempt)
+                log.warning("waiting for Asterisk AMI at %s (%s); next try in %.1f s", self.address,
+                            exc or type(exc).__name__, delay)
+            else:
+                attempt = 0
+                try:
+                    await self.resync()
+                except (TimeoutError, AmiError) as exc:
+                    log.warning("AMI re-sync with %s failed (%s); reconnecting", self.address, exc)
+                    self._close_manager()
+                    continue
+                self._connected = True
+                self._connected_event.set()
+                log.info("connected to Asterisk AMI at %s as %r", self.address, self.settings.ami_username)
+                await self._lost.wait()
+                self._connected = False
+                self._connected_event.clear()
+                log.warning("lost the AMI connection to Asterisk at %s; reconnecting", self.address)
+                self._close_manager()
+                continue
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        # 1 s, 2 s, 4 s ... capped; a floor keeps a zero setting from spinning the CPU.
+        return max(min(2.0 ** attempt, self.settings.ami_reconnect_max_seconds), 0.05)
+
+    async def _connect_and_login(self) -> None:
+        self._lost = asyncio.Event()
+        lost = self._lost
+        manager = _PanoramiskManager(
+            on_lost=lambda _exc: lost.set(), loop=asyncio.get_running_loop(), host=self.host, port=self.port,
+            username=self.settings.ami_username, secret=self.settings.ami_secret, events=EVENT_CLASSES,
+            ping_delay=self.ping_seconds, ping_interval=self.ping_seconds, protocol_factory=_Protocol,
+            forgetable_actions=_ForgetEveryAction(), log=logging.getLogger("opendeep.ami.wire"),
+        )
+        for name in ("OriginateResponse", "Newchannel", "Newstate", "DialBegin", "DialEnd", "Hangup"):
+            manager.register_event(name, self._on_event)
+        self._manager = manager
+        try:
+            await asyncio.wait_for(manager.connect(), LOGIN_TIMEOUT_SECONDS)
+            login = manager.authenticated_future
+            if login is None:
+                raise AmiError("AMI connection made but no login was sent")
+            reply = await asyncio.wait_for(login, LOGIN_TIMEOUT_SECONDS)
+        except BaseException:
+            self._close_manager()
+            raise
+        if not reply.success:
+            self._close_manager()
+            raise AmiLoginRefused(
+                f"AMI login refused for user {self.settings.ami_username!r} at {self.address} "
+                f"({reply.get('Message', 'no reason given')}; check AMI_USERNAME / AMI_SECRET and "
+                f"dialplan/manager_opendeep.conf)")
+        self.connect_count += 1
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, pairs: Sequence[tuple[str, str]], *, as_list: bool = False) -> Any:
+        """Send one action; return the reply Message (or the list of messages with `as_list`).
+
+        Raises AmiNotConnected when there is no connection (nothing was written), AmiRefused on
+        `Response: Error`, AmiError when the connection drops or Asterisk does not answer in time.
+        """
+        manager = self._manager
+        if manager is None or manager.protocol is None or manager.protocol.closed or not manager.authenticated:
+            raise AmiNotConnected(f"not connected to Asterisk AMI at {self.address}; is Asterisk running and "
+                                  f"AMI_HOST/AMI_PORT right?")
+        action = WireAction(pairs)
+        name = action.get("Action", "?")
+        try:
+            reply = await asyncio.wait_for(manager.send_action(action, as_list=as_list),
+                                           self.action_timeout_seconds)
+        except TimeoutError:
+            raise AmiError(f"Asterisk at {self.address} did not answer {name} within "
+                           f"{self.action_timeout_seconds:g} s") from None
+        first = reply[0] if isinstance(reply, list) else reply
+        if first.get("Response", "").lower() == "error":
+            raise AmiRefused(f"Asterisk refused {name}: {first.get('Message', 'no reason given')}")
+        return reply
+
+    async def originate(self, call: Call) -> str:
+        """Send the async Originate for a `calls` row; return its ActionID once Asterisk has queued it.
+
+        `Local/<number>@opendeep-outbound/n`: the ;2 half runs our dialplan (call-start AGI, Dial, AudioSocket);
+        the ;1 half waits in `opendeep-originator`. `/n` keeps the Local pair from being optimized away.
+        """
+        number = call.dialed_number
+        if self.settings.app_test_mode and number != self.settings.app_test_mode_redirect_number:
+            raise AmiRefused(f"test mode: refusing to dial {number}; only APP_TEST_MODE_REDIRECT_NUMBER "
+                             f"({self.settings.app_test_mode_redirect_number}) may be dialled")
+        if not re.fullmatch(r"\+?[0-9]{3,20}", number or ""):
+            raise AmiRefused(f"refusing to dial {number!r}: expected an E.164 number")
+        action_id = call.ami_action_id or originate_action_id(call.id)
+        one, two = call_uniqueids(call.id)
+        pairs: list[tuple[str, str]] = [
+            ("Action", "Originate"),
+            ("ActionID", action_id),
+            ("Channel", f"Local/{number}@{OUTBOUND_CONTEXT}/n"),
+            ("ChannelId", one),
+            ("OtherChannelId", two),
+            ("Context", ORIGINATOR_CONTEXT),
+            ("Exten", "s"),
+            ("Priority", "1"),
+            ("Timeout", str(self.settings.originate_timeout_seconds * 1000)),
+            ("Async", "true"),
+        ]
+        if self.settings.caller_id:
+            pairs.append(("CallerID", self.settings.caller_id))
+        for name, value in (("OPENDEEP_CALL_ID", call.id), ("OPENDEEP_TASK_ID", call.task_id),
+                            ("OPENDEEP_USER_ID", call.user_id), ("OPENDEEP_NUMBER", number)):
+            pairs.append(("Variable", f"{name}={value}"))
+        self._tracks[call.id] = _CallTrack()
+        await self.send(pairs)
+        return action_id
+
+    async def play_dtmf(self, channel: str, digits: str) -> None:
+        """Send DTMF into a live call: one `PlayDTMF` per digit (Asterisk takes one digit per action)."""
+        if not digits or not re.fullmatch(r"[0-9A-Da-d*#]+", digits):
+            raise AmiError(f"cannot send DTMF {digits!r}: use digits 0-9, *, # and A-D")
+        for digit in digits:
+            await self.send([("Action", "PlayDTMF"), ("ActionID", _next_id("dtmf")), ("Channel", channel),
+                             ("Digit", digit)])
+
+    async def hangup(self, channel: str, cause: int = 16) -> None:
+        """Hang up a live channel with a Q.850 cause (16 = normal clearing)."""
+        await self.send([("Action", "Hangup"), ("ActionID", _next_id("hangup")), ("Channel", channel),
+                         ("Cause", str(int(cause)))])
+
+    async def redirect(self, channel: str, context: str, exten: str, priority: int = 1) -> None:
+        """Send a live channel to another place in the dialplan (e.g. a transfer extension)."""
+        await self.send([("Action", "Redirect"), ("ActionID", _next_id("redirect")), ("Channel", channel),
+                         ("Context", context), ("Exten", exten), ("Priority", str(int(priority)))])
+
+    # ------------------------------------------------------------------ re-sync after (re)connecting
+
+    async def live_channels(self) -> list[Message]:
+        """Every channel Asterisk has now (CoreShowChannels; Status when that is not permitted)."""
+        try:
+            reply = await self.send([("Action", "CoreShowChannels"), ("ActionID", _next_id("channels"))],
+                                    as_list=True)
+            wanted = "coreshowchannel"
+        except AmiRefused:
+            reply = await self.send([("Action", "Status"), ("ActionID", _next_id("status"))], as_list=True)
+            wanted = "status"
+        return [message for message in reply if message.get("Event", "").lower() == wanted]
+
+    async def resync(self) -> None:
+        """Reconcile in-flight calls with what Asterisk has now, so no call is forgotten or dialed again.
+
+        A call whose channels still exist keeps going (its later events finish it). A call whose channels are
+        gone ended while we were away: it is finished now (answered if it had been answered, else failed),
+        and its task moves on by rule; nothing is re-sent.
+        """
+        channels = await self.live_channels()
+        live = {message.get("Uniqueid", "") for message in channels}
+        live |= {message.get("Linkedid", "") for message in channels}
+        async with self.sessions() as session:
+            calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES)))).all()
+            for call in calls:
+                one, two = call_uniqueids(call.id)
+                if one in live or two in live:
+                    log.info("re-sync: call %s is still up in Asterisk", call.id)
+                    continue
+                outcome = CallOutcome.ANSWERED if call.answered_at is not None else CallOutcome.FAILED
+                await repo.record_call_event(session, call.user_id, call.id, "ami.resync",
+                                             {"found_in_asterisk": False, "outcome": outcome.value})
+                await finish_call(session, self.settings, user_id=call.user_id, call_id=call.id, outcome=outcome,
+                                  source="ami.resync", events=self.events)
+                log.warning("re-sync: call %s was no longer in Asterisk; finished as %s", call.id, outcome.value)
+            await session.commit()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, _manager: Manager, message: Message) -> None:
+        # Handled one at a time, in arrival order: a Hangup is never processed before the Newstate before it.
+        self._events.put_nowait(message)
+
+    async def _process_events(self) -> None:
+        while True:
+            message = await self._events.get()
+            try:
+                await self.handle_event(message)
+            except Exception:  # one bad event must not stop the others
+                log.exception("could not handle AMI event %s", message.get("Event"))
+
+    async def handle_event(self, message: Message) -> None:
+        """Apply one AMI event to its calls row (events of channels that are not ours are ignored)."""
+        # `Event` first: an OriginateResponse also carries a `Response:` header.
+        name = message.get("Event", "")
+        if name == "OriginateResponse":
+            await self._on_originate_response(message)
+            return
+        call_id = call_id_from_uniqueid(message.get("Linkedid") or message.get("DestLinkedid"))
+        if call_id is None:
+            return
+        track = self._tracks.setdefault(call_id, _CallTrack())
+        if name == "Newchannel":
+            if message.get("Uniqueid") == call_uniqueids(call_id)[1]:
+                track.saw_dialplan_half = True
+        elif name == "DialBegin" and message.get("Channel"):
+            # A DialBegin with a caller channel is the dialplan's Dial() of the callee (the Originate's own
+            # dial of the ;1 half has Dest* headers only).
+            await self._advance(call_id, CallStatus.RINGING, "ami.dial_begin",
+                                {"dest_channel": message.get("DestChannel")})
+        elif name == "DialEnd" and message.get("Channel"):
+            track.dial_status = message.get("DialStatus") or None
+            payload = {"dial_status": track.dial_status, "dest_channel": message.get("DestChannel")}
+            if track.dial_status == "ANSWER":
+                await self._advance(call_id, CallStatus.ANSWERED, "ami.dial_end", payload,
+                                    channel=message.get("DestChannel"))
+            else:
+                await self._record(call_id, "ami.dial_end", payload)
+        elif name == "Newstate" and message.get("ChannelState") == "5" and not message.get("Channel", "").startswith(
+                "Local/"):
+            await self._advance(call_id, CallStatus.RINGING, "ami.ringing", {"channel": message.get("Channel")})
+        elif name == "Hangup" and message.get("Uniqueid") == call_uniqueids(call_id)[0]:
+            # The ;1 half goes last: the call is over as far as Asterisk is concerned.
+            track.hangup_cause = _int_or_none(message.get("Cause"))
+            outcome = map_dial_status(track.dial_status, track.hangup_cause)
+            self._finish_later(call_id, outcome, "ami.hangup", dial_status=track.dial_status,
+                               hangup_cause=track.hangup_cause, answered_wins=True)
+
+    async def _on_originate_response(self, message: Message) -> None:
+        action_id = message.get("ActionID", "")
+        async with self.sessions() as session:
+            call = await session.scalar(select(Call).where(Call.ami_action_id == action_id))
+            if call is None:
+                return  # not one of ours (another AMI client's Originate)
+            track = self._tracks.setdefault(call.id, _CallTrack())
+            response, reason = message.get("Response", ""), message.get("Reason", "")
+            await repo.record_call_event(session, call.user_id, call.id, "ami.originate_response",
+                                         {"response": response, "reason": reason,
+                                          "uniqueid": message.get("Uniqueid")})
+            await session.commit()
+        outcome = map_originate_reason(_int_or_none(reason), response)
+        if outcome is CallOutcome.ANSWERED:
+            # Success means the Local channel is up. The shipped dialplan answers it before Dial(), so this
+            # is not the callee answering: that is DialEnd ANSWER (and FastAGI call-answered).
+            await self._advance(call.id, CallStatus.ORIGINATING, None, {})
+            return
+        if _int_or_none(reason) == 1 and track.saw_dialplan_half:
+            # "Hung up" says little; the dialplan's `h` extension reports DIALSTATUS (busy, no answer...).
+            self._finish_later(call.id, outcome, "ami.originate_response")
+        else:
+            await self._finish(call.id, outcome, "ami.originate_response")
+
+    def _finish_later(self, call_id: int, outcome: CallOutcome, source: str, **details: Any) -> None:
+        track = self._tracks.setdefault(call_id, _CallTrack())
+        if track.finish_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def _fire() -> None:
+            task = loop.create_task(self._finish(call_id, outcome, source, **details))
+            task.add_done_callback(_log_failure)
+
+        track.finish_timer = loop.call_later(self.end_grace_seconds, _fire)
+
+    async def _finish(self, call_id: int, outcome: CallOutcome, source: str, *, answered_wins: bool = False,
+                      **details: Any) -> None:
+        async with self.sessions() as session:
+            call = await session.get(Call, call_id)
+            if call is None:
+                return
+            if answered_wins and call.answered_at is not None:
+                # Answered (OriginateResponse Success / DialEnd ANSWER) then hung up: a normal end, whatever
+                # the cause code says.
+                outcome = CallOutcome.ANSWERED
+            done = await finish_call(session, self.settings, user_id=call.user_id, call_id=call_id,
+                                     outcome=outcome, source=source, events=self.events, **details)
+            await session.commit()
+        track = self._tracks.pop(call_id, None)
+        if track is not None and track.finish_timer is not None:
+            track.finish_timer.cancel()
+        if done:
+            log.info("call %s finished from AMI (%s): %s", call_id, source, outcome.value)
+
+    async def _advance(self, call_id: int, status: CallStatus, event_type: str | None, payload: dict[str, Any],
+                       channel: str | None = None) -> None:
+        """Move a call forward to `status` (never backwards); record the event either way."""
+        earlier = _STATUS_ORDER[: _STATUS_ORDER.index(status)]
+        async with self.sessions() as session:
+            call = await session.get(Call, call_id)
+            if call is None:
+                return
+            values: dict[str, Any] = {"status": status}
+            if status is CallStatus.ANSWERED and call.answered_at is None:
+                values["answered_at"] = utcnow()
+            if channel and not call.channel:
+                values["channel"] = channel
+            result = await session.execute(
+                update(Call).where(Call.id == call_id, Call.status.in_(earlier)).values(**values))
+            if event_type:
+                await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
+            await session.commit()
+            if result.rowcount == 1 and self.events is not None:
+                self.events.publish(call.user_id, "call.updated", {"call_id": call_id, "task_id": call.task_id,
+                                                                   "status": status.value, "outcome": None})
+
+    async def _record(self, call_id: int, event_type: str, payload: dict[str, Any]) -> None:
+        async with self.sessions() as session:
+            call = await session.get(Call, call_id)
+            if call is None:
+                return
+            await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
+            await session.commit()
+
+
+_ids: dict[str, int] = {}
+
+
+def _next_id(prefix: str) -> str:
+    _ids[prefix] = _ids.get(prefix, 0) + 1
+    return f"opendeep-{prefix}-{_ids[prefix]}"
+
+
+def _int_or_none(raw: Any) -> int | None:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("finishing a call from AMI failed", exc_info=task.exception())
+
