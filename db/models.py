@@ -199,6 +199,10 @@ class Call(Base):
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
     analysis: Mapped[dict[str, Any] | None] = mapped_column()
     analyzed_at: Mapped[datetime | None] = mapped_column()
+    # The post-call analyzer's claim (opendeep/analyzer.py): token + lease, so two analyzers never apply twice.
+    analysis_claim: Mapped[str | None] = mapped_column(String(36))
+    analysis_locked_until: Mapped[datetime | None] = mapped_column()
+    analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class CallTranscript(Base):

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import (
@@ -377,3 +377,25 @@ async def mark_notification_read(session: AsyncSession, user_id: int, notificati
         .values(read_at=utcnow())
     )
     return result.rowcount == 1
+
+
+# ---------------------------------------------------------------- FastAGI call-start (one round trip each)
+
+
+async def get_call_with_task(session: AsyncSession, user_id: int, call_id: int) -> tuple[Call, Task] | None:
+    """The user's call and its task in one query (FastAGI call-start runs this for every dial)."""
+    row = (await session.execute(
+        select(Call, Task).join(Task, Task.id == Call.task_id)
+        .where(Call.id == call_id, Call.user_id == user_id, Task.user_id == user_id)
+    )).first()
+    return (row[0], row[1]) if row else None
+
+
+async def dnd_check(session: AsyncSession, user_id: int, phone_number: str) -> tuple[bool, int]:
+    """(listed by this user, how many tenants list it) in one query: the user's DND and the global DND."""
+    listed_by_user, tenants = (await session.execute(
+        select(func.max(case((DndEntry.user_id == user_id, 1), else_=0)),
+               func.count(func.distinct(DndEntry.user_id)))
+        .where(DndEntry.phone_number == phone_number)
+    )).one()
+    return bool(listed_by_user), int(tenants or 0)
