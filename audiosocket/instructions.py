@@ -1,0 +1,76 @@
+"""What the call AI is told for one call: built from the task, its campaign, the user's profile and what
+earlier attempts learned. Pure functions of the rows: easy to read, easy to test."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from db.models import Campaign, Task, User
+
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "nl": "Dutch",
+    "pt": "Portuguese", "pl": "Polish", "sv": "Swedish", "da": "Danish", "no": "Norwegian", "fi": "Finnish",
+    "tr": "Turkish", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "ru": "Russian", "uk": "Ukrainian",
+}
+
+
+def user_display_name(user: User) -> str:
+    """How the AI names the person it calls for: the profile's name if set, else the username."""
+    profile = user.profile or {}
+    for key in ("name", "full_name", "display_name"):
+        value = profile.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return user.username
+
+
+def language_name(code: str) -> str:
+    base = (code or "en").split("-")[0].lower()
+    return LANGUAGE_NAMES.get(base, code or "English")
+
+
+def opening_sentence(user: User, task: Task) -> str:
+    """The first thing the callee hears: who is calling, that it is an AI, and on whose behalf."""
+    return (f"Hello, this is an AI assistant calling on behalf of {user_display_name(user)}"
+            f"{' for ' + task.target_name if task.target_name else ''}. "
+            f"Is this a good moment to talk briefly?")
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True)
+
+
+def build_instructions(*, task: Task, user: User, campaign: Campaign | None = None,
+                       earlier_attempts: str | None = None) -> str:
+    """The realtime session's instructions for one call."""
+    name = user_display_name(user)
+    language = language_name(task.language)
+    sections: list[str] = [
+        f"You are an AI phone assistant making an outbound call on behalf of {name}. You are an AI and say so "
+        f"if asked; never claim to be human. Speak {language} unless the callee clearly prefers another "
+        f"language. Keep turns short and natural: this is a phone call, not a text chat.",
+        f"Open the call with this sentence, in {language}: \"{opening_sentence(user, task)}\"",
+        f"Objective of this call: {task.objective or (campaign.goal if campaign else '') or 'see the context'}",
+        f"You are calling: {task.target_name} ({task.phone_number}).",
+    ]
+    if campaign is not None and campaign.master_prompt:
+        sections.append(f"Guidance for every call of this campaign:\n{campaign.master_prompt}")
+    if task.context:
+        sections.append(f"Context for this call:\n{_render(task.context)}")
+    profile = {k: v for k, v in (user.profile or {}).items() if v not in (None, "", [], {})}
+    if profile:
+        sections.append(f"About {name} (share only what the objective needs):\n{_render(profile)}")
+    notes = earlier_attempts if earlier_attempts is not None else task.inter_call_context
+    if notes:
+        sections.append(f"What earlier calls for this task learned:\n{notes}")
+    sections.append(
+        "Tools: use send_dtmf to navigate phone menus (IVR) by pressing keys; request_user_feedback when you "
+        f"need a decision or information only {name} has (tell the callee you are checking, and keep them "
+        "informed while you wait); transfer_to_human only if the callee asks for a human and an extension is "
+        "known; record_note for facts worth keeping; end_call when the objective is reached, refused or "
+        "impossible, after saying a polite goodbye. Do not promise anything the context does not allow."
+    )
+    return "\n\n".join(sections)

@@ -1,0 +1,184 @@
+"""The outbound clock: one 20 ms frame every 20 ms, on an absolute monotonic grid.
+
+Asterisk's AudioSocket() pushes each frame to the channel the moment it arrives, so a burst is heard as
+garbled audio and a gap as a click; and it hangs up after 2 s without a frame, so when the model has nothing to
+say we send silence. Each tick is a loop timer (`call_at`), not a task: the next deadline is the previous one
+plus 20 ms (a relative sleep would drift), and after a stall of more than a frame the grid restarts from now
+instead of bursting to catch up.
+
+A small jitter buffer: after silence, playback starts once `prebuffer_frames` are queued (or the first audio
+has waited `prebuffer_seconds`, or the response is complete), so a model that streams in small pieces does not
+stutter on its first words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from audiosocket.protocol import HEADER, Kind
+
+log = logging.getLogger("opendeep.audiosocket.pacing")
+
+FRAME_SECONDS = 0.020
+SAMPLE_RATE = 8000
+BYTES_PER_MS = SAMPLE_RATE * 2 // 1000            # 16: slin 8 kHz, 16-bit
+FRAME_BYTES = int(SAMPLE_RATE * FRAME_SECONDS) * 2  # 320
+_AUDIO_HEADER = HEADER.pack(Kind.SLIN8, FRAME_BYTES)
+SILENCE = bytes(FRAME_BYTES)
+SILENCE_FRAME = _AUDIO_HEADER + SILENCE
+
+
+class OutboundPacer:
+    """Queue of the model's audio (slin 8 kHz) for one call, written as frames by `write` on a 20 ms grid.
+
+    `write` is synchronous (a transport's write): a tick never waits for anything.
+    Items (the model's audio item ids) are tracked so that barge-in can tell the model how much of an item the
+    callee actually heard (`played_ms`).
+    """
+
+    def __init__(self, write: Callable[[bytes], None], *, prebuffer_frames: int = 2,
+                 prebuffer_seconds: float = 0.040, lateness: list[float] | None = None,
+                 queue_delays: list[float] | None = None) -> None:
+        self._write = write
+        self._loop = asyncio.get_running_loop()
+        self._prebuffer_bytes = max(1, prebuffer_frames) * FRAME_BYTES
+        self._prebuffer_seconds = prebuffer_seconds
+        self._chunks: deque[list] = deque()   # [item_id, bytes, offset, enqueued_at]
+        self._buffered = 0
+        self._playing = False
+        self._complete = False                # the model said the audio is done: no more to wait for
+        self._handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self.frames_written = 0
+        self.audio_frames_written = 0
+        self.played_bytes: dict[str, int] = {}
+        self.item_started_at: dict[str, float] = {}   # loop time the first byte of an item went out
+        self.last_item: str | None = None
+        self.last_audio_at: float | None = None
+        self.closed = False
+        # Measurements for bench/bench_audiosocket.py; None in production (no per-frame cost).
+        self.lateness = lateness
+        self.queue_delays = queue_delays
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Write the first frame now and keep one going out every 20 ms until `stop()`."""
+        if self._handle is None and not self.closed:
+            self._deadline = self._loop.time()
+            self._tick()
+
+    def stop(self) -> None:
+        """No frame is written after this returns (the hangup frame may follow)."""
+        self.closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._buffered
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued: only silence would go out."""
+        return self._buffered == 0
+
+    def enqueue(self, slin: bytes, item_id: str = "") -> None:
+        """Queue model audio (slin 8 kHz 16-bit) for the call."""
+        if not slin or self.closed:
+            return
+        self._chunks.append([item_id, slin, 0, self._loop.time()])
+        self._buffered += len(slin)
+        self._complete = False
+
+    def mark_complete(self) -> None:
+        """The current response has no more audio: play a short tail at once instead of waiting to fill up."""
+        self._complete = True
+
+    def clear(self) -> int:
+        """Barge-in: drop everything queued; the next tick sends silence. Returns the bytes dropped."""
+        dropped = self._buffered
+        self._chunks.clear()
+        self._buffered = 0
+        self._playing = False
+        self._complete = False
+        return dropped
+
+    def played_ms(self, item_id: str) -> int:
+        """How much of an item's audio has been written to Asterisk (what the callee heard), in ms."""
+        return self.played_bytes.get(item_id, 0) // BYTES_PER_MS
+
+    # ------------------------------------------------------------------ the clock
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if self.lateness is not None:
+            self.lateness.append(now - self._deadline)
+        payload = self._next_payload(now)
+        try:
+            self._write(_AUDIO_HEADER + payload)
+        except Exception as exc:  # the socket is gone: the bridge sees EOF and ends the call
+            log.info("AudioSocket write failed (%s); outbound audio stopped", exc)
+            self.stop()
+            return
+        self.frames_written += 1
+        self._deadline += FRAME_SECONDS
+        if now - self._deadline > FRAME_SECONDS:
+            # More than a frame behind (event loop stall): restart the grid, never burst to catch up.
+            self._deadline = now + FRAME_SECONDS
+        self._handle = self._loop.call_at(self._deadline, self._tick)
+
+    def _next_payload(self, now: float) -> bytes:
+        buffered = self._buffered
+        if not buffered:
+            self._playing = False
+            return SILENCE
+        if not self._playing:
+            waited = now - self._chunks[0][3]
+            if buffered < self._prebuffer_bytes and waited < self._prebuffer_seconds and not self._complete:
+                return SILENCE
+            self._playing = True
+        self.audio_frames_written += 1
+        self.last_audio_at = now
+        if buffered < FRAME_BYTES:
+            return self._take(buffered, now) + bytes(FRAME_BYTES - buffered)  # tail: pad with silence
+        return self._take(FRAME_BYTES, now)
+
+    def _take(self, size: int, now: float) -> bytes:
+        chunks = self._chunks
+        first = chunks[0]
+        item, data, offset, enqueued = first
+        if offset == 0 and len(data) == size:  # the common case: model audio already in 20 ms pieces
+            chunks.popleft()
+            self._account(item, size, now, enqueued)
+            self._buffered -= size
+            return data
+        out = bytearray()
+        while size and chunks:
+            chunk = chunks[0]
+            item, data, offset, enqueued = chunk
+            piece = data[offset:offset + size]
+            out += piece
+            size -= len(piece)
+            if offset == 0:
+                self._account(item, len(piece), now, enqueued)
+            else:
+                self.played_bytes[item] = self.played_bytes.get(item, 0) + len(piece)
+            if offset + len(piece) >= len(data):
+                chunks.popleft()
+            else:
+                chunk[2] = offset + len(piece)
+        self._buffered -= len(out)
+        return bytes(out)
+
+    def _account(self, item: str, size: int, now: float, enqueued: float) -> None:
+        if item not in self.item_started_at:
+            self.item_started_at[item] = now
+        self.played_bytes[item] = self.played_bytes.get(item, 0) + size
+        self.last_item = item
+        if self.queue_delays is not None:
+            self.queue_delays.append(now - enqueued)
