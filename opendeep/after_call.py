@@ -1,0 +1,59 @@
+"""The "aftercall" component of `opendeep serve`: runs the post-call analyzer, the task lifecycle manager and
+the campaign summarizer as three loops, and stops them cleanly.
+
+Several processes may run it at once: every decision is a conditional UPDATE, so each call is analyzed once,
+each stuck task recovered once and each campaign summarized once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from opendeep.analyzer import PostCallAnalyzer
+from opendeep.lifecycle import LifecycleManager
+from opendeep.runtime import Runtime
+from opendeep.summarizer import CampaignSummarizer
+
+log = logging.getLogger("opendeep.after_call")
+
+# Ended calls are picked up within this long; the summarizer needs no more haste than that.
+MIN_POLL_SECONDS = 0.05
+
+
+class AfterCallComponent:
+    name = "aftercall"
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.analyzer = PostCallAnalyzer(settings, runtime.sessions, runtime.events)
+        self.lifecycle = LifecycleManager(settings, runtime.sessions, runtime.events)
+        self.summarizer = CampaignSummarizer(settings, runtime.sessions, runtime.events)
+        self.poll_seconds = max(settings.scheduler_poll_seconds, MIN_POLL_SECONDS)
+        self.lifecycle_seconds = max(settings.lifecycle_interval_seconds, MIN_POLL_SECONDS)
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Start the three loops. The lifecycle manager's first pass runs at once: that is crash recovery."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self.lifecycle.run_forever(self.lifecycle_seconds), name="aftercall-lifecycle"),
+            asyncio.create_task(self.analyzer.run_forever(self.poll_seconds), name="aftercall-analyzer"),
+            asyncio.create_task(self.summarizer.run_forever(self.poll_seconds), name="aftercall-summarizer"),
+        ]
+        log.info("after-call services started (poll %.1fs, lifecycle every %.1fs)", self.poll_seconds,
+                 self.lifecycle_seconds)
+
+    async def stop(self) -> None:
+        """Cancel the loops and wait for them; an analysis cut off mid-way is retried when its lease runs out."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.analyzer.close()
+        await self.summarizer.close()
