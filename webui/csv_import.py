@@ -1,0 +1,226 @@
+"""Targets and do-not-call lists as CSV: parse everything first, report every bad line, import all or nothing.
+
+Parsing is separate from importing: `parse_*` reads the whole text and raises `CsvImportError` (first bad line,
+plus every other one in `.errors`) before a single row touches the database, and `import_*` writes rows in the
+caller's transaction, so a bad file leaves nothing behind. The CLI (`opendeep tasks import`, `opendeep dnd
+import/export`) and the web UI both use these functions.
+
+Targets CSV: a header line naming the columns; `name` and `phone_number` are required, `objective`,
+`language` and `max_attempts` are optional, and any other column goes into the task's context for the call AI.
+DND CSV: `phone_number[,reason]`, with or without a header line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import repo
+from db.models import Task
+from opendeep.phone import InvalidPhoneNumber, normalize_e164
+from webui.plan import MAX_ATTEMPTS_LIMIT
+
+MAX_ROWS = 10_000
+MAX_ERRORS_REPORTED = 50
+TARGET_ALIASES = {
+    "name": "name", "target_name": "name", "target": "name", "business": "name",
+    "phone_number": "phone_number", "phone": "phone_number", "number": "phone_number", "telephone": "phone_number",
+    "objective": "objective", "goal": "objective",
+    "language": "language", "max_attempts": "max_attempts",
+}
+DND_HEADERS = {"phone_number", "phone", "number", "telephone"}
+# A spreadsheet runs a cell starting with one of these as a formula; exported free text gets a quote first.
+_FORMULA_START = ("=", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+class CsvImportError(ValueError):
+    """A CSV cannot be imported; `line` and `reason` name the first problem, `errors` lists all found."""
+
+    def __init__(self, line: int, reason: str, errors: list[LineError] | None = None) -> None:
+        self.line = line
+        self.reason = reason
+        self.errors = errors or [LineError(line, reason)]
+        more = len(self.errors) - 1
+        super().__init__(f"line {line}: {reason}" + (f" (and {more} more bad line(s))" if more > 0 else ""))
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    line: int
+    name: str
+    phone_number: str          # E.164
+    objective: str = ""
+    language: str = "en"
+    max_attempts: int | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DndRow:
+    line: int
+    phone_number: str          # E.164
+    reason: str = ""
+
+
+def _reader(text: str) -> csv.reader:
+    if text.startswith("\ufeff"):  # Excel's UTF-8 byte order mark
+        text = text[1:]
+    return csv.reader(io.StringIO(text, newline=""), strict=True)
+
+
+def _rows(text: str):
+    """(line number, cells) for each non-blank row; the line is where the row starts."""
+    reader = _reader(text)
+    line = 1
+    try:
+        for cells in reader:
+            start, line = line, reader.line_num + 1
+            if any(cell.strip() for cell in cells):
+                yield start, [cell.strip() for cell in cells]
+    except csv.Error as exc:
+        raise CsvImportError(reader.line_num or 1, f"not valid CSV ({exc})") from None
+
+
+def _raise_if_any(errors: list[LineError]) -> None:
+    if errors:
+        first = errors[0]
+        raise CsvImportError(first.line, first.reason, errors[:MAX_ERRORS_REPORTED])
+
+
+def parse_targets_csv(text: str) -> list[TargetRow]:
+    """Parse a targets CSV (header required). Raises CsvImportError naming the line and the reason."""
+    rows = _rows(text)
+    first = next(rows, None)
+    if first is None:
+        raise CsvImportError(1, "the file is empty; expected a header line such as name,phone_number,objective")
+    header_line, header = first
+    columns = [TARGET_ALIASES.get(cell.lower().replace(" ", "_"), cell) for cell in header]
+    missing = [name for name in ("name", "phone_number") if name not in columns]
+    if missing:
+        raise CsvImportError(header_line, f"the header has no {' or '.join(missing)} column "
+                                          f"(found: {', '.join(header) or 'nothing'})")
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise CsvImportError(header_line, f"the header names {', '.join(duplicated)} twice")
+    targets: list[TargetRow] = []
+    errors: list[LineError] = []
+    seen: dict[str, int] = {}
+    for line, cells in rows:
+        if len(targets) + len(errors) >= MAX_ROWS:
+            raise CsvImportError(line, f"too many rows (at most {MAX_ROWS} per file)")
+        if len(cells) > len(columns):
+            errors.append(LineError(line, f"{len(cells)} values but the header has {len(columns)} columns"))
+            continue
+        values = dict(zip(columns, cells + [""] * (len(columns) - len(cells)), strict=True))
+        row_errors: list[str] = []
+        if not values["name"]:
+            row_errors.append("name is empty")
+        try:
+            number = normalize_e164(values["phone_number"])
+        except InvalidPhoneNumber as exc:
+            row_errors.append(f"{exc} (use E.164 such as +14155550123)")
+            number = ""
+        if number in seen:
+            row_errors.append(f"{number} is already on line {seen[number]}")
+        max_attempts = None
+        if values.get("max_attempts"):
+            raw = values["max_attempts"]
+            if not raw.isdigit() or not 1 <= int(raw) <= MAX_ATTEMPTS_LIMIT:
+                row_errors.append(f"max_attempts {raw!r} is not a whole number from 1 to {MAX_ATTEMPTS_LIMIT}")
+            else:
+                max_attempts = int(raw)
+        if row_errors:
+            errors.append(LineError(line, "; ".join(row_errors)))
+            continue
+        seen[number] = line
+        context = {key: value for key, value in values.items() if key not in TARGET_ALIASES.values() and value}
+        targets.append(TargetRow(line=line, name=values["name"], phone_number=number,
+                                 objective=values.get("objective", ""), language=values.get("language") or "en",
+                                 max_attempts=max_attempts, context=context))
+    _raise_if_any(errors)
+    if not targets:
+        raise CsvImportError(header_line, "the file has a header but no targets")
+    return targets
+
+
+async def import_targets(session: AsyncSession, user_id: int, campaign_id: int, rows: list[TargetRow],
+                         *, default_objective: str = "", default_max_attempts: int = 3) -> list[Task]:
+    """Add one task per row to the user's campaign (LookupError if the campaign is not theirs). Caller commits."""
+    if await repo.get_campaign(session, user_id, campaign_id) is None:
+        raise LookupError(f"campaign {campaign_id} not found")
+    tasks = []
+    for row in rows:
+        tasks.append(await repo.add_task(
+            session, user_id, campaign_id, target_name=row.name, phone_number=row.phone_number,
+            objective=row.objective or default_objective, context=dict(row.context), language=row.language,
+            max_attempts=row.max_attempts or default_max_attempts,
+        ))
+    return tasks
+
+
+def parse_dnd_csv(text: str) -> list[DndRow]:
+    """Parse `phone_number[,reason]` lines (an optional header is recognised). Raises CsvImportError."""
+    result: list[DndRow] = []
+    errors: list[LineError] = []
+    seen: set[str] = set()
+    for index, (line, cells) in enumerate(_rows(text)):
+        if index == 0 and cells[0].lower().replace(" ", "_") in DND_HEADERS:
+            continue
+        if len(result) + len(errors) >= MAX_ROWS:
+            raise CsvImportError(line, f"too many rows (at most {MAX_ROWS} per file)")
+        try:
+            number = normalize_e164(cells[0])
+        except InvalidPhoneNumber as exc:
+            errors.append(LineError(line, f"{exc} (use E.164 such as +14155550123)"))
+            continue
+        if number in seen:
+            continue  # the same number twice in one list is harmless
+        seen.add(number)
+        result.append(DndRow(line, number, cells[1] if len(cells) > 1 else ""))
+    _raise_if_any(errors)
+    return result
+
+
+async def import_dnd(session: AsyncSession, user_id: int, rows: list[DndRow]) -> int:
+    """Add the rows to the user's DND list; returns how many were new. Caller commits."""
+    added = 0
+    for row in rows:
+        added += await repo.add_dnd(session, user_id, row.phone_number, row.reason)
+    return added
+
+
+def _safe_cell(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+async def export_dnd_csv(session: AsyncSession, user_id: int) -> str:
+    """The user's DND list as CSV (header `phone_number,reason,added_at`); `parse_dnd_csv` reads it back."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["phone_number", "reason", "added_at"])
+    for entry in await repo.list_dnd(session, user_id):
+        writer.writerow([entry.phone_number, _safe_cell(entry.reason), entry.created_at.isoformat()])
+    return out.getvalue()
+
+
+def table_csv(columns: list[str], rows: list[list[Any]]) -> str:
+    """A table (e.g. a campaign summary) as CSV, with spreadsheet formulas defused."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_safe_cell("" if value is None else str(value)) for value in row])
+    return out.getvalue()

@@ -1,0 +1,479 @@
+"""The HTML pages: server-rendered with Jinja2, forms that work without JavaScript, light JS for live updates.
+
+Every route is built with `webui.routing.page`, which requires a session (except login / sign-up) and checks
+the CSRF token on every POST. Every lookup is by (user_id, id), so another user's id is a plain 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from db import repo
+from opendeep.llm import LlmNotConfigured
+from opendeep.phone import InvalidPhoneNumber, normalize_e164
+from opendeep.runtime import Runtime
+from webui import views
+from webui.auth import LoginRateLimiter, SignupError, authenticate, end_session, sign_up, start_session
+from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
+from webui.csv_import import (
+    CsvImportError,
+    export_dnd_csv,
+    import_dnd,
+    import_targets,
+    parse_dnd_csv,
+    parse_targets_csv,
+    table_csv,
+)
+from webui.live import FeedbackError, LiveStream, answer_feedback
+from webui.orchestrator import PlanRejected, chat_source_key, confirm_plan
+from webui.plan import plan_fingerprint
+from webui.routing import HttpError, form_data, not_found, page
+
+MAX_CSV_BYTES = 5 * 1024 * 1024
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def _render(request: Request, template: str, context: dict[str, Any] | None = None,
+            status_code: int = 200) -> Response:
+    return request.app.state.templates.TemplateResponse(request, template, context or {}, status_code=status_code)
+
+
+def _flash(request: Request, message: str, kind: str = "info") -> None:
+    request.session.setdefault("flash", []).append({"kind": kind, "message": message})
+
+
+def _redirect(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site paths: a login link must not send the user to another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or urlparse(target).netloc:
+        return "/campaigns"
+    return target
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _int(request: Request, name: str) -> int:
+    return int(request.path_params[name])
+
+
+async def _text_field(form, name: str, default: str = "") -> str:
+    value = form.get(name, default)
+    return value if isinstance(value, str) else default
+
+
+async def _upload_text(form, name: str) -> str:
+    upload = form.get(name)
+    if isinstance(upload, UploadFile):
+        data = await upload.read(MAX_CSV_BYTES + 1)
+    elif isinstance(upload, str):
+        data = upload.encode()
+    else:
+        data = b""
+    if len(data) > MAX_CSV_BYTES:
+        raise CsvImportError(1, f"the file is larger than {MAX_CSV_BYTES // 1024 // 1024} MiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CsvImportError(1, "the file is not UTF-8 text (save it as 'CSV UTF-8')") from None
+
+
+# ---------------------------------------------------------------- accounts
+
+
+async def home(request: Request) -> Response:
+    return _redirect("/campaigns" if request.state.user_id else "/login")
+
+
+async def login(request: Request) -> Response:
+    next_path = _safe_next(request.query_params.get("next"))
+    if request.method == "GET":
+        return _render(request, "login.html", {"next": next_path})
+    form = await form_data(request)
+    username = await _text_field(form, "username")
+    password = await _text_field(form, "password")
+    next_path = _safe_next(await _text_field(form, "next"))
+    limiter: LoginRateLimiter = request.app.state.rate_limiter
+    keys = limiter.keys(_client_ip(request), username)
+    wait = limiter.retry_after(keys)
+    if wait is not None:
+        return _render(request, "login.html", {"next": next_path, "username": username,
+                                               "error": f"Too many failed logins. Try again in {int(wait) + 1} s."},
+                       status_code=429)
+    user = await authenticate(_runtime(request).sessions, username, password)
+    if user is None:
+        limiter.record_failure(keys)
+        return _render(request, "login.html", {"next": next_path, "username": username,
+                                               "error": "Wrong username or password."}, status_code=401)
+    limiter.record_success(keys)
+    start_session(request, user)
+    return _redirect(next_path)
+
+
+async def logout(request: Request) -> Response:
+    end_session(request)
+    return _redirect("/login")
+
+
+async def signup(request: Request) -> Response:
+    if not _runtime(request).settings.allow_signup:
+        raise not_found("page")
+    if request.method == "GET":
+        return _render(request, "signup.html")
+    form = await form_data(request)
+    username = await _text_field(form, "username")
+    try:
+        user = await sign_up(_runtime(request).sessions, username, await _text_field(form, "password"))
+    except SignupError as exc:
+        return _render(request, "signup.html", {"error": str(exc), "username": username}, status_code=400)
+    start_session(request, user)
+    return _redirect("/chat")
+
+
+# ---------------------------------------------------------------- chat
+
+
+async def chat_list(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        chats = await repo.list_chat_sessions(session, request.state.user_id)
+    return _render(request, "chat_list.html", {"chats": chats})
+
+
+async def chat_new(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        chat = await repo.create_chat_session(session, request.state.user_id)
+        await session.commit()
+    return _redirect(f"/chat/{chat.id}")
+
+
+async def chat_page(request: Request) -> Response:
+    chat_id = _int(request, "chat_id")
+    async with _runtime(request).sessions() as session:
+        chat = await views.chat_view(session, request.state.user_id, chat_id)
+    if chat is None:
+        raise not_found("chat")
+    source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat["plan"] else ""
+    return _render(request, "chat.html", {"chat": chat, "source_key": source_key})
+
+
+async def chat_message(request: Request) -> Response:
+    chat_id = _int(request, "chat_id")
+    form = await form_data(request)
+    text = (await _text_field(form, "text")).strip()
+    questions = [value for key, value in form.multi_items() if key == "question" and isinstance(value, str)]
+    answers = [value for key, value in form.multi_items() if key == "answer" and isinstance(value, str)]
+    if questions:   # the follow-up questions form: one message with each question and its answer
+        text = "\n".join(f"{q} — {a.strip() or '(no answer)'}" for q, a in zip(questions, answers, strict=False))
+    if not text:
+        _flash(request, "Write a message first.", "error")
+        return _redirect(f"/chat/{chat_id}")
+    try:
+        turn = await request.app.state.assistant.respond(_runtime(request).sessions, request.state.user_id,
+                                                         chat_id, text)
+    except LookupError:
+        raise not_found("chat") from None
+    except LlmNotConfigured as exc:
+        _flash(request, f"The assistant is off: {exc}. You can still import targets from a CSV file.", "error")
+        return _redirect(f"/chat/{chat_id}")
+    if turn.error:
+        _flash(request, f"The assistant could not answer: {turn.error}", "error")
+    return _redirect(f"/chat/{chat_id}#end")
+
+
+async def chat_confirm(request: Request) -> Response:
+    chat_id = _int(request, "chat_id")
+    form = await form_data(request)
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
+        chat = await repo.get_chat_session(session, request.state.user_id, chat_id)
+    if chat is None:
+        raise not_found("chat")
+    if not chat.plan:
+        _flash(request, "There is no plan to confirm yet.", "error")
+        return _redirect(f"/chat/{chat_id}")
+    expected = chat_source_key(chat_id, plan_fingerprint(chat.plan))
+    if await _text_field(form, "source_key") != expected:
+        # The plan changed since this page was shown: confirm what the user sees, not something newer.
+        _flash(request, "The plan changed since you opened this page; check it and confirm again.", "error")
+        return _redirect(f"/chat/{chat_id}")
+    try:
+        confirmation = await confirm_plan(runtime.sessions, request.state.user_id, chat.plan, expected,
+                                          chat_id=chat_id, events=runtime.events)
+    except PlanRejected as exc:
+        _flash(request, f"The plan is not valid: {exc}", "error")
+        return _redirect(f"/chat/{chat_id}")
+    if confirmation.created:
+        _flash(request, f"Campaign scheduled with {len(confirmation.task_ids)} call task(s).")
+    return _redirect(f"/campaigns/{confirmation.campaign.id}")
+
+
+# ---------------------------------------------------------------- campaigns and tasks
+
+
+async def campaign_list(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        campaigns = await views.list_campaigns(session, request.state.user_id)
+    return _render(request, "campaigns.html", {"campaigns": campaigns})
+
+
+async def _detail(request: Request) -> dict[str, Any]:
+    async with _runtime(request).sessions() as session:
+        detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"))
+    if detail is None:
+        raise not_found("campaign")
+    return detail
+
+
+async def campaign_page(request: Request) -> Response:
+    return _render(request, "campaign.html", await _detail(request))
+
+
+async def campaign_tasks_fragment(request: Request) -> Response:
+    return _render(request, "_tasks.html", await _detail(request))
+
+
+async def _control(request: Request, run) -> Response:
+    try:
+        action = ControlAction(request.path_params["action"])
+    except ValueError:
+        raise not_found("action") from None
+    try:
+        result = await run(action)
+    except NotFound as exc:
+        raise HttpError(404, "not_found", str(exc)) from None
+    except ControlError as exc:
+        _flash(request, exc.message, "error")
+    else:
+        _flash(request, result.message[0].upper() + result.message[1:] + ".")
+    return None
+
+
+async def campaign_control(request: Request) -> Response:
+    campaign_id = _int(request, "campaign_id")
+    await _control(request, lambda action: control_campaign(_runtime(request), request.state.user_id,
+                                                            campaign_id, action))
+    return _redirect(f"/campaigns/{campaign_id}")
+
+
+async def task_control(request: Request) -> Response:
+    task_id = _int(request, "task_id")
+    async with _runtime(request).sessions() as session:
+        task = await repo.get_task(session, request.state.user_id, task_id)
+    if task is None:
+        raise not_found("task")
+    await _control(request, lambda action: control_task(_runtime(request), request.state.user_id, task_id, action))
+    return _redirect(f"/campaigns/{task.campaign_id}#task-{task_id}")
+
+
+async def call_page(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        call = await views.call_detail(session, request.state.user_id, _int(request, "call_id"))
+        task = await repo.get_task(session, request.state.user_id, call["task_id"]) if call else None
+    if call is None or task is None:
+        raise not_found("call")
+    return _render(request, "call.html", {"call": call, "task": views.task_dict(task)})
+
+
+async def campaign_import(request: Request) -> Response:
+    """New campaign from a CSV of targets (GET: the form; POST: import all rows or none)."""
+    if request.method == "GET":
+        return _render(request, "import.html")
+    form = await form_data(request)
+    name = (await _text_field(form, "name")).strip()
+    goal = (await _text_field(form, "goal")).strip()
+    if not name:
+        return _render(request, "import.html", {"error": "Give the campaign a name.", "goal": goal}, 400)
+    try:
+        rows = parse_targets_csv(await _upload_text(form, "file"))
+    except CsvImportError as exc:
+        return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors,
+                                                "name": name, "goal": goal}, 400)
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
+        campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
+        tasks = await import_targets(session, request.state.user_id, campaign.id, rows, default_objective=goal)
+        await session.commit()
+    for task in tasks:
+        runtime.events.publish(request.state.user_id, "task.updated",
+                               {"task_id": task.id, "campaign_id": campaign.id, "status": task.status.value})
+    _flash(request, f"Imported {len(tasks)} target(s).")
+    return _redirect(f"/campaigns/{campaign.id}")
+
+
+async def campaign_add_targets(request: Request) -> Response:
+    campaign_id = _int(request, "campaign_id")
+    form = await form_data(request)
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
+        campaign = await repo.get_campaign(session, request.state.user_id, campaign_id)
+        if campaign is None:
+            raise not_found("campaign")
+        try:
+            rows = parse_targets_csv(await _upload_text(form, "file"))
+        except CsvImportError as exc:
+            _flash(request, f"Nothing was imported: {exc}", "error")
+            return _redirect(f"/campaigns/{campaign_id}")
+        tasks = await import_targets(session, request.state.user_id, campaign_id, rows,
+                                     default_objective=campaign.goal)
+        await session.commit()
+    for task in tasks:
+        runtime.events.publish(request.state.user_id, "task.updated",
+                               {"task_id": task.id, "campaign_id": campaign_id, "status": task.status.value})
+    _flash(request, f"Imported {len(tasks)} target(s).")
+    return _redirect(f"/campaigns/{campaign_id}")
+
+
+async def _summary(request: Request):
+    async with _runtime(request).sessions() as session:
+        campaign = await repo.get_campaign(session, request.state.user_id, _int(request, "campaign_id"))
+    if campaign is None:
+        raise not_found("campaign")
+    if campaign.summary is None and not campaign.summary_text:
+        raise HttpError(404, "no_summary", "this campaign has no summary yet (it is written when the campaign ends)")
+    return campaign, *views.summary_table(campaign.summary)
+
+
+async def summary_page(request: Request) -> Response:
+    campaign, columns, rows = await _summary(request)
+    return _render(request, "summary.html", {"campaign": views.campaign_dict(campaign),
+                                             "summary_text": campaign.summary_text, "columns": columns,
+                                             "rows": rows})
+
+
+async def summary_csv(request: Request) -> Response:
+    campaign, columns, rows = await _summary(request)
+    return PlainTextResponse(table_csv(columns, rows), media_type="text/csv; charset=utf-8", headers={
+        "content-disposition": f'attachment; filename="campaign-{campaign.id}-summary.csv"'})
+
+
+# ---------------------------------------------------------------- do-not-call list
+
+
+async def dnd_page(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        entries = await repo.list_dnd(session, request.state.user_id)
+    return _render(request, "dnd.html", {"entries": entries})
+
+
+async def dnd_add(request: Request) -> Response:
+    form = await form_data(request)
+    try:
+        number = normalize_e164(await _text_field(form, "phone_number"))
+    except InvalidPhoneNumber as exc:
+        _flash(request, f"{exc} (use E.164 such as +14155550123)", "error")
+        return _redirect("/dnd")
+    async with _runtime(request).sessions() as session:
+        added = await repo.add_dnd(session, request.state.user_id, number, (await _text_field(form, "reason"))[:500])
+        await session.commit()
+    _flash(request, f"{number} added to your do-not-call list." if added else f"{number} was already on it.")
+    return _redirect("/dnd")
+
+
+async def dnd_remove(request: Request) -> Response:
+    form = await form_data(request)
+    number = await _text_field(form, "phone_number")
+    async with _runtime(request).sessions() as session:
+        removed = await repo.remove_dnd(session, request.state.user_id, number)
+        await session.commit()
+    if not removed:
+        raise not_found("number on your do-not-call list")
+    _flash(request, f"{number} removed from your do-not-call list.")
+    return _redirect("/dnd")
+
+
+async def dnd_import_page(request: Request) -> Response:
+    form = await form_data(request)
+    try:
+        rows = parse_dnd_csv(await _upload_text(form, "file"))
+    except CsvImportError as exc:
+        _flash(request, f"Nothing was imported: {exc}", "error")
+        for error in exc.errors[1:10]:
+            _flash(request, str(error), "error")
+        return _redirect("/dnd")
+    async with _runtime(request).sessions() as session:
+        added = await import_dnd(session, request.state.user_id, rows)
+        await session.commit()
+    _flash(request, f"Imported {len(rows)} number(s), {added} new.")
+    return _redirect("/dnd")
+
+
+async def dnd_export(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        text = await export_dnd_csv(session, request.state.user_id)
+    return PlainTextResponse(text, media_type="text/csv; charset=utf-8",
+                             headers={"content-disposition": 'attachment; filename="dnd.csv"'})
+
+
+# ---------------------------------------------------------------- human in the loop and live events
+
+
+async def feedback_page(request: Request) -> Response:
+    async with _runtime(request).sessions() as session:
+        pending = await repo.list_pending_feedback(session, request.state.user_id)
+        cards = [await views.feedback_card(session, request.state.user_id, item) for item in pending]
+    return _render(request, "feedback.html", {"cards": cards})
+
+
+async def feedback_answer(request: Request) -> Response:
+    form = await form_data(request)
+    try:
+        await answer_feedback(_runtime(request), request.state.user_id, _int(request, "request_id"),
+                              await _text_field(form, "answer"))
+    except FeedbackError as exc:
+        if exc.code == "not_found":
+            raise not_found("question") from None
+        _flash(request, exc.message, "error")
+    else:
+        _flash(request, "Answer sent to the call.")
+    return _redirect(_safe_next(await _text_field(form, "next", "/feedback")))
+
+
+async def events(request: Request) -> Response:
+    stream = LiveStream(_runtime(request), request.state.user_id, request.app.state.shutdown)
+    return StreamingResponse(stream.events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def routes() -> list[Route]:
+    return [
+        page("/", home, auth=False),
+        page("/login", login, ["GET", "POST"], auth=False),
+        page("/logout", logout, ["POST"]),
+        page("/signup", signup, ["GET", "POST"], auth=False),
+        page("/chat", chat_list),
+        page("/chat", chat_new, ["POST"]),
+        page("/chat/{chat_id:int}", chat_page),
+        page("/chat/{chat_id:int}/messages", chat_message, ["POST"]),
+        page("/chat/{chat_id:int}/confirm", chat_confirm, ["POST"]),
+        page("/campaigns", campaign_list),
+        page("/campaigns/import", campaign_import, ["GET", "POST"]),
+        page("/campaigns/{campaign_id:int}", campaign_page),
+        page("/campaigns/{campaign_id:int}/tasks", campaign_tasks_fragment),
+        page("/campaigns/{campaign_id:int}/targets", campaign_add_targets, ["POST"]),
+        page("/campaigns/{campaign_id:int}/summary", summary_page),
+        page("/campaigns/{campaign_id:int}/summary.csv", summary_csv),
+        page("/campaigns/{campaign_id:int}/{action:str}", campaign_control, ["POST"]),
+        page("/tasks/{task_id:int}/{action:str}", task_control, ["POST"]),
+        page("/calls/{call_id:int}", call_page),
+        page("/dnd", dnd_page),
+        page("/dnd", dnd_add, ["POST"]),
+        page("/dnd/remove", dnd_remove, ["POST"]),
+        page("/dnd/import", dnd_import_page, ["POST"]),
+        page("/dnd.csv", dnd_export),
+        page("/feedback", feedback_page),
+        page("/feedback/{request_id:int}/answer", feedback_answer, ["POST"]),
+        page("/events", events),
+    ]

@@ -1,0 +1,129 @@
+"""A campaign plan: its JSON schema and the one function that decides whether a plan may reach the database.
+
+The assistant submits plans through a tool call; `validate_plan` checks the shape with jsonschema and then what a
+schema cannot say (each number is a real E.164 number, no number twice, the window's hours are real). The
+errors are phrased for the model to fix them ("targets[1].phone_number: '555' is not a valid phone number").
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from opendeep.phone import InvalidPhoneNumber, normalize_e164
+from opendeep.settings import parse_window
+
+MAX_TARGETS = 200
+MAX_ATTEMPTS_LIMIT = 10
+
+_HHMM = r"^([01]?\d|2[0-3]):[0-5]\d$"
+
+PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "goal", "targets", "calling_window", "max_attempts"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                 "description": "short campaign title, e.g. 'Dental cleaning next week'"},
+        "goal": {"type": "string", "minLength": 1, "maxLength": 4000,
+                 "description": "what the user wants achieved overall"},
+        "master_prompt": {"type": "string", "maxLength": 8000,
+                          "description": "instructions for the call AI that apply to every call"},
+        "calling_window": {
+            "type": "object", "additionalProperties": False, "required": ["start", "end"],
+            "description": "local hours (callee's time zone) in which calls may be placed",
+            "properties": {"start": {"type": "string", "pattern": _HHMM},
+                           "end": {"type": "string", "pattern": _HHMM}},
+        },
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT,
+                         "description": "calls per target before giving up"},
+        "targets": {
+            "type": "array", "minItems": 1, "maxItems": MAX_TARGETS,
+            "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "phone_number", "objective"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "phone_number": {"type": "string", "minLength": 1, "maxLength": 40,
+                                     "description": "E.164, e.g. +14155550123"},
+                    "objective": {"type": "string", "minLength": 1, "maxLength": 4000,
+                                  "description": "what this call must achieve"},
+                    "language": {"type": "string", "minLength": 2, "maxLength": 16},
+                    "context": {"type": "object", "description": "facts the call AI may need (address, hours...)"},
+                    "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT},
+                },
+            },
+        },
+    },
+}
+
+_VALIDATOR = jsonschema.Draft202012Validator(PLAN_SCHEMA)
+
+
+@dataclass
+class PlanCheck:
+    """The outcome of `validate_plan`: a normalized plan, or the reasons it is not acceptable."""
+
+    plan: dict[str, Any] | None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None and not self.errors
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    text = ""
+    for part in error.absolute_path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "plan"
+
+
+def validate_plan(raw: Any) -> PlanCheck:
+    """Check a plan; return it normalized (numbers in E.164, text stripped) or every error found."""
+    if not isinstance(raw, dict):
+        return PlanCheck(None, ["plan: expected a JSON object"])
+    errors = [f"{_path(e)}: {e.message}" for e in sorted(_VALIDATOR.iter_errors(raw), key=lambda e: list(
+        map(str, e.absolute_path)))]
+    if errors:
+        return PlanCheck(None, errors)
+    plan = copy.deepcopy(raw)
+    window = plan["calling_window"]
+    try:
+        parse_window(f"{window['start']}-{window['end']}")
+    except ValueError as exc:
+        errors.append(f"calling_window: {exc}")
+    for key in ("name", "goal"):
+        plan[key] = plan[key].strip()
+        if not plan[key]:
+            errors.append(f"{key}: must not be blank")
+    plan.setdefault("master_prompt", "")
+    seen: dict[str, int] = {}
+    for index, target in enumerate(plan["targets"]):
+        target["name"] = target["name"].strip()
+        target["objective"] = target["objective"].strip()
+        target.setdefault("context", {})
+        target.setdefault("language", "en")
+        for key in ("name", "objective"):
+            if not target[key]:
+                errors.append(f"targets[{index}].{key}: must not be blank")
+        try:
+            target["phone_number"] = normalize_e164(target["phone_number"])
+        except InvalidPhoneNumber as exc:
+            errors.append(f"targets[{index}].phone_number: {exc} (use E.164 such as +14155550123)")
+            continue
+        if target["phone_number"] in seen:
+            errors.append(f"targets[{index}].phone_number: {target['phone_number']} is already "
+                          f"targets[{seen[target['phone_number']]}]")
+        seen.setdefault(target["phone_number"], index)
+    return PlanCheck(None, errors) if errors else PlanCheck(plan)
+
+
+def plan_fingerprint(plan: dict[str, Any]) -> str:
+    """A stable digest of a plan: the same plan confirmed twice gets the same idempotency key."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]

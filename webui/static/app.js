@@ -1,0 +1,161 @@
+// OpenDeep's light JavaScript: live updates over Server-Sent Events and the human-in-the-loop panel.
+// Every page works without it; this only saves reloads and shows questions from live calls at once.
+"use strict";
+
+(function () {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+  const cards = new Map();   // request_id -> card element
+
+  function toast(text, kind) {
+    const box = document.getElementById("toasts");
+    if (!box) return;
+    const item = document.createElement("p");
+    item.className = "flash " + (kind || "info");
+    item.textContent = text;
+    box.appendChild(item);
+    setTimeout(() => item.remove(), 8000);
+  }
+
+  function updateCount() {
+    const open = [...cards.values()].filter((c) => c.dataset.state === "pending").length;
+    const badge = document.getElementById("hitl-count");
+    if (badge) { badge.textContent = String(open); badge.hidden = open === 0; }
+    const panel = document.getElementById("hitl-panel");
+    if (panel) panel.hidden = cards.size === 0;
+  }
+
+  function closeCard(card, state, text) {
+    card.dataset.state = state;
+    card.classList.add(state);
+    card.querySelector(".hitl-status").textContent = text;
+    card.querySelector(".hitl-timer").textContent = "";
+    card.querySelectorAll("input, button").forEach((el) => { el.disabled = true; });
+    updateCount();
+    setTimeout(() => { card.remove(); cards.delete(card.dataset.requestId); updateCount(); }, 15000);
+  }
+
+  function showQuestion(data) {
+    const id = String(data.request_id);
+    if (cards.has(id)) return;
+    const template = document.getElementById("hitl-card-template");
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.id = "hitl-" + id;
+    card.dataset.requestId = id;
+    card.dataset.state = "pending";
+    const task = data.task || {};
+    card.querySelector(".hitl-who").textContent =
+      (task.target_name || "Call " + data.call_id) + (task.phone_number ? " · " + task.phone_number : "") +
+      (data.campaign ? " · " + data.campaign.name : "");
+    card.querySelector(".hitl-objective").textContent = task.objective || "";
+    card.querySelector(".hitl-question").textContent = data.question;
+    const list = card.querySelector(".hitl-transcript");
+    (data.transcript || []).forEach((line) => {
+      const li = document.createElement("li");
+      li.className = line.speaker;
+      const who = document.createElement("b");
+      who.textContent = line.speaker + " ";
+      li.append(who, document.createTextNode(line.text));
+      list.appendChild(li);
+    });
+    if (!list.children.length) card.querySelector(".hitl-transcript-box").hidden = true;
+    const form = card.querySelector("form");
+    form.action = "/feedback/" + id + "/answer";
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const answer = form.elements.answer.value.trim();
+      if (!answer) return;
+      form.querySelector("button").disabled = true;
+      try {
+        const response = await fetch("/api/feedback/" + id + "/answer", {
+          method: "POST", credentials: "same-origin",
+          headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf()},
+          body: JSON.stringify({answer}),
+        });
+        const body = await response.json();
+        if (response.ok) closeCard(card, "answered", "Answered: " + body.answer);
+        else { card.querySelector(".hitl-status").textContent = body.error.message; form.querySelector("button").disabled = false; }
+      } catch (err) {
+        card.querySelector(".hitl-status").textContent = "Could not send the answer: " + err;
+        form.querySelector("button").disabled = false;
+      }
+    });
+    if (data.timeout_at) {
+      const deadline = Date.parse(data.timeout_at);
+      const tick = () => {
+        if (card.dataset.state !== "pending") return;
+        const left = Math.max(0, Math.round((deadline - Date.now()) / 1000));
+        card.querySelector(".hitl-timer").textContent = left + " s left to answer";
+        if (left > 0) setTimeout(tick, 1000);
+      };
+      tick();
+    }
+    cards.set(id, card);
+    document.getElementById("hitl-cards").prepend(card);
+    updateCount();
+    toast("A call needs your answer: " + data.question, "warning");
+  }
+
+  let refreshTimer = null;
+  function refreshTasks() {
+    const box = document.getElementById("tasks");
+    if (!box) return;
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(async () => {
+      const open = [...box.querySelectorAll("details[open]")].map((d) => d.id).filter(Boolean);
+      const response = await fetch(box.dataset.fragment, {credentials: "same-origin"});
+      if (!response.ok) return;
+      box.innerHTML = await response.text();
+      open.forEach((id) => { const d = document.getElementById(id); if (d) d.open = true; });
+    }, 250);
+  }
+
+  let reloadTimer = null;
+  function reloadList() {
+    if (!document.querySelector("[data-live-reload]")) return;
+    clearTimeout(reloadTimer);
+    reloadTimer = setTimeout(() => window.location.reload(), 1500);
+  }
+
+  function connect() {
+    const source = new EventSource("/events");
+    const on = (kind, handler) => source.addEventListener(kind, (event) => handler(JSON.parse(event.data)));
+    on("feedback.asked", showQuestion);
+    on("feedback.answered", (data) => {
+      const card = cards.get(String(data.request_id));
+      if (card && card.dataset.state === "pending") closeCard(card, "answered", "Answered: " + (data.answer || ""));
+    });
+    on("feedback.timed_out", (data) => {
+      const card = cards.get(String(data.request_id));
+      if (card && card.dataset.state === "pending") closeCard(card, "timed-out", "Timed out: the call went on without your answer.");
+    });
+    on("feedback.closed", (data) => {
+      const card = cards.get(String(data.request_id));
+      if (card && card.dataset.state === "pending") closeCard(card, "closed", "This question was withdrawn.");
+    });
+    const box = document.getElementById("tasks");
+    on("task.updated", (data) => {
+      if (box && String(data.campaign_id) === box.dataset.campaignId) refreshTasks();
+      reloadList();
+    });
+    ["call.updated", "call.transcript", "campaign.updated"].forEach((kind) => on(kind, () => refreshTasks()));
+    on("campaign.summarized", () => reloadList());
+    on("notification", (data) => toast(data.message, "info"));
+    on("ready", () => { document.body.dataset.liveReady = "1"; });
+  }
+
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (form.classList.contains("confirm-cancel") && !window.confirm("Cancel? Calls in progress are hung up.")) {
+      event.preventDefault();
+      return;
+    }
+    if (form.classList.contains("confirm-form")) {
+      // The server ignores a second confirm anyway; this only stops the double click from being sent.
+      setTimeout(() => form.querySelectorAll("button").forEach((b) => { b.disabled = true; }), 0);
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (document.body.dataset.live === "1" && window.EventSource) connect();
+  });
+})();

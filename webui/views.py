@@ -1,0 +1,233 @@
+"""What the pages and the JSON API show, as plain dicts: one loader per screen, used by both.
+
+The campaign detail is loaded in a fixed number of queries (tasks, their calls, the calls' transcripts and
+events, the tasks' events), each filtered on the user, so a large campaign refreshes quickly on live updates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import repo
+from db.models import (
+    Call,
+    CallEvent,
+    CallTranscript,
+    Campaign,
+    ChatRole,
+    FeedbackRequest,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
+from webui.controls import LIVE, PAUSABLE
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def next_action(task: Task) -> str:
+    """A sentence for the "next action" column."""
+    if task.status is TaskStatus.ON_HOLD and "paused" in (task.context or {}):
+        return "paused — resume to schedule it again"
+    if task.status in PAUSABLE:
+        return f"call at {task.next_action_time:%Y-%m-%d %H:%M} UTC (attempt {task.attempt_count + 1} " \
+               f"of {task.max_attempts})"
+    if task.status is TaskStatus.QUEUED:
+        return "dialing now"
+    if task.status is TaskStatus.IN_PROGRESS:
+        return task.status_reason or "call in progress"
+    return "none"
+
+
+def campaign_dict(campaign: Campaign, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    return {
+        "id": campaign.id, "name": campaign.name, "goal": campaign.goal, "status": campaign.status.value,
+        "window_start": campaign.window_start, "window_end": campaign.window_end,
+        "created_at": _iso(campaign.created_at), "finished_at": _iso(campaign.finished_at),
+        "has_summary": campaign.summary is not None or bool(campaign.summary_text),
+        "task_counts": counts or {},
+    }
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id, "campaign_id": task.campaign_id, "target_name": task.target_name,
+        "phone_number": task.phone_number, "objective": task.objective, "status": task.status.value,
+        "status_reason": task.status_reason, "attempt_count": task.attempt_count, "max_attempts": task.max_attempts,
+        "next_action_time": _iso(task.next_action_time), "next_action": next_action(task),
+        "paused": "paused" in (task.context or {}), "live": task.status in LIVE,
+        "terminal": task.status.is_terminal, "result": task.result or {},
+    }
+
+
+def call_dict(call: Call) -> dict[str, Any]:
+    return {
+        "id": call.id, "task_id": call.task_id, "attempt_number": call.attempt_number, "status": call.status.value,
+        "outcome": call.outcome.value if call.outcome else None, "dialed_number": call.dialed_number,
+        "dial_status": call.dial_status, "hangup_cause": call.hangup_cause,
+        "started_at": _iso(call.started_at or call.created_at), "answered_at": _iso(call.answered_at),
+        "ended_at": _iso(call.ended_at), "duration_seconds": call.duration_seconds, "analysis": call.analysis,
+    }
+
+
+def transcript_dict(line: CallTranscript) -> dict[str, Any]:
+    return {"speaker": line.speaker.value, "text": line.text, "offset_ms": line.offset_ms}
+
+
+async def list_campaigns(session: AsyncSession, user_id: int) -> list[dict[str, Any]]:
+    campaigns = await repo.list_campaigns(session, user_id)
+    rows = await session.execute(
+        select(Task.campaign_id, Task.status, func.count()).where(Task.user_id == user_id)
+        .group_by(Task.campaign_id, Task.status)
+    )
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    for campaign_id, status, count in rows:
+        counts[campaign_id][status.value] = count
+    return [campaign_dict(c, counts.get(c.id, {})) for c in campaigns]
+
+
+async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int) -> dict[str, Any] | None:
+    """The campaign with every task, each task's calls (transcript and events) and decisions; None if not theirs."""
+    campaign = await repo.get_campaign(session, user_id, campaign_id)
+    if campaign is None:
+        return None
+    tasks = list(await repo.list_tasks(session, user_id, campaign_id))
+    task_ids = [task.id for task in tasks]
+    calls = (await session.scalars(
+        select(Call).where(Call.user_id == user_id, Call.task_id.in_(task_ids))
+        .order_by(Call.task_id, Call.attempt_number, Call.id))).all() if task_ids else []
+    call_ids = [call.id for call in calls]
+    transcripts: dict[int, list] = defaultdict(list)
+    call_events: dict[int, list] = defaultdict(list)
+    task_events: dict[int, list] = defaultdict(list)
+    if call_ids:
+        for line in await session.scalars(
+                select(CallTranscript).where(CallTranscript.user_id == user_id, CallTranscript.call_id.in_(call_ids))
+                .order_by(CallTranscript.offset_ms, CallTranscript.id)):
+            transcripts[line.call_id].append(transcript_dict(line))
+        for event in await session.scalars(
+                select(CallEvent).where(CallEvent.user_id == user_id, CallEvent.call_id.in_(call_ids))
+                .order_by(CallEvent.id)):
+            call_events[event.call_id].append({"type": event.type, "payload": event.payload, "at": _iso(event.at)})
+    if task_ids:
+        for event in await session.scalars(
+                select(TaskEvent).where(TaskEvent.user_id == user_id, TaskEvent.task_id.in_(task_ids))
+                .order_by(TaskEvent.id)):
+            task_events[event.task_id].append({"type": event.type, "reason": event.reason, "at": _iso(event.at)})
+    calls_by_task: dict[int, list] = defaultdict(list)
+    for call in calls:
+        calls_by_task[call.task_id].append({**call_dict(call), "transcript": transcripts[call.id],
+                                            "events": call_events[call.id]})
+    counts: dict[str, int] = defaultdict(int)
+    for task in tasks:
+        counts[task.status.value] += 1
+    return {
+        "campaign": {**campaign_dict(campaign, dict(counts)), "plan": campaign.plan,
+                     "master_prompt": campaign.master_prompt},
+        "tasks": [{**task_dict(task), "calls": calls_by_task[task.id], "events": task_events[task.id]}
+                  for task in tasks],
+    }
+
+
+async def call_detail(session: AsyncSession, user_id: int, call_id: int) -> dict[str, Any] | None:
+    call = await repo.get_call(session, user_id, call_id)
+    if call is None:
+        return None
+    transcript = await repo.list_transcript(session, user_id, call_id)
+    events = await repo.list_call_events(session, user_id, call_id)
+    return {**call_dict(call), "transcript": [transcript_dict(line) for line in transcript],
+            "events": [{"type": e.type, "payload": e.payload, "at": _iso(e.at)} for e in events]}
+
+
+async def feedback_card(session: AsyncSession, user_id: int, request: FeedbackRequest) -> dict[str, Any]:
+    """A HITL question with what the user needs to answer it: who is being called, why, and what was said."""
+    call = await repo.get_call(session, user_id, request.call_id)
+    task = await repo.get_task(session, user_id, call.task_id) if call else None
+    campaign = await repo.get_campaign(session, user_id, task.campaign_id) if task else None
+    transcript = await repo.list_transcript(session, user_id, request.call_id) if call else []
+    return {
+        "request_id": request.id, "question": request.question, "status": request.status.value,
+        "answer": request.answer, "asked_at": _iso(request.asked_at), "timeout_at": _iso(request.timeout_at),
+        "call_id": request.call_id,
+        "task": task_dict(task) if task else None,
+        "campaign": {"id": campaign.id, "name": campaign.name, "goal": campaign.goal} if campaign else None,
+        "transcript": [transcript_dict(line) for line in transcript],
+    }
+
+
+async def chat_view(session: AsyncSession, user_id: int, chat_id: int) -> dict[str, Any] | None:
+    """A chat's visible messages, its latest plan and any open follow-up questions."""
+    chat = await repo.get_chat_session(session, user_id, chat_id)
+    if chat is None:
+        return None
+    messages = []
+    questions: list[str] = []
+    for row in await repo.list_chat_messages(session, user_id, chat_id):
+        if row.role is ChatRole.USER:
+            questions = []
+            messages.append({"role": "user", "text": row.content})
+        elif row.role is ChatRole.ASSISTANT:
+            for call in row.tool_calls or []:
+                questions = _questions(call) or questions
+                if call["name"] in ("get_authoritative_business_info", "search_internet"):
+                    messages.append({"role": "tool", "text": f"looked up: {_query(call)}"})
+            if row.content:
+                messages.append({"role": "assistant", "text": row.content})
+        elif row.role is ChatRole.SYSTEM:
+            messages.append({"role": "notice", "text": row.content})
+    return {"id": chat.id, "title": chat.title, "plan": chat.plan, "campaign_id": chat.campaign_id,
+            "created_at": _iso(chat.created_at), "messages": messages, "questions": questions}
+
+
+def _questions(call: dict[str, Any]) -> list[str]:
+    if call.get("name") != "ask_follow_up_questions":
+        return []
+    try:
+        return [str(q) for q in json.loads(call.get("arguments") or "{}").get("questions", [])]
+    except (ValueError, AttributeError):
+        return []
+
+
+def _query(call: dict[str, Any]) -> str:
+    try:
+        args = json.loads(call.get("arguments") or "{}")
+        return " ".join(str(args.get(key, "")) for key in ("query", "location")).strip()
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def summary_table(summary: Any) -> tuple[list[str], list[list[Any]]]:
+    """The campaign summary's table, whatever JSON shape the summarizer chose: `{"columns": [...], "rows":
+    [[...]]}`, a list of row objects, or an object holding one (`rows`, `targets`, `results`, `table`)."""
+    if isinstance(summary, dict):
+        if isinstance(summary.get("columns"), list) and isinstance(summary.get("rows"), list):
+            columns = [str(c) for c in summary["columns"]]
+            rows = [row if isinstance(row, list) else [row.get(c) if isinstance(row, dict) else row for c in columns]
+                    for row in summary["rows"]]
+            return columns, rows
+        for key in ("rows", "targets", "results", "table", "tasks"):
+            if isinstance(summary.get(key), list):
+                return summary_table(summary[key])
+        return ["field", "value"], [[key, _cell(value)] for key, value in summary.items()]
+    if isinstance(summary, list) and summary:
+        if all(isinstance(row, dict) for row in summary):
+            columns: list[str] = []
+            for row in summary:
+                columns += [str(key) for key in row if str(key) not in columns]
+            return columns, [[_cell(row.get(c)) for c in columns] for row in summary]
+        return ["value"], [[_cell(row)] for row in summary]
+    return [], []
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+            return json.dumps(value, ensure_ascii=False)
+    return value
