@@ -8,6 +8,9 @@ import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
 
+E164_HINT = "write it in E.164, e.g. +14155550123"
+
+
 class InvalidPhoneNumber(ValueError):
     """Not a dialable number; the message says why, for a CSV line or a plan's target."""
 
@@ -20,9 +23,11 @@ def normalize_e164(raw: str, default_region: str | None = None) -> str:
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidPhoneNumber(f"{text!r} is not a phone number ({exc._msg})") from None
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
+            raise InvalidPhoneNumber(f"{text!r} has no valid country code: {E164_HINT}") from None
+        raise InvalidPhoneNumber(f"{text!r} is not a phone number: {E164_HINT}") from None
     if not phonenumbers.is_valid_number(parsed):
-        raise InvalidPhoneNumber(f"{text!r} is not a valid phone number")
+        raise InvalidPhoneNumber(f"{text!r} is not a valid phone number: {E164_HINT}")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -85,8 +85,7 @@ async def test_targets_csv_import_creates_a_campaign_or_nothing(alice):
     more = await client.http.post(f"/api/campaigns/{campaign.id}/targets", content=b"name,phone_number\nC,12\n",
                                   headers={"x-csrf-token": client.csrf, "content-type": "text/csv"})
     assert more.status_code == 422 and more.json()["error"]["details"] == [
-        {"line": 2, "reason": "'12' is not a phone number (Missing or invalid default region.) "
-                              "(use E.164 such as +14155550123)"}]
+        {"line": 2, "reason": "'12' has no valid country code: write it in E.164, e.g. +14155550123"}]
 
 
 async def test_dnd_page_add_remove_import_and_export(alice):
@@ -94,7 +93,7 @@ async def test_dnd_page_add_remove_import_and_export(alice):
     await client.form("/dnd", {"phone_number": "+1 415 555 0101", "reason": "asked us"})
     assert "+14155550101" in (await client.http.get("/dnd")).text
     bad = await client.form("/dnd", {"phone_number": "12345"})
-    assert bad.status_code == 303 and "12345&#39; is not a phone number" in (await client.http.get("/dnd")).text
+    assert bad.status_code == 303 and "12345&#39; has no valid country code" in (await client.http.get("/dnd")).text
     await client.form("/dnd/import", files={"file": ("dnd.csv", b"phone_number,reason\n+14155550102,x\nbad\n",
                                                      "text/csv")})
     assert "line 3" in (await client.http.get("/dnd")).text

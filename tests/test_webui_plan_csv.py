@@ -80,7 +80,7 @@ def test_targets_csv_with_aliases_extra_columns_and_quoted_multiline_field():
     ("", 1, "the file is empty"),
     ("who,when\nA,B\n", 1, "no name or phone_number column"),
     ("name,phone_number\n", 1, "no targets"),
-    ("name,phone_number\nA,+14155550101\nB,12\n", 3, "'12' is not"),
+    ("name,phone_number\nA,+14155550101\nB,12\n", 3, "'12' has no valid country code: write it in E.164"),
     ("name,phone_number\nA,+14155550101\nB,+1 415 555 0101\n", 3, "already on line 2"),
     ("name,phone_number\nA,+14155550101,extra\n", 2, "3 values but the header has 2 columns"),
     ("name,phone_number,max_attempts\nA,+14155550101,99\n", 2, "max_attempts '99'"),

@@ -332,7 +332,7 @@ async def dnd_add(request: Request) -> Response:
     try:
         number = normalize_e164(_str(body, "phone_number", limit=40))
     except InvalidPhoneNumber as exc:
-        raise HttpError(400, "invalid_phone_number", f"{exc} (use E.164 such as +14155550123)") from None
+        raise HttpError(400, "invalid_phone_number", str(exc)) from None
     reason = _str(body, "reason", required=False, limit=500)
     async with _runtime(request).sessions() as session:
         added = await repo.add_dnd(session, request.state.user_id, number, reason)

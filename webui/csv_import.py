@@ -131,7 +131,7 @@ def parse_targets_csv(text: str) -> list[TargetRow]:
         try:
             number = normalize_e164(values["phone_number"])
         except InvalidPhoneNumber as exc:
-            row_errors.append(f"{exc} (use E.164 such as +14155550123)")
+            row_errors.append(f"{exc}")
             number = ""
         if number in seen:
             row_errors.append(f"{number} is already on line {seen[number]}")
@@ -184,7 +184,7 @@ def parse_dnd_csv(text: str) -> list[DndRow]:
         try:
             number = normalize_e164(cells[0])
         except InvalidPhoneNumber as exc:
-            errors.append(LineError(line, f"{exc} (use E.164 such as +14155550123)"))
+            errors.append(LineError(line, f"{exc}"))
             continue
         if number in seen:
             continue  # the same number twice in one list is harmless

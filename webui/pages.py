@@ -373,7 +373,7 @@ async def dnd_add(request: Request) -> Response:
     try:
         number = normalize_e164(await _text_field(form, "phone_number"))
     except InvalidPhoneNumber as exc:
-        _flash(request, f"{exc} (use E.164 such as +14155550123)", "error")
+        _flash(request, str(exc), "error")
         return _redirect("/dnd")
     async with _runtime(request).sessions() as session:
         added = await repo.add_dnd(session, request.state.user_id, number, (await _text_field(form, "reason"))[:500])

@@ -115,7 +115,7 @@ def validate_plan(raw: Any) -> PlanCheck:
         try:
             target["phone_number"] = normalize_e164(target["phone_number"])
         except InvalidPhoneNumber as exc:
-            errors.append(f"targets[{index}].phone_number: {exc} (use E.164 such as +14155550123)")
+            errors.append(f"targets[{index}].phone_number: {exc}")
             continue
         if target["phone_number"] in seen:
             errors.append(f"targets[{index}].phone_number: {target['phone_number']} is already "
