@@ -55,3 +55,74 @@ def test_serve_only_rejects_an_unknown_component(tmp_path):
     result = run_cli(["serve", "--only", "fastagi,pbx"], f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", tmp_path)
     assert result.returncode == 2
     assert "unknown component(s) pbx" in result.stderr
+
+
+async def _make_user(sessions, name="alice"):
+    async with sessions() as session:
+        user = await repo.create_user(session, name, "x")
+        await session.commit()
+        return user.id
+
+
+async def test_dnd_import_then_export_round_trips(database_url, sessions, tmp_path):
+    alice = await _make_user(sessions)
+    csv_file = tmp_path / "dnd.csv"
+    csv_file.write_text("phone_number,reason\n+14155550101,asked twice\n+1 415 555 0102,\n")
+    result = run_cli(["dnd", "import", str(csv_file), "--user", "alice"], database_url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "imported 2 number(s) into alice's DND list (2 new)" in result.stdout
+    async with sessions() as session:
+        assert [e.phone_number for e in await repo.list_dnd(session, alice)] == ["+14155550101", "+14155550102"]
+    exported = run_cli(["dnd", "export", "--user", "alice"], database_url, tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert "+14155550101" in exported.stdout and "asked twice" in exported.stdout
+
+
+async def test_a_bad_csv_line_is_named_and_nothing_is_imported(database_url, sessions, tmp_path):
+    alice = await _make_user(sessions)
+    csv_file = tmp_path / "targets.csv"
+    csv_file.write_text("name,phone_number,objective\nDr. A,+14155550101,book a cleaning\n"
+                        "Dr. B,not-a-number,book a cleaning\nDr. C,+14155550103,book a cleaning\n")
+    result = run_cli(["tasks", "import", str(csv_file), "--user", "alice", "--new-campaign", "dentists"],
+                     database_url, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"opendeep: {csv_file}: line 3")
+    assert "not-a-number" in result.stderr
+    async with sessions() as session:
+        assert list(await repo.list_campaigns(session, alice)) == []
+        assert list(await repo.list_tasks(session, alice)) == []
+
+
+async def test_tasks_import_into_a_new_campaign(database_url, sessions, tmp_path):
+    alice = await _make_user(sessions)
+    csv_file = tmp_path / "targets.csv"
+    csv_file.write_text("name,phone_number,objective\nDr. A,+14155550101,book a cleaning\n"
+                        "Dr. C,+14155550103,book a cleaning\n")
+    result = run_cli(["tasks", "import", str(csv_file), "--user", "alice", "--new-campaign", "dentists",
+                      "--goal", "a cleaning next week"], database_url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    async with sessions() as session:
+        (campaign,) = await repo.list_campaigns(session, alice)
+        tasks = await repo.list_tasks(session, alice, campaign.id)
+    assert (campaign.name, campaign.goal) == ("dentists", "a cleaning next week")
+    assert [(t.target_name, t.phone_number, t.objective) for t in tasks] == [
+        ("Dr. A", "+14155550101", "book a cleaning"), ("Dr. C", "+14155550103", "book a cleaning")]
+
+
+async def test_tasks_import_refuses_another_users_campaign(database_url, sessions, tmp_path):
+    alice = await _make_user(sessions)
+    await _make_user(sessions, "bob")
+    async with sessions() as session:
+        campaign = await repo.create_campaign(session, alice, name="alice's")
+        await session.commit()
+    csv_file = tmp_path / "targets.csv"
+    csv_file.write_text("name,phone_number\nDr. A,+14155550101\n")
+    result = run_cli(["tasks", "import", str(csv_file), "--user", "bob", "--campaign", str(campaign.id)],
+                     database_url, tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (1, f"opendeep: campaign {campaign.id} not found for user 'bob'")
+
+
+def test_unknown_user_is_named(database_url, engine, tmp_path):
+    result = run_cli(["dnd", "export", "--user", "nobody"], database_url, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "opendeep: no user 'nobody' (create one with: opendeep user add nobody)"
