@@ -379,11 +379,11 @@ async def mark_notification_read(session: AsyncSession, user_id: int, notificati
     return result.rowcount == 1
 
 
-# ---------------------------------------------------------------- FastAGI call-start (one round trip each)
+# ---------------------------------------------------------------- FastAGI call-start
 
 
 async def get_call_with_task(session: AsyncSession, user_id: int, call_id: int) -> tuple[Call, Task] | None:
-    """The user's call and its task in one query (FastAGI call-start runs this for every dial)."""
+    """The user's call and its task in one query."""
     row = (await session.execute(
         select(Call, Task).join(Task, Task.id == Call.task_id)
         .where(Call.id == call_id, Call.user_id == user_id, Task.user_id == user_id)
@@ -399,3 +399,45 @@ async def dnd_check(session: AsyncSession, user_id: int, phone_number: str) -> t
         .where(DndEntry.phone_number == phone_number)
     )).one()
     return bool(listed_by_user), int(tenants or 0)
+
+
+# The batch forms below take (user_id, ...) pairs: FastAGI decides the call-starts that arrive together in one
+# transaction. Each pair is scoped by its own user_id exactly like the single forms above.
+
+
+async def get_call_start_rows(session: AsyncSession,
+                              user_calls: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    """Several (user_id, call_id) at once -> {(user_id, call_id): row}; a pair whose call is not that user's
+    is absent. The row has the call's id, user_id, task_id, status, outcome, audiosocket_uuid, dialed_number,
+    started_at, asterisk_other_uniqueid, and its task's task_status and phone_number. FastAGI decides the
+    call-starts that arrive together with this one query (columns only: no ORM objects to build)."""
+    if not user_calls:
+        return {}
+    wanted = set(user_calls)
+    connection = await session.connection()
+    rows = await connection.execute(
+        select(Call.id, Call.user_id, Call.task_id, Call.status, Call.outcome, Call.audiosocket_uuid,
+               Call.dialed_number, Call.started_at, Call.asterisk_other_uniqueid,
+               Task.status.label("task_status"), Task.phone_number)
+        .join(Task, Task.id == Call.task_id)
+        .where(Call.id.in_({call_id for _, call_id in wanted}), Task.user_id == Call.user_id)
+    )
+    return {(row.user_id, row.id): row for row in rows if (row.user_id, row.id) in wanted}
+
+
+async def dnd_checks(session: AsyncSession,
+                     user_numbers: Sequence[tuple[int, str]]) -> dict[tuple[int, str], tuple[bool, int]]:
+    """Several (user_id, number) at once: {(user_id, number): (listed by that user, how many tenants list
+    it)} -- the user's DND and the global DND. Other tenants' entries only ever count, never show."""
+    if not user_numbers:
+        return {}
+    listed: dict[str, set[int]] = {}
+    connection = await session.connection()
+    rows = await connection.execute(
+        select(DndEntry.phone_number, DndEntry.user_id)
+        .where(DndEntry.phone_number.in_({number for _, number in user_numbers}))
+    )
+    for number, user_id in rows:
+        listed.setdefault(number, set()).add(user_id)
+    return {(user_id, number): (user_id in listed.get(number, ()), len(listed.get(number, ())))
+            for user_id, number in user_numbers}

@@ -7,7 +7,6 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
-
 E164_HINT = "write it in E.164, e.g. +14155550123"
 
 

@@ -44,7 +44,8 @@ async def test_user_add_reads_the_password_from_stdin_and_refuses_a_duplicate(da
 
 @pytest.mark.parametrize("name, password, message", [
     ("alice", "short\n", "opendeep: the password must have at least 8 characters"),
-    ("bad name!", "long enough\n", "opendeep: invalid user name 'bad name!': use 1-64 letters, digits, '.', '_' or '-'"),
+    ("bad name!", "long enough\n",
+     "opendeep: invalid user name 'bad name!': use 1-64 letters, digits, '.', '_' or '-'"),
 ])
 def test_user_add_rejects_bad_input_with_exit_2(database_url, engine, tmp_path, name, password, message):
     result = run_cli(["user", "add", name, "--password-stdin"], database_url, tmp_path, stdin=password)
@@ -119,7 +120,8 @@ async def test_tasks_import_refuses_another_users_campaign(database_url, session
     csv_file.write_text("name,phone_number\nDr. A,+14155550101\n")
     result = run_cli(["tasks", "import", str(csv_file), "--user", "bob", "--campaign", str(campaign.id)],
                      database_url, tmp_path)
-    assert (result.returncode, result.stderr.strip()) == (1, f"opendeep: campaign {campaign.id} not found for user 'bob'")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"opendeep: campaign {campaign.id} not found for user 'bob'"
 
 
 def test_unknown_user_is_named(database_url, engine, tmp_path):

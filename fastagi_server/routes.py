@@ -1,0 +1,401 @@
+"""What OpenDeep decides when Asterisk's dialplan asks (dialplan/extensions_opendeep.conf calls these).
+
+    call-start     on the Local ;2 channel, before Dial(): may this call ring, and how? Sets OPENDEEP_DIAL,
+                   OPENDEEP_AS_UUID, OPENDEEP_AS_ADDR, OPENDEEP_BRIDGE, OPENDEEP_RING_SECONDS,
+                   OPENDEEP_MAX_SECONDS, or OPENDEEP_ABORT=<reason> (then nothing is dialed).
+    call-answered  on the callee's channel the moment it answers (Dial's U() subroutine): records the channel
+                   that live-call commands (DTMF, transfer, hangup) target.
+    amd            on the callee's channel after AMD(): MACHINE -> voicemail; HUMAN / NOTSURE -> talk.
+    call-end       in the `h` extension of the Local ;2 channel: DIALSTATUS, HANGUPCAUSE, ANSWEREDTIME ->
+                   ami_controller.outcomes.finish_call (calls row, call_events, task moved on).
+
+The call's identity (call id, user id) comes as the AGI() arguments: the shipped dialplan passes
+${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID} on the Local channel (where the AMI Originate set them) and ARG1,ARG2
+on the callee's channel (which does not inherit them). Without arguments the route asks for the
+OPENDEEP_CALL_ID / OPENDEEP_USER_ID variables (GET VARIABLE). Every query is scoped by that user: a call id of
+another tenant is simply unknown.
+
+call-start decisions of sessions that arrive together share one transaction (GroupCommit): on SQLite the
+transaction, not the decision, is what costs (see bench/bench_fastagi.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import bindparam, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ami_controller.outcomes import finish_call, map_dial_status
+from db import repo
+from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus
+from db.types import utcnow
+from fastagi_server.protocol import AgiError, AgiSession
+from opendeep.settings import Settings
+
+if TYPE_CHECKING:
+    from opendeep.events import EventHub
+
+log = logging.getLogger("opendeep.fastagi.routes")
+
+_E164ISH = re.compile(r"^\+?[0-9]{3,20}$")  # what may reach Dial(): digits only, so no '&', ',' or '/' injection
+_NOT_YET_CANCELLED = tuple(status for status in TaskStatus if not status.is_terminal) + (TaskStatus.CANCELLED_DND,)
+
+
+class AbortReason(enum.StrEnum):
+    """Values of OPENDEEP_ABORT: why call-start refused to dial (the dialplan hangs up without dialing)."""
+
+    UNKNOWN_CALL = "unknown-call"        # no such call id for that user (or ids missing / not numbers)
+    CALL_ENDED = "call-ended"            # the call row was already ended (e.g. cancelled meanwhile)
+    TASK_NOT_LIVE = "task-not-live"      # the user paused or cancelled the task after the Originate
+    DND = "dnd"                          # the number is on the user's DND list, or on the global DND
+    INVALID_NUMBER = "invalid-number"    # the dialed number is not digits (never handed to Dial())
+    ALREADY_STARTED = "already-started"  # call-start already ran for this call: never ring the callee twice
+
+
+class AmdAction(enum.StrEnum):
+    """Values of OPENDEEP_AMD_ACTION, read by the dialplan after the amd route."""
+
+    TALK = "talk"
+    HANGUP = "hangup"
+
+
+@dataclass(frozen=True)
+class CallStartRequest:
+    call_id: int
+    user_id: int
+    agi_uniqueid: str = ""
+
+
+@dataclass(frozen=True)
+class CallStartDecision:
+    abort: AbortReason | None = None
+    dial: str = ""
+    audiosocket_uuid: str = ""
+    bridge: bool = False
+    bridge_reason: str = ""
+
+
+class CallRoutes:
+    """The four routes, bound to settings, the session factory and (optionally) the event hub."""
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                 events: EventHub | None = None):
+        self.settings = settings
+        self.sessions = sessions
+        self.events = events
+        self._batcher = GroupCommit(self.decide_call_start_batch)
+        try:
+            settings.dial_string_template.format(number="+15550100", digits="15550100")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"DIAL_STRING_TEMPLATE={settings.dial_string_template!r}: only {{number}} and "
+                             f"{{digits}} may be used ({exc})") from None
+
+    def table(self) -> dict[str, object]:
+        """Route name (the `agi://host:port/<name>` path) -> coroutine taking an AgiSession."""
+        return {
+            "call-start": self.call_start,
+            "call-answered": self.call_answered,
+            "call-end": self.call_end,
+            "amd": self.amd,
+        }
+
+    # ------------------------------------------------------------ call-start
+
+    async def call_start(self, agi: AgiSession) -> None:
+        """Decide whether and how the call rings; the dialplan dials only when OPENDEEP_DIAL is set."""
+        call_id, user_id = await _identity(agi)
+        if call_id is None or user_id is None:
+            log.warning("call-start on %s without valid OPENDEEP_CALL_ID/OPENDEEP_USER_ID: not dialing",
+                        agi.env.channel)
+            await agi.set_variable("OPENDEEP_ABORT", AbortReason.UNKNOWN_CALL)
+            return
+        decision = await self.decide_call_start(call_id, user_id, agi.env.uniqueid)
+        if decision.abort is not None:
+            await agi.set_variable("OPENDEEP_ABORT", decision.abort)
+            return
+        await agi.set_variable("OPENDEEP_AS_UUID", decision.audiosocket_uuid)
+        await agi.set_variable("OPENDEEP_AS_ADDR", self.settings.audiosocket_address)
+        await agi.set_variable("OPENDEEP_BRIDGE", "1" if decision.bridge else "0")
+        await agi.set_variable("OPENDEEP_RING_SECONDS", str(self.settings.originate_timeout_seconds))
+        await agi.set_variable("OPENDEEP_MAX_SECONDS", str(self.settings.max_call_seconds))
+        # Last on purpose: OPENDEEP_DIAL is the dialplan's go signal, so a session cut short never dials.
+        await agi.set_variable("OPENDEEP_DIAL", decision.dial)
+
+    async def decide_call_start(self, call_id: int, user_id: int, agi_uniqueid: str = "") -> CallStartDecision:
+        """The call-start decision, committed before it is returned. Sessions that arrive together share
+        one transaction (group commit): on SQLite a transaction costs far more than the decision itself."""
+        return await self._batcher.submit(CallStartRequest(call_id, user_id, agi_uniqueid))
+
+    async def decide_call_start_batch(self, requests: list[CallStartRequest]) -> list[CallStartDecision]:
+        """Decide several call-starts in one transaction: one query for the calls and their tasks, one for
+        the DND lists, one UPDATE and one INSERT for all that ring. Refusals are recorded the same way."""
+        decisions: list[CallStartDecision] = []
+        published: list[tuple[int, dict]] = []
+        async with self.sessions() as db, db.begin():
+            found = await repo.get_call_start_rows(db, [(r.user_id, r.call_id) for r in requests])
+            dnd = await repo.dnd_checks(db, [(user_id, row.phone_number) for (user_id, _), row in found.items()])
+            started: set[int] = set()
+            updates, events = [], []
+            for request in requests:
+                decision = await self._decide_one(db, request, found, dnd, started)
+                decisions.append(decision)
+                if decision.abort is not None:
+                    continue
+                call = found[(request.user_id, request.call_id)]
+                updates.append({"b_id": call.id, "b_user_id": call.user_id, "audiosocket_uuid":
+                                decision.audiosocket_uuid, "started_at": call.started_at or utcnow(),
+                                "asterisk_other_uniqueid": call.asterisk_other_uniqueid or request.agi_uniqueid
+                                or None})
+                events.append({"user_id": call.user_id, "call_id": call.id, "type": "agi.call_start",
+                               "at": utcnow(), "payload": {
+                                   "dial": decision.dial, "bridge": decision.bridge,
+                                   "bridge_reason": decision.bridge_reason,
+                                   "test_mode": self.settings.app_test_mode}})
+                published.append((call.user_id, {"call_id": call.id, "task_id": call.task_id,
+                                                 "status": CallStatus.RINGING.value, "outcome": None}))
+            if updates:
+                table = Call.__table__
+                connection = await db.connection()  # Core executemany: no ORM bookkeeping per row
+                await connection.execute(
+                    table.update()
+                    .where(table.c.id == bindparam("b_id"), table.c.user_id == bindparam("b_user_id"),
+                           table.c.status != CallStatus.ENDED.value)
+                    .values(audiosocket_uuid=bindparam("audiosocket_uuid"), status=CallStatus.RINGING.value,
+                            started_at=bindparam("started_at"),
+                            asterisk_other_uniqueid=bindparam("asterisk_other_uniqueid")),
+                    updates)
+                await connection.execute(insert(CallEvent.__table__), events)
+        for user_id, payload in published:
+            self._publish(user_id, "call.updated", payload)
+        return decisions
+
+    async def _decide_one(self, db: AsyncSession, request: CallStartRequest, found: dict, dnd: dict,
+                          started: set[int]) -> CallStartDecision:
+        """One request of a batch; `found` rows come from repo.get_call_start_rows (call + task columns)."""
+        call_id, user_id = request.call_id, request.user_id
+        call = found.get((user_id, call_id))
+        if call is None:
+            log.warning("call-start: call %s of user %s not found: not dialing", call_id, user_id)
+            return CallStartDecision(abort=AbortReason.UNKNOWN_CALL)
+        if call.status is CallStatus.ENDED:
+            log.info("call-start: call %s already ended (%s): not dialing", call_id, call.outcome)
+            return CallStartDecision(abort=AbortReason.CALL_ENDED)
+        if call.audiosocket_uuid is not None or call.id in started:
+            log.warning("call-start: call %s already had its call-start: not dialing it twice", call_id)
+            return CallStartDecision(abort=AbortReason.ALREADY_STARTED)
+        started.add(call.id)
+        if call.task_status.is_terminal:
+            reason = f"task {call.task_id} is {call.task_status.value}: not dialing"
+            await self._end_without_dialing(db, call, CallOutcome.CANCELLED, AbortReason.TASK_NOT_LIVE, reason)
+            return CallStartDecision(abort=AbortReason.TASK_NOT_LIVE)
+
+        listed_by_user, tenants = dnd.get((user_id, call.phone_number), (False, 0))
+        threshold = self.settings.global_dnd_tenant_threshold
+        if listed_by_user or tenants >= threshold:
+            reason = ("number is on your do-not-call list" if listed_by_user else
+                      f"number is on the global do-not-call list ({tenants} tenants list it, "
+                      f"threshold {threshold})")
+            await self._end_without_dialing(db, call, CallOutcome.DND_BLOCKED, AbortReason.DND, reason)
+            return CallStartDecision(abort=AbortReason.DND)
+
+        number = (self.settings.app_test_mode_redirect_number if self.settings.app_test_mode
+                  else call.dialed_number)
+        if not _E164ISH.match(number or ""):
+            reason = f"dialed number {number!r} is not a phone number"
+            await self._end_without_dialing(db, call, CallOutcome.FAILED, AbortReason.INVALID_NUMBER, reason)
+            return CallStartDecision(abort=AbortReason.INVALID_NUMBER)
+
+        bridge, bridge_reason = self._bridge_decision()
+        if not bridge:
+            log.warning("call %s will ring without the AI: %s", call_id, bridge_reason)
+        return CallStartDecision(
+            dial=self.settings.dial_string_template.format(number=number, digits=number.lstrip("+")),
+            audiosocket_uuid=str(uuid.uuid4()), bridge=bridge, bridge_reason=bridge_reason)
+
+    def _bridge_decision(self) -> tuple[bool, str]:
+        """Whether an answered call goes to the AI. Without a realtime model the call still rings (the
+        telephony path is tested end to end) but the callee hears a goodbye prompt instead of the AI."""
+        if not self.settings.llm_configured:
+            return False, "no realtime model configured: set OPENAI_API_KEY or OPENAI_BASE_URL"
+        if not self.settings.openai_realtime_model:
+            return False, "OPENAI_REALTIME_MODEL is empty"
+        return True, ""
+
+    async def _end_without_dialing(self, db: AsyncSession, call, outcome: CallOutcome,
+                                   abort: AbortReason, reason: str) -> None:
+        log.info("call-start: call %s of user %s not dialed: %s", call.id, call.user_id, reason)
+        db.add(_call_event(call, "agi.call_start_aborted", {"abort": abort.value, "reason": reason}))
+        await finish_call(db, self.settings, user_id=call.user_id, call_id=call.id, outcome=outcome,
+                          source="agi.call-start", events=self.events)
+        if outcome is CallOutcome.DND_BLOCKED:
+            # finish_call moves a queued / in-progress task to cancelled_dnd; whatever its state, a listed
+            # number is never called again for this task, and the reason names which list.
+            await repo.set_task_status(db, call.user_id, call.task_id, TaskStatus.CANCELLED_DND, reason=reason,
+                                       only_from=_NOT_YET_CANCELLED)
+
+    # ------------------------------------------------------------ call-answered
+
+    async def call_answered(self, agi: AgiSession) -> None:
+        """The callee answered: remember its channel (DTMF, transfer and hangup target it) and the time."""
+        call_id, user_id = await _identity(agi)
+        if call_id is None or user_id is None:
+            log.warning("call-answered on %s without a call id: nothing recorded", agi.env.channel)
+            return
+        channel = agi.env.channel
+        async with self.sessions() as db, db.begin():
+            call = await repo.get_call(db, user_id, call_id)
+            if call is None:
+                log.warning("call-answered: call %s of user %s not found (channel %s)", call_id, user_id, channel)
+                return
+            if call.status is CallStatus.ENDED:
+                log.info("call-answered: call %s already ended; channel %s not recorded", call_id, channel)
+                return
+            call.channel = channel[:128]
+            call.answered_at = call.answered_at or utcnow()
+            call.status = CallStatus.ANSWERED
+            db.add(_call_event(call, "agi.call_answered", {"channel": channel}))
+            task_id = call.task_id
+        self._publish(user_id, "call.updated", {"call_id": call_id, "task_id": task_id,
+                                                "status": CallStatus.ANSWERED.value, "outcome": None})
+
+    # ------------------------------------------------------------ amd
+
+    async def amd(self, agi: AgiSession) -> None:
+        """After AMD(): MACHINE -> voicemail (hint kept on the call, the dialplan hangs up); HUMAN and
+        NOTSURE -> talk (human first: a person hung up on costs more than an AI greeting a mailbox)."""
+        call_id, user_id = await _identity(agi)
+        status = (await agi.get_variable("AMDSTATUS") or "").upper()
+        cause = await agi.get_variable("AMDCAUSE") or ""
+        action = AmdAction.HANGUP if status in ("MACHINE", "HANGUP") else AmdAction.TALK
+        if call_id is not None and user_id is not None:
+            async with self.sessions() as db, db.begin():
+                call = await repo.get_call(db, user_id, call_id)
+                if call is None:
+                    log.warning("amd: call %s of user %s not found", call_id, user_id)
+                else:
+                    if status == "MACHINE" and call.status is not CallStatus.ENDED:
+                        call.outcome = CallOutcome.VOICEMAIL  # a hint until call-end ends the call with it
+                    db.add(_call_event(call, "agi.amd", {"amd_status": status or None, "amd_cause": cause,
+                                                         "action": action.value}))
+        await agi.set_variable("OPENDEEP_AMD_ACTION", action)
+
+    # ------------------------------------------------------------ call-end
+
+    async def call_end(self, agi: AgiSession) -> None:
+        """The Local channel hung up (`h` extension): end the call and move its task on (idempotent)."""
+        call_id, user_id = await _identity(agi)
+        # CHANNEL STATUS would answer 511 here; variables are still readable.
+        dial_status = await agi.get_variable("DIALSTATUS") or ""
+        hangup_cause = _int_or_none(await agi.get_variable("HANGUPCAUSE"))
+        answered_seconds = _float_or_none(await agi.get_variable("ANSWEREDTIME"))
+        bridge = await agi.get_variable("OPENDEEP_BRIDGE")
+        if call_id is None or user_id is None:
+            log.warning("call-end on %s without valid OPENDEEP_CALL_ID/OPENDEEP_USER_ID (DIALSTATUS=%s)",
+                        agi.env.channel, dial_status)
+            return
+        outcome = map_dial_status(dial_status, hangup_cause)
+        async with self.sessions() as db, db.begin():
+            call = await repo.get_call(db, user_id, call_id)
+            if call is None:
+                log.warning("call-end: call %s of user %s not found", call_id, user_id)
+                return
+            if outcome is CallOutcome.ANSWERED:
+                if call.outcome in (CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI):
+                    outcome = call.outcome  # a hint set during the call (AMD, or the call AI lost its model)
+                elif bridge != "1":
+                    outcome = CallOutcome.FAILED_AI  # answered, but the AI was never on the line
+            ended = await finish_call(db, self.settings, user_id=user_id, call_id=call_id, outcome=outcome,
+                                      dial_status=dial_status or None, hangup_cause=hangup_cause,
+                                      answered_seconds=answered_seconds, source="agi.call-end",
+                                      events=self.events)
+        if not ended:
+            log.info("call-end: call %s was already ended; DIALSTATUS=%s HANGUPCAUSE=%s", call_id, dial_status,
+                     hangup_cause)
+
+    def _publish(self, user_id: int, kind: str, payload: dict) -> None:
+        if self.events is not None:
+            self.events.publish(user_id, kind, payload)
+
+
+async def _identity(agi: AgiSession) -> tuple[int | None, int | None]:
+    """(call id, user id): from AGI(...,<call id>,<user id>) arguments when given (the callee's channel),
+    else from the OPENDEEP_CALL_ID / OPENDEEP_USER_ID variables the Originate set on the Local channel."""
+    if len(agi.env.args) >= 2 and agi.env.args[0] and agi.env.args[1]:
+        return _int_or_none(agi.env.args[0]), _int_or_none(agi.env.args[1])
+    call_id = await agi.get_variable("OPENDEEP_CALL_ID")
+    user_id = await agi.get_variable("OPENDEEP_USER_ID")
+    return _int_or_none(call_id), _int_or_none(user_id)
+
+
+class GroupCommit:
+    """Run `decide_batch` for requests that arrive while a batch is in the database, together.
+
+    The first request starts at once (no added latency when idle); those arriving meanwhile wait for the
+    running transaction and then share the next. If a batch fails, its requests are retried one by one, so a
+    request that cannot be decided never takes the others down with it.
+    """
+
+    def __init__(self, decide_batch, max_batch: int = 200):
+        self.decide_batch = decide_batch
+        self.max_batch = max_batch
+        self._pending: list[tuple[CallStartRequest, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, request: CallStartRequest) -> CallStartDecision:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            requests = [request for request, _ in batch]
+            try:
+                results: list = await self.decide_batch(requests)
+            except Exception:
+                if len(batch) == 1:
+                    log.exception("call-start decision failed for call %s", requests[0].call_id)
+                    results = [AgiError("call-start decision failed; see the log")]
+                else:
+                    results = []
+                    for request in requests:
+                        try:
+                            results.extend(await self.decide_batch([request]))
+                        except Exception as exc:
+                            log.exception("call-start decision failed for call %s", request.call_id)
+                            results.append(AgiError(f"call-start decision failed: {exc}"))
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # the session was cancelled (server stopping); the decision is recorded
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+def _call_event(call, type_: str, payload: dict) -> CallEvent:
+    """A call_events row for `call` (an ORM Call or a row with id and user_id)."""
+    return CallEvent(user_id=call.user_id, call_id=call.id, type=type_, payload=payload)
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    try:
+        return int(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _float_or_none(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
