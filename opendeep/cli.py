@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="dialplan_command", required=True)
     render = dialplan.add_parser("render", help="print dialplan/ with the configured hosts and ports")
     render.add_argument("--out", type=Path, help="write the files into this folder instead of printing them")
+    render.add_argument("--amd", action="store_true",
+                        help="turn on answering-machine detection (AMD) for answered calls")
 
     dnd = commands.add_parser("dnd", help="do-not-call list").add_subparsers(dest="dnd_command", required=True)
     dnd_import = dnd.add_parser("import", help="add numbers from a CSV (phone_number[,reason])")
@@ -95,7 +97,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     if args.command == "user":
         return await _user_add(settings, args.name, args.password_stdin, args.admin)
     if args.command == "dialplan":
-        return _dialplan_render(settings, args.out)
+        return _dialplan_render(settings, args.out, args.amd)
     if args.command == "dnd":
         return await _dnd(settings, args)
     if args.command == "tasks":
@@ -143,10 +145,13 @@ async def _user_add(settings: Settings, name: str, password_stdin: bool, admin: 
     return 0
 
 
-def _dialplan_render(settings: Settings, out: Path | None) -> int:
+def _dialplan_render(settings: Settings, out: Path | None, amd: bool) -> int:
     from dialplan.render import render_dialplan
 
-    files = render_dialplan(settings)
+    try:
+        files = render_dialplan(settings, amd=amd)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     if out is None:
         for name, text in files.items():
             print(f";; ---- {name}")

@@ -128,3 +128,22 @@ def test_unknown_user_is_named(database_url, engine, tmp_path):
     result = run_cli(["dnd", "export", "--user", "nobody"], database_url, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == "opendeep: no user 'nobody' (create one with: opendeep user add nobody)"
+
+
+def test_dialplan_render_uses_the_configured_addresses(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    result = run_cli(["dialplan", "render", "--out", str(tmp_path / "asterisk"), "--amd"], url, tmp_path,
+                     FASTAGI_ADVERTISE="10.1.2.3:4573", AMI_USERNAME="od-ami", AMI_SECRET="s3cret-value")
+    assert result.returncode == 0, result.stderr
+    extensions = (tmp_path / "asterisk" / "extensions_opendeep.conf").read_text()
+    manager = (tmp_path / "asterisk" / "manager_opendeep.conf").read_text()
+    assert "agi://10.1.2.3:4573/call-start" in extensions and "127.0.0.1:4573" not in extensions
+    assert "Set(OPENDEEP_AMD=1)" in extensions
+    assert "[od-ami]" in manager
+
+
+def test_dialplan_render_refuses_an_address_asterisk_cannot_use(tmp_path):
+    result = run_cli(["dialplan", "render"], f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", tmp_path,
+                     FASTAGI_ADVERTISE="not an address")
+    assert result.returncode == 2
+    assert result.stderr.startswith("opendeep: FASTAGI_ADVERTISE/FASTAGI_BIND 'not an address'")
