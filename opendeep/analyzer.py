@@ -14,7 +14,6 @@ in `tasks.status_reason` and a notification. A call is never lost and a task is 
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import logging
@@ -32,6 +31,7 @@ from db import repo
 from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Task, TaskStatus
 from db.types import utcnow
 from opendeep.llm import LlmNotConfigured, chat_client
+from opendeep.periodic import run_periodically
 from opendeep.retry import next_retry_time
 from opendeep.settings import Settings
 
@@ -316,14 +316,7 @@ class PostCallAnalyzer:
 
     async def run_forever(self, interval: float) -> None:
         """Poll until cancelled; one failing pass is logged and the next one runs."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("post-call analyzer pass failed; trying again in %.1fs", interval)
-            await asyncio.sleep(interval)
+        await run_periodically(self.run_once, interval, "post-call analyzer pass")
 
     async def _claim(self, user_id: int, call_id: int, token: str, now: datetime) -> bool:
         async with self.sessions() as session, session.begin():

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
+from opendeep.periodic import run_periodically
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -120,14 +121,7 @@ class LifecycleManager:
 
     async def run_forever(self, interval: float) -> None:
         """The first pass runs at once (startup after a crash), then every `interval` seconds until cancelled."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("lifecycle pass failed; trying again in %.1fs", interval)
-            await asyncio.sleep(interval)
+        await run_periodically(self.run_once, interval, "lifecycle pass")
 
     async def run_tenant(self, user_id: int, now: datetime | None = None) -> dict[str, int]:
         """Every rule, for one tenant."""

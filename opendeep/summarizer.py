@@ -11,7 +11,6 @@ rule-based summary is written after `max_llm_failures` tries: a campaign is neve
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -29,6 +28,7 @@ from db import repo
 from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, Task
 from db.types import UTCDateTime, utcnow
 from opendeep.llm import LlmNotConfigured, chat_client
+from opendeep.periodic import run_periodically
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -199,14 +199,7 @@ class CampaignSummarizer:
 
     async def run_forever(self, interval: float) -> None:
         """Poll until cancelled; a failing pass is logged and the next one runs."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("campaign summarizer pass failed; trying again in %.1fs", interval)
-            await asyncio.sleep(interval)
+        await run_periodically(self.run_once, interval, "campaign summarizer pass")
 
     async def summarize_campaign(self, user_id: int, campaign_id: int) -> bool:
         """Write one campaign's summary; True only for the summarizer whose UPDATE stored it."""
