@@ -41,6 +41,10 @@ test: install install-system
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not browser"
 
+# The whole product without Asterisk or an API key: an Asterisk simulator and scripted models.
+demo: install
+	$(BIN)/python -m tests.demo
+
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

@@ -29,3 +29,24 @@ async def test_sdk_receives_queued_tool_call_then_text_and_errors_when_nothing_i
             await slow.chat.completions.create(model="m", messages=[{"role": "user", "content": "slow"}])
     finally:
         await fake.stop()
+
+
+async def test_the_realtime_websocket_is_served_from_the_same_base_url():
+    from tests.doubles.fake_realtime import FakeResponse
+
+    fake = FakeOpenAI()
+    base_url = await fake.start()
+    fake.realtime.greeting = FakeResponse(audio=b"\xff" * 1600, transcript="Hello there.")
+    try:
+        client = openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0, timeout=5)
+        async with client.realtime.connect(model="gpt-realtime") as connection:
+            await connection.response.create()
+            types = []
+            while not types or types[-1] != "response.done":
+                types.append(json.loads(await connection.recv_bytes())["type"])
+        session = await fake.realtime.wait_for_connection(timeout=5)
+        assert session.model == "gpt-realtime" and session.events("response.create")
+        assert types[0] == "session.created" and types.count("response.output_audio.delta") == 2
+        assert "response.output_audio_transcript.done" in types
+    finally:
+        await fake.stop()

@@ -13,7 +13,12 @@ What a test can do:
     fake.actions                               # every action received, in order
     await fake.drop_connections()              # an Asterisk restart: sockets closed, live calls gone
     fake.emit([("Event", "Hangup"), ...])      # push any event to the logged-in clients
+    fake.emit_raw(b"...")                      # or any bytes at all (fuzzing the client's framing)
     await fake.stop()
+
+A driver can take over what an Originate does (tests/doubles/asterisk_sim.py runs the real dialplan that way):
+    fake.call_driver = async_fn              # async_fn(call: FakeCall, action: Pairs, outcome: str), spawned
+                                             # by the caller of the hook; announce_local() emits the start
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
@@ -146,6 +151,9 @@ class FakeAmi:
         self._cursor: dict[str, int] = {}
         self._channel_seq = 0
         self._uniqueid_seq = 0
+        # Called (not awaited) instead of the built-in call script on each accepted Originate; it must start
+        # its own task. None: the built-in script (_run_call) runs.
+        self.call_driver: Callable[[FakeCall, Pairs, str], Awaitable[None] | None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,6 +216,12 @@ class FakeAmi:
         privilege = pairs_get(event_pairs, "Privilege")
         for client in list(self._clients):
             if client.logged_in and self._wants(client, privilege):
+                client.writer.write(data)
+
+    def emit_raw(self, data: bytes) -> None:
+        """Write bytes as they are to every logged-in client (garbage, cut or malformed messages)."""
+        for client in list(self._clients):
+            if client.logged_in:
                 client.writer.write(data)
 
     def live_channels(self) -> list[FakeChannel]:
@@ -361,6 +375,9 @@ class FakeAmi:
         call = FakeCall(pairs_get(action, "ActionID") or "", number, one, two)
         self.calls[call.action_id or one_id] = call
         outcome = self._scripts.get(number, "answer")
+        if self.call_driver is not None:
+            self.call_driver(call, action, outcome)
+            return
         self._spawn(self._run_call(call, action, outcome))
 
     def _spawn(self, coro) -> None:
@@ -374,14 +391,42 @@ class FakeAmi:
 
     async def _run_call(self, call: FakeCall, action: Pairs, outcome: str) -> None:
         one, two = call.one, call.two
-        await self._step([("Event", "Newchannel"), ("Privilege", "call,all"), *one.snapshot()])
-        await self._step([("Event", "Newchannel"), ("Privilege", "call,all"), *two.snapshot()])
-        name, num = _parse_caller_id(pairs_get(action, "CallerID") or "")
         if outcome == "fail":  # no such extension: Asterisk gives up before the variables and the dial
+            await self._step([("Event", "Newchannel"), ("Privilege", "call,all"), *one.snapshot()])
+            await self._step([("Event", "Newchannel"), ("Privilege", "call,all"), *two.snapshot()])
+            name, num = _parse_caller_id(pairs_get(action, "CallerID") or "")
             for channel in (one, two):
                 channel.cid_num, channel.cid_name = num, name
             await self._fail(call, action)
             return
+        await self.announce_local(call, action)
+        if outcome in _FAILURES and not self.answer_local_first:
+            reason, cause, cause_txt = _FAILURES[outcome]
+            await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *two.snapshot(),
+                              ("Cause", cause), ("Cause-txt", cause_txt)])
+            await self._step([("Event", "DialEnd"), ("Privilege", "call,all"), *one.snapshot("Dest"),
+                              ("DialStatus", {"5": "BUSY", "3": "NOANSWER", "8": "CONGESTION"}[reason])])
+            await self._step(self._originate_response(call, action, "Failure", reason, one.uniqueid, one.name))
+            call.hung_up = True
+            await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *one.snapshot(),
+                              ("Cause", cause), ("Cause-txt", cause_txt)])
+            return
+        await self.answer_local(call, action)
+        if self.answer_local_first:
+            await self._dial_callee(call, outcome)
+            if outcome != "answer":
+                return
+        await asyncio.sleep(self.hold_seconds)
+        if not call.hung_up:
+            await self._hang_up(two, "16")
+
+    async def announce_local(self, call: FakeCall, action: Pairs) -> None:
+        """The start of every Originate into a Local channel: both halves appear, the variables are set, the
+        halves are bridged and the ;1 half is dialed (the events of the capture, in its order)."""
+        one, two = call.one, call.two
+        await self._step([("Event", "Newchannel"), ("Privilege", "call,all"), *one.snapshot()])
+        await self._step([("Event", "Newchannel"), ("Privilege", "call,all"), *two.snapshot()])
+        name, num = _parse_caller_id(pairs_get(action, "CallerID") or "")
         variables = [item for value in pairs_all(action, "Variable") for item in _split_variables(value)]
         # The ;1 half sets the variables last-first (then gets its caller ID), and the Local driver copies
         # them to ;2 first-first (which gets its caller ID after that), as in the capture.
@@ -398,17 +443,10 @@ class FakeAmi:
                           ("LocalOptimization", "No")])
         await self._step([("Event", "DialBegin"), ("Privilege", "call,all"), *one.snapshot("Dest"),
                           ("DialString", f"{one.exten}@{one.context}/n")])
-        if outcome in _FAILURES and not self.answer_local_first:
-            reason, cause, cause_txt = _FAILURES[outcome]
-            await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *two.snapshot(),
-                              ("Cause", cause), ("Cause-txt", cause_txt)])
-            await self._step([("Event", "DialEnd"), ("Privilege", "call,all"), *one.snapshot("Dest"),
-                              ("DialStatus", {"5": "BUSY", "3": "NOANSWER", "8": "CONGESTION"}[reason])])
-            await self._step(self._originate_response(call, action, "Failure", reason, one.uniqueid, one.name))
-            call.hung_up = True
-            await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *one.snapshot(),
-                              ("Cause", cause), ("Cause-txt", cause_txt)])
-            return
+
+    async def answer_local(self, call: FakeCall, action: Pairs) -> None:
+        """The ;2 half answers (the dialplan's Answer()): both halves Up, the Originate succeeds."""
+        one, two = call.one, call.two
         two.state = "6"
         await self._step([("Event", "Newstate"), ("Privilege", "call,all"), *two.snapshot()])
         one.state = "6"
@@ -416,13 +454,21 @@ class FakeAmi:
         await self._step([("Event", "DialEnd"), ("Privilege", "call,all"), *one.snapshot("Dest"),
                           ("DialStatus", "ANSWER")])
         await self._step(self._originate_response(call, action, "Success", "4", one.uniqueid, one.name))
-        if self.answer_local_first:
-            await self._dial_callee(call, outcome)
-            if outcome != "answer":
-                return
-        await asyncio.sleep(self.hold_seconds)
-        if not call.hung_up:
-            await self._hang_up(two, "16")
+
+    async def send_event(self, event: Pairs) -> None:
+        """Emit one event to the logged-in clients, then pause `step_seconds` (as the built-in script does)."""
+        await self._step(event)
+
+    def originate_response(self, call: FakeCall, action: Pairs, response: str, reason: str) -> Pairs:
+        """The `Event: OriginateResponse` of `call` (Success reason 4, Failure reason 1/3/5/8...)."""
+        return self._originate_response(call, action, response, reason, call.one.uniqueid, call.one.name)
+
+    def new_channel(self, name_prefix: str, context: str, exten: str, linkedid: str) -> FakeChannel:
+        """A fresh channel (e.g. the callee's PJSIP channel that Dial() creates) with the next Uniqueid."""
+        channel = FakeChannel(f"{name_prefix}-{self._channel_seq:08x}", self._next_uniqueid(), linkedid, context,
+                              exten, state="0")
+        self._channel_seq += 1
+        return channel
 
     async def _dial_callee(self, call: FakeCall, outcome: str) -> None:
         """The ;2 half's Dial() of the callee through the trunk, as the shipped dialplan does it."""

@@ -9,24 +9,38 @@
 
 Replies are served FIFO; `responder(body) -> dict | None` (the same keys as queue_reply) answers first when
 set. With nothing queued the server answers 500, so a test never hangs on a missing reply.
+
+The same base_url also serves the Realtime API: the SDK opens `ws://127.0.0.1:PORT/v1/realtime?model=...`, and
+`fake.realtime` (a FakeRealtime, never started on its own port) scripts it -- greeting / responses / script,
+`wait_for_connection()`, each session's `received` client events.
+
+`ScriptedModels(...).install(fake)` plays every model of a whole campaign (the e2e test, `make demo`, the e2e
+benchmark): the assistant proposes a plan for any chat, the call AI greets, asks the user a question through
+request_user_feedback, thanks the callee with the answer and ends the call with end_call(objective_met), the
+analyzer gives a success verdict and the summarizer a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from tests.doubles.fake_realtime import FakeRealtime, FakeRealtimeConnection, FakeResponse
 
 
 class FakeOpenAI:
@@ -38,6 +52,7 @@ class FakeOpenAI:
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
         self.base_url = ""
+        self.realtime = FakeRealtime()   # the Realtime API's sessions and script, served at /v1/realtime
 
     def queue_reply(self, content: str | None = None, tool_calls: list[dict[str, Any]] | None = None,
                     delay: float = 0.0, status: int = 200) -> None:
@@ -80,8 +95,19 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         })
 
+    async def _realtime_session(self, websocket: WebSocket) -> None:
+        if self.realtime.refuse_connections:
+            await websocket.close(code=1013)   # before accept: the SDK sees the handshake refused
+            return
+        await websocket.accept()
+        path = websocket.url.path + (f"?{websocket.url.query}" if websocket.url.query else "")
+        await self.realtime.serve_session(_StarletteSocket(websocket), path)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
     async def start(self) -> str:
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat_completions, methods=["POST"])])
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                                WebSocketRoute("/v1/realtime", self._realtime_session)])
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -100,3 +126,146 @@ class FakeOpenAI:
             self._server.should_exit = True
             await asyncio.wait_for(self._task, 10)
             self._server = self._task = None
+
+
+class _StarletteSocket:
+    """A Starlette WebSocket with the face FakeRealtime's sessions expect (send / async for / transport)."""
+
+    transport = None   # uvicorn does not expose it: drop() of such a session does nothing
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def send(self, text: str) -> None:
+        await self._websocket.send_text(text)
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        while True:
+            message = await self._websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            yield data if data is not None else message.get("bytes") or b""
+
+
+# ---------------------------------------------------------------- the scripted models of a whole campaign
+
+DEMO_TARGETS = (("Bright Smile Dental", "+14155550101"), ("Golden Gate Dentistry", "+14155550102"))
+# The call AI's audio is streamed at about the pace it is spoken (800 mu-law bytes = 100 ms per delta), so its
+# function calls come once it has finished saying what precedes them, as from the real model.
+REALTIME_CHUNK_SECONDS = 0.1
+DEMO_QUESTION = "They can do Tuesday at 10:00 or Thursday at 15:30. Which one should I book?"
+
+
+def always_open_window(number: str, now: datetime | None = None) -> dict[str, str]:
+    """A calling window that is open now in the callee's zone (closed only for the minute 2 hours ago)."""
+    from opendeep.phone import callee_timezone
+
+    local = (now or datetime.now(UTC)).astimezone(callee_timezone(number)) - timedelta(hours=2)
+    return {"start": f"{local:%H:%M}", "end": f"{local - timedelta(minutes=1):%H:%M}"}
+
+
+def generated_speech(seconds: float, seed: int = 7) -> bytes:
+    """Speech-like audio as the realtime model sends it: G.711 mu-law at 8 kHz (generated, nothing downloaded)."""
+    from audiosocket.realtime import slin_to_mulaw
+    from tests.doubles.audiosocket_client import speech_like
+
+    return slin_to_mulaw(speech_like(seconds, seed=seed))
+
+
+class ScriptedModels:
+    """Every model a campaign needs, scripted: install() on a FakeOpenAI (chat responder and realtime script).
+
+    targets: (name, E.164 number) pairs the assistant plans for any chat message.
+    ask_user: the call AI asks `question` through request_user_feedback before it ends the call.
+    speech_seconds: the length of each thing the call AI says (generated audio, streamed at once).
+    """
+
+    def __init__(self, targets: tuple[tuple[str, str], ...] = DEMO_TARGETS, *, ask_user: bool = True,
+                 question: str = DEMO_QUESTION, speech_seconds: float = 1.0, max_attempts: int = 1) -> None:
+        self.targets = targets
+        self.ask_user = ask_user
+        self.question = question
+        self.max_attempts = max_attempts
+        self.speech = generated_speech(speech_seconds)
+        self.answers_heard: list[str] = []   # the user's answers as the call AI received them
+
+    def install(self, fake: FakeOpenAI) -> FakeOpenAI:
+        fake.responder = self.chat
+        fake.realtime.script = self.realtime
+        return fake
+
+    # -------------------------------------------------------------- chat completions
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+        if schema == "call_analysis":
+            return {"content": json.dumps(self.analysis(body))}
+        if schema == "campaign_summary":
+            return {"content": json.dumps(self.summary(body))}
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else {}
+        if last.get("role") == "user":
+            return {"content": "Here is a plan for the calls. Check it, then confirm.",
+                    "tool_calls": [{"name": "submit_campaign_plan", "arguments": self.plan(last.get("content"))}]}
+        return {"content": "The plan is ready: confirm it to start the calls."}
+
+    def plan(self, request: str | None) -> dict[str, Any]:
+        goal = (request or "").strip() or "Book a dental cleaning next week."
+        return {
+            "name": "Dental cleaning next week",
+            "goal": goal[:4000],
+            "master_prompt": "Be brief and polite. You call on behalf of the user.",
+            "calling_window": always_open_window(self.targets[0][1]),
+            "max_attempts": self.max_attempts,
+            "targets": [{"name": name, "phone_number": number,
+                         "objective": "Book a cleaning next week; ask the user which slot to take."}
+                        for name, number in self.targets],
+        }
+
+    @staticmethod
+    def analysis(body: dict[str, Any]) -> dict[str, Any]:
+        facts = json.dumps(body.get("messages") or [])
+        booked = "Tuesday at 10:00" if "Tuesday" in facts else "a slot next week"
+        return {"outcome": "success", "summary": f"The receptionist booked a cleaning for {booked}.",
+                "extracted": [{"name": "appointment", "value": booked}], "should_retry": False,
+                "retry_at": None, "callback_requested": False, "add_to_dnd": False,
+                "reason": "The callee confirmed the booking.", "notes_for_next_call": ""}
+
+    @staticmethod
+    def summary(body: dict[str, Any]) -> dict[str, Any]:
+        return {"summary": "Every practice was reached and a cleaning was booked.",
+                "key_findings": ["Appointments are available next week."],
+                "next_steps": ["Add the appointment to your calendar."]}
+
+    # -------------------------------------------------------------- the realtime call AI
+
+    def realtime(self, conn: FakeRealtimeConnection, index: int) -> FakeResponse | None:
+        greeting = "Hello, this is an AI assistant calling to book a dental cleaning for next week."
+        if index == 0 and not self.ask_user:
+            return FakeResponse(audio=self.speech, transcript=greeting, chunk_interval=REALTIME_CHUNK_SECONDS,
+                                function_call=("end_call", {"outcome": "objective_met",
+                                                            "summary": "A cleaning was booked."}))
+        if index == 0:
+            return FakeResponse(audio=self.speech, transcript=greeting, chunk_interval=REALTIME_CHUNK_SECONDS,
+                                function_call=("request_user_feedback", {"question": self.question}))
+        if index == 1:
+            answer = _last_function_output(conn)
+            self.answers_heard.append(answer)
+            return FakeResponse(audio=self.speech, transcript=f"Thank you. {answer} Goodbye!",
+                                chunk_interval=REALTIME_CHUNK_SECONDS,
+                                function_call=("end_call", {"outcome": "objective_met",
+                                                            "summary": f"Booked: {answer}"}))
+        return None
+
+
+def _last_function_output(conn: FakeRealtimeConnection) -> str:
+    for event in reversed(conn.events("conversation.item.create")):
+        item = event.get("item") or {}
+        if item.get("type") == "function_call_output":
+            try:
+                output = json.loads(item.get("output") or "{}")
+            except ValueError:
+                return str(item.get("output"))
+            return str(output.get("answer") or output.get("message") or output)
+    return ""

@@ -12,6 +12,11 @@ speaks back the server events the bridge handles. Tests script it per call:
     await conn.send({"type": "input_audio_buffer.speech_started", ...})
     await conn.drop()                          # the model connection dies
     await fake.stop()
+
+Per-session scripts (several calls at once): `fake.script = fn(conn, index) -> FakeResponse | None` answers the
+index-th response.create of that session (0 = the greeting) before `greeting` / `responses` are consulted.
+`serve_session(websocket, path)` runs one session on any socket with `send(text)` and `async for` (FakeOpenAI
+uses it to serve the realtime API from its own Starlette app).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import base64
 import contextlib
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -56,6 +62,7 @@ class FakeRealtimeConnection:
         self.response_active = False
         self.current_item: str | None = None
         self.greeting_pending = True
+        self.responses_created = 0             # response.create events answered so far
 
     def events(self, type_: str) -> list[dict[str, Any]]:
         return [event for event in self.received if event.get("type") == type_]
@@ -82,7 +89,7 @@ class FakeRealtimeConnection:
 
     async def drop(self) -> None:
         """The model side goes away without a goodbye (network loss, server crash)."""
-        transport = self.websocket.transport
+        transport = getattr(self.websocket, "transport", None)
         if transport is not None:
             transport.abort()
 
@@ -171,6 +178,7 @@ class FakeRealtime:
         self.greeting: FakeResponse | None = None          # answers the first response.create of a session
         self.responses: list[FakeResponse] = []             # then these, FIFO, for later response.create
         self.refuse_connections = False
+        self.script: Callable[[FakeRealtimeConnection, int], FakeResponse | None] | None = None
         self._connected = asyncio.Condition()
         self._server: Any = None
         self.port = 0
@@ -198,6 +206,11 @@ class FakeRealtime:
         return None
 
     def next_response(self, conn: FakeRealtimeConnection) -> FakeResponse | None:
+        index = conn.responses_created
+        conn.responses_created += 1
+        if self.script is not None:
+            conn.greeting_pending = False
+            return self.script(conn, index)
         if conn.greeting_pending:
             conn.greeting_pending = False
             return self.greeting
@@ -211,7 +224,12 @@ class FakeRealtime:
         return await asyncio.wait_for(_ready(), timeout)
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        query = parse_qs(urlsplit(websocket.request.path).query)
+        await self.serve_session(websocket, websocket.request.path)
+
+    async def serve_session(self, websocket: Any, path: str) -> None:
+        """One client session: `websocket` needs `await send(text)`, `async for message in websocket` and a
+        `transport` attribute (None: drop() cannot cut it)."""
+        query = parse_qs(urlsplit(path).query)
         conn = FakeRealtimeConnection(self, websocket, query.get("model", [""])[0])
         async with self._connected:
             self.connections.append(conn)

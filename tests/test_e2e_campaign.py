@@ -1,0 +1,262 @@
+"""The whole path in one run, as a user and Asterisk see it: `opendeep serve` is a subprocess with its real
+sockets (web, FastAGI, AudioSocket), AMI goes to the Asterisk simulator (which runs the shipped dialplan, the
+AGI sessions and the AudioSocket call), and every model is the scripted fake OpenAI server (chat + realtime on
+one base_url).
+
+log in -> chat -> plan -> confirm -> Originate -> call-start AGI -> Dial -> call-answered AGI -> AudioSocket ->
+the call AI asks the user -> the user answers through the JSON API -> the answer reaches the model -> end_call
+-> the `h` extension's call-end AGI -> the analyzer completes the task -> the campaign summary exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.engine import create_engine
+from db.models import (
+    Call,
+    CallEvent,
+    CallOutcome,
+    CallStatus,
+    CallTranscript,
+    Campaign,
+    CampaignStatus,
+    FeedbackRequest,
+    FeedbackStatus,
+    Speaker,
+    Task,
+    TaskStatus,
+)
+from opendeep.settings import load_settings
+from tests.doubles.asterisk_sim import AsteriskSim, Callee
+from tests.doubles.fake_ami import pairs_all, pairs_get
+from tests.doubles.fake_openai import FakeOpenAI, ScriptedModels
+from tests.doubles.serve_process import ServeProcess
+
+NUMBER = "+14155550123"
+USER, PASSWORD = "alice", "correct horse battery staple"
+ANSWER = "Tuesday at 10:00 please."
+
+
+async def until(check, timeout: float, what: str, interval: float = 0.1):
+    """Poll `check()` (sync or async) until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    """The fake models, the simulator and `opendeep serve`, all torn down whatever happens."""
+    models = ScriptedModels(targets=(("Bright Smile Dental", NUMBER),))
+    fake = models.install(FakeOpenAI())
+    base_url = await fake.start()
+    serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}",
+                         extra_env={"OPENAI_BASE_URL": base_url, "HITL_TIMEOUT_SECONDS": "30",
+                                    "ORIGINATE_TIMEOUT_SECONDS": "10"})
+    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None),
+                      default_callee=Callee("answer", talk_seconds=25, speech_seconds=1.0))
+    serve.env["AMI_PORT"] = str(await sim.start())
+    try:
+        await serve.cli("db", "upgrade")
+        await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
+        await serve.start()
+        await until(lambda: sim.ami.connected_clients >= 1, 15, "the AMI login")
+        yield serve, sim, fake, models
+    finally:
+        try:
+            code = await serve.stop()
+        finally:
+            serve.kill()
+            await sim.stop()
+            await fake.stop()
+    assert code == 0, serve.log_text()
+    assert "Traceback" not in serve.log_text(), serve.log_text()
+
+
+async def _login(http: httpx.AsyncClient) -> str:
+    csrf = (await http.get("/api/session")).json()["csrf_token"]
+    response = await http.post("/api/login", json={"username": USER, "password": PASSWORD},
+                               headers={"x-csrf-token": csrf})
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["username"] == USER
+    return response.json()["csrf_token"]
+
+
+async def _db_rows(database_url: str, campaign_id: int):
+    engine = create_engine(database_url)
+    try:
+        async with AsyncSession(engine) as db:
+            async def all_of(statement):
+                return list((await db.scalars(statement)).all())
+            campaign = (await all_of(select(Campaign).where(Campaign.id == campaign_id)))[0]
+            tasks = await all_of(select(Task).where(Task.campaign_id == campaign_id))
+            calls = await all_of(select(Call).where(Call.task_id.in_([t.id for t in tasks])))
+            call_ids = [c.id for c in calls]
+            events = await all_of(select(CallEvent).where(CallEvent.call_id.in_(call_ids)).order_by(CallEvent.id))
+            lines = await all_of(select(CallTranscript).where(CallTranscript.call_id.in_(call_ids))
+                                 .order_by(CallTranscript.offset_ms))
+            questions = await all_of(select(FeedbackRequest).where(FeedbackRequest.call_id.in_(call_ids)))
+            return campaign, tasks, calls, events, lines, questions
+    finally:
+        await engine.dispose()
+
+
+async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_call_ai(stack):
+    serve, sim, fake, models = stack
+    async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
+        csrf = await _login(http)
+        headers = {"x-csrf-token": csrf}
+
+        # chat -> plan -> confirm
+        chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
+        turn = await http.post(f"/api/chats/{chat_id}/messages", headers=headers,
+                               json={"text": "Call Bright Smile Dental and book me a cleaning next week."})
+        assert turn.status_code == 200, turn.text
+        plan = turn.json()["plan"]
+        assert [t["phone_number"] for t in plan["targets"]] == [NUMBER]
+        source_key = turn.json()["chat"]["source_key"]
+        confirmed = await http.post(f"/api/chats/{chat_id}/confirm", json={"source_key": source_key},
+                                    headers=headers)
+        assert confirmed.status_code == 201, confirmed.text
+        campaign_id, [task_id] = confirmed.json()["campaign_id"], confirmed.json()["task_ids"]
+
+        # The scheduler places the call: one Originate with the four variables as separate headers.
+        call = await sim.wait_for_call(timeout=15)
+        originate = call.originate
+        assert pairs_get(originate, "Channel") == f"Local/{NUMBER}@opendeep-outbound/n"
+        variables = pairs_all(originate, "Variable")
+        assert len(variables) == 4
+        assert {v.split("=", 1)[0] for v in variables} == {"OPENDEEP_CALL_ID", "OPENDEEP_TASK_ID",
+                                                           "OPENDEEP_USER_ID", "OPENDEEP_NUMBER"}
+        assert call.variables["OPENDEEP_TASK_ID"] == str(task_id) and call.variables["OPENDEEP_NUMBER"] == NUMBER
+        call_id = call.call_id
+
+        # The call AI connects and asks the user; the question shows up in the UI's API.
+        session = await fake.realtime.wait_for_connection(timeout=15)
+        pending = await until(lambda: _pending_questions(http), 15, "the HITL question in /api/feedback")
+        assert pending[0]["question"] == models.question
+        answered = await http.post(f"/api/feedback/{pending[0]['request_id']}/answer", json={"answer": ANSWER},
+                                   headers=headers)
+        assert answered.status_code == 200 and answered.json()["status"] == "answered", answered.text
+
+        # The answer reaches the model as the function's output, on the realtime wire.
+        output = await until(lambda: _function_outputs(session), 10, "function_call_output on the realtime wire")
+        assert output[0]["answer"] == ANSWER and output[0]["answered"] is True
+        assert models.answers_heard == [ANSWER]
+
+        # The AI ends the call; the dialplan runs to the end (h extension); the analyzer completes the task.
+        await call.wait_done(timeout=20)
+        task = await until(lambda: _task_if(http, task_id, "completed"), 20, "the task to be completed")
+        assert task["calls"][0]["id"] == call_id
+        summary = await until(lambda: _summary(http, campaign_id), 20, "the campaign summary")
+        assert summary["summary_text"] and "booked" in summary["summary_text"]
+        assert summary["rows"] and summary["rows"][0][summary["columns"].index("status")] == "completed"
+
+    # ---- the wire, as Asterisk saw it
+    assert call.error is None
+    assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
+    start = call.agi_run("call-start")
+    assert start.agi_status == "SUCCESS"
+    assert call.local.variables["OPENDEEP_DIAL"] == f"PJSIP/{NUMBER}@opendeep-trunk"
+    assert any(c.startswith("SET VARIABLE OPENDEEP_AS_UUID") for c in start.commands)
+    assert call.dialed[0][0] == f"PJSIP/{NUMBER}@opendeep-trunk"
+    assert call.callee.variables["TIMEOUT(absolute)"] == "600"
+    end = call.agi_run("call-end")
+    assert any("DIALSTATUS" in c for c in end.commands) and any("HANGUPCAUSE" in c for c in end.commands)
+    assert call.local.variables["DIALSTATUS"] == "ANSWER"
+    audio = call.audio
+    assert call.app_hung_up, "the app ends the call with the AudioSocket hangup frame"
+    assert audio.received[-1].kind == 0x00
+    frames = audio.audio_frames()
+    assert len(frames) > 50 and all(len(f.payload) == 320 for f in frames)
+    assert any(not f.silent for f in frames), "the callee heard the AI"
+    assert audio.sent_audio_frames > 50
+    names = call.event_names()
+    assert names[:2] == ["Newchannel", "Newchannel"]
+    assert names.index("OriginateResponse") < names.index("DialEnd", names.index("OriginateResponse"))
+    response = next(e for e in call.events if pairs_get(e, "Event") == "OriginateResponse")
+    assert (pairs_get(response, "Response"), pairs_get(response, "Reason")) == ("Success", "4")
+    hangups = [e for e in call.events if pairs_get(e, "Event") == "Hangup"]
+    assert [pairs_get(e, "Uniqueid") for e in hangups][-1] == f"opendeep-{call_id}"
+
+    # ---- the realtime wire, as the model saw it
+    config = session.session_config()
+    assert {tool["name"] for tool in config["tools"]} >= {"request_user_feedback", "end_call"}
+    # The callee's speech reached the model, 20 ms per append, until the AI ended the call.
+    assert session.append_count > 40 and len(session.audio_in) == session.append_count * 160
+
+    # ---- the database
+    campaign, tasks, calls, events, lines, questions = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
+    assert campaign.status is CampaignStatus.COMPLETED and campaign.summarized_at is not None
+    (task_row,), (call_row,) = tasks, calls
+    assert (task_row.status, task_row.attempt_count) == (TaskStatus.COMPLETED, 1)
+    assert (call_row.status, call_row.outcome) == (CallStatus.ENDED, CallOutcome.ANSWERED)
+    assert (call_row.dial_status, call_row.hangup_cause) == ("ANSWER", 16)
+    assert call_row.channel == call.callee.name and call_row.bridged_to_ai
+    assert call_row.audiosocket_uuid == call.local.variables["OPENDEEP_AS_UUID"]
+    assert call_row.answered_at is not None and call_row.ended_at is not None
+    assert call_row.analysis["outcome"] == "success"
+    (question,) = questions
+    assert (question.status, question.answer) == (FeedbackStatus.ANSWERED, ANSWER)
+    types = [e.type for e in events]
+    for expected in ("ami.originate", "ai.connected", "ai.feedback_asked", "ai.end_call", "audiosocket.ended"):
+        assert expected in types, (expected, types)
+    end_call = next(e for e in events if e.type == "ai.end_call")
+    assert end_call.payload["outcome"] == "objective_met" and ANSWER in end_call.payload["summary"]
+    agent = [line.text for line in lines if line.speaker is Speaker.AGENT]
+    assert agent[0].startswith("Hello, this is an AI assistant") and ANSWER in agent[-1]
+
+
+async def _pending_questions(http: httpx.AsyncClient):
+    return (await http.get("/api/feedback")).json()["pending"]
+
+
+def _function_outputs(session) -> list[dict]:
+    return [json.loads(e["item"]["output"]) for e in session.events("conversation.item.create")
+            if e.get("item", {}).get("type") == "function_call_output"
+            and json.loads(e["item"]["output"]).get("answered")]
+
+
+async def _task_if(http: httpx.AsyncClient, task_id: int, status: str):
+    task = (await http.get(f"/api/tasks/{task_id}")).json()
+    return task if task["status"] == status else None
+
+
+async def _summary(http: httpx.AsyncClient, campaign_id: int):
+    summary = (await http.get(f"/api/campaigns/{campaign_id}/summary")).json()
+    return summary if summary.get("summarized_at") else None
+
+
+async def test_a_busy_callee_is_never_bridged_and_the_call_ends_busy(stack):
+    serve, sim, fake, _ = stack
+    sim.script_number(NUMBER, Callee("busy"))
+    async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
+        headers = {"x-csrf-token": await _login(http)}
+        chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
+        turn = await http.post(f"/api/chats/{chat_id}/messages", json={"text": "Call the dentist."}, headers=headers)
+        confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
+                                    json={"source_key": turn.json()["chat"]["source_key"]})
+        [task_id] = confirmed.json()["task_ids"]
+        call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=15)
+        task = await until(lambda: _task_if(http, task_id, "failed"), 15, "the task to fail (one attempt, busy)")
+    assert task["calls"][0]["outcome"] == "busy" and task["calls"][0]["dial_status"] == "BUSY"
+    assert call.agi_scripts() == ["call-start", "call-end"] and call.audio is None
+    dial_end = [e for e in call.events if pairs_get(e, "Event") == "DialEnd" and pairs_get(e, "Channel")]
+    assert [pairs_get(e, "DialStatus") for e in dial_end] == ["BUSY"]
+    assert call.local.variables["HANGUPCAUSE"] == "17"
+    assert fake.realtime.connections == []   # nobody answered: the call AI was never connected
