@@ -66,6 +66,22 @@ async def test_campaign_page_shows_status_attempts_next_action_and_each_calls_ou
     assert cancelled.json()["message"].startswith(f"campaign {confirmation.campaign.id} cancelled (2 task(s)")
 
 
+async def test_campaign_page_offers_only_the_actions_its_state_allows(alice):
+    runtime, client, user_id = alice
+    campaign_id = (await confirm_plan(runtime.sessions, user_id, a_plan(), "k")).campaign.id
+
+    def buttons(page: str) -> list[str]:
+        return [label for label in ("Pause campaign", "Resume campaign", "Cancel campaign") if label in page]
+
+    assert buttons((await client.http.get(f"/campaigns/{campaign_id}")).text) == ["Pause campaign",
+                                                                                   "Cancel campaign"]
+    await client.form(f"/campaigns/{campaign_id}/pause")
+    assert buttons((await client.http.get(f"/campaigns/{campaign_id}")).text) == ["Resume campaign",
+                                                                                   "Cancel campaign"]
+    await client.form(f"/campaigns/{campaign_id}/cancel")
+    assert buttons((await client.http.get(f"/campaigns/{campaign_id}")).text) == []
+
+
 async def test_targets_csv_import_creates_a_campaign_or_nothing(alice):
     runtime, client, user_id = alice
     bad = await client.form("/campaigns/import", {"name": "Dentists", "goal": "Book a cleaning"},

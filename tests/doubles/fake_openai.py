@@ -158,11 +158,14 @@ DEMO_QUESTION = "They can do Tuesday at 10:00 or Thursday at 15:30. Which one sh
 
 
 def always_open_window(number: str, now: datetime | None = None) -> dict[str, str]:
-    """A calling window that is open now in the callee's zone (closed only for the minute 2 hours ago)."""
+    """A calling window that is open now in the callee's zone: 00:00-23:59, shifted when it is 23:59 there."""
     from opendeep.phone import callee_timezone
 
-    local = (now or datetime.now(UTC)).astimezone(callee_timezone(number)) - timedelta(hours=2)
-    return {"start": f"{local:%H:%M}", "end": f"{local - timedelta(minutes=1):%H:%M}"}
+    local = (now or datetime.now(UTC)).astimezone(callee_timezone(number))
+    if local.hour < 23 or local.minute < 59:
+        return {"start": "00:00", "end": "23:59"}   # what a person would write for "any time"
+    shifted = local - timedelta(hours=2)         # the one minute 00:00-23:59 leaves closed
+    return {"start": f"{shifted:%H:%M}", "end": f"{shifted - timedelta(minutes=1):%H:%M}"}
 
 
 def generated_speech(seconds: float, seed: int = 7) -> bytes:
