@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import (
@@ -405,30 +405,48 @@ async def dnd_check(session: AsyncSession, user_id: int, phone_number: str) -> t
 # transaction. Each pair is scoped by its own user_id exactly like the single forms above.
 
 
+def _call_start_query():
+    """Built once: calls joined to their tasks, with the DND answers as two correlated subqueries (one
+    statement per batch instead of two; SQLAlchemy caches its compiled form)."""
+    dnd_own, dnd_all = DndEntry.__table__.alias("dnd_own"), DndEntry.__table__.alias("dnd_all")
+    listed_by_user = (select(dnd_own.c.id).where(dnd_own.c.phone_number == Task.phone_number,
+                                                 dnd_own.c.user_id == Call.user_id).exists())
+    tenants = (select(func.count(func.distinct(dnd_all.c.user_id)))
+               .where(dnd_all.c.phone_number == Task.phone_number).scalar_subquery())
+    return (
+        select(Call.id, Call.user_id, Call.task_id, Call.status, Call.outcome, Call.audiosocket_uuid,
+               Call.dialed_number, Call.started_at, Call.asterisk_other_uniqueid,
+               Task.status.label("task_status"), Task.phone_number,
+               listed_by_user.label("dnd_listed_by_user"), tenants.label("dnd_tenants"))
+        .join(Task, Task.id == Call.task_id)
+        .where(Call.id.in_(bindparam("call_ids", expanding=True)), Task.user_id == Call.user_id)
+    )
+
+
+_CALL_START_QUERY = _call_start_query()
+
+
 async def get_call_start_rows(session: AsyncSession,
                               user_calls: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
     """Several (user_id, call_id) at once -> {(user_id, call_id): row}; a pair whose call is not that user's
     is absent. The row has the call's id, user_id, task_id, status, outcome, audiosocket_uuid, dialed_number,
-    started_at, asterisk_other_uniqueid, and its task's task_status and phone_number. FastAGI decides the
-    call-starts that arrive together with this one query (columns only: no ORM objects to build)."""
+    started_at, asterisk_other_uniqueid, its task's task_status and phone_number, and the DND answers for
+    that number: dnd_listed_by_user (on this user's list) and dnd_tenants (how many tenants list it; a count,
+    never who). FastAGI decides the call-starts that arrive together with this one query (columns only: no
+    ORM objects to build)."""
     if not user_calls:
         return {}
     wanted = set(user_calls)
     connection = await session.connection()
-    rows = await connection.execute(
-        select(Call.id, Call.user_id, Call.task_id, Call.status, Call.outcome, Call.audiosocket_uuid,
-               Call.dialed_number, Call.started_at, Call.asterisk_other_uniqueid,
-               Task.status.label("task_status"), Task.phone_number)
-        .join(Task, Task.id == Call.task_id)
-        .where(Call.id.in_({call_id for _, call_id in wanted}), Task.user_id == Call.user_id)
-    )
+    rows = await connection.execute(_CALL_START_QUERY, {"call_ids": list({call_id for _, call_id in wanted})})
     return {(row.user_id, row.id): row for row in rows if (row.user_id, row.id) in wanted}
 
 
 async def dnd_checks(session: AsyncSession,
                      user_numbers: Sequence[tuple[int, str]]) -> dict[tuple[int, str], tuple[bool, int]]:
     """Several (user_id, number) at once: {(user_id, number): (listed by that user, how many tenants list
-    it)} -- the user's DND and the global DND. Other tenants' entries only ever count, never show."""
+    it)} -- the user's DND and the global DND. Other tenants' entries only ever count, never show.
+    (get_call_start_rows carries the same answers in its rows; this form checks numbers without calls.)"""
     if not user_numbers:
         return {}
     listed: dict[str, set[int]] = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -101,15 +103,18 @@ def parse_environment(block: bytes) -> AgiEnvironment:
     except UnicodeDecodeError:
         text = block.decode("latin-1")  # caller ID names are not always UTF-8; never fail a call on that
     variables: dict[str, str] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
+    lines = text.split("\n")
+    if "\r" in text:
+        lines = [line.rstrip("\r") for line in lines]
+    for line in lines:  # every session passes here: kept to plain string operations
         if not line:
             continue
         key, sep, value = line.partition(":")
         # `agi_accountcode: ` arrives with a trailing space and no value: keep the value exactly empty.
-        if not sep or not key.startswith("agi_") or " " in key:
-            raise AgiHeaderError(f"AGI environment line {number} is not 'agi_key: value': {line[:80]!r}")
-        variables[key] = value[1:] if value.startswith(" ") else value
+        if not sep or key[:4] != "agi_" or " " in key:
+            raise AgiHeaderError(f"AGI environment line {lines.index(line) + 1} is not 'agi_key: value': "
+                                 f"{line[:80]!r}")
+        variables[key] = value[1:] if value[:1] == " " else value
     if "agi_network_script" not in variables and "agi_request" not in variables:
         raise AgiHeaderError("AGI environment has neither agi_network_script nor agi_request")
     args = []
@@ -117,14 +122,17 @@ def parse_environment(block: bytes) -> AgiEnvironment:
     while f"agi_arg_{index}" in variables:
         args.append(variables[f"agi_arg_{index}"])
         index += 1
-    script, query = split_script(variables.get("agi_network_script") or _script_from_request(variables))
+    try:
+        script, query = split_script(variables.get("agi_network_script") or _script_from_request(variables))
+    except ValueError as exc:  # urlsplit refuses e.g. `agi://[bad/...` (an unclosed IPv6 bracket)
+        raise AgiHeaderError(f"AGI script is not a valid agi:// path or URL: {exc}") from None
     return AgiEnvironment(variables=variables, args=tuple(args), script=script, query=query)
 
 
 def split_script(raw: str) -> tuple[str, dict[str, list[str]]]:
     """`call-start?x=1&y=2` -> ("call-start", {"x": ["1"], "y": ["2"]}); leading/trailing slashes dropped."""
     parts = urlsplit(raw)
-    return parts.path.strip("/"), parse_qs(parts.query, keep_blank_values=True)
+    return parts.path.strip("/"), parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
 
 
 def _script_from_request(variables: dict[str, str]) -> str:
@@ -217,7 +225,11 @@ def quote_argument(value: str) -> str:
 
 
 class AgiSession:
-    """One FastAGI connection after its environment was read: send commands, get parsed replies."""
+    """One FastAGI connection after its environment was read: send commands, get parsed replies.
+
+    This one speaks over an asyncio StreamReader/StreamWriter pair. The server uses AgiConnection's session
+    instead (same commands, same replies, same errors), which reads straight from the transport.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, env: AgiEnvironment, *,
                  command_timeout: float | None = COMMAND_TIMEOUT_SECONDS):
@@ -232,17 +244,14 @@ class AgiSession:
         AgiHangup when the channel hung up or the socket closed."""
         if "\n" in line or "\r" in line:
             raise ValueError("an AGI command is one line")
-        if self.writer.is_closing():
+        if self._is_closing():
             raise AgiHangup(f"AGI connection already closed before {line!r}")
-        self.writer.write(line.encode("utf-8") + b"\n")
         try:
             if self.command_timeout is None:  # the server bounds the whole session instead: no timer per command
-                await self.writer.drain()
-                reply = await self._read_reply()
+                reply = await self._exchange(line.encode("utf-8") + b"\n")
             else:
                 async with asyncio.timeout(self.command_timeout):
-                    await self.writer.drain()
-                    reply = await self._read_reply()
+                    reply = await self._exchange(line.encode("utf-8") + b"\n")
         except TimeoutError:
             raise AgiError(f"no reply to AGI command {line!r} in time ({self.command_timeout} s)") from None
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -252,9 +261,30 @@ class AgiSession:
             return reply
         raise _ERRORS.get(reply.code, AgiCommandError)(line, reply)
 
+    # The I/O: the stream pair here; AgiConnection's session overrides these three.
+
+    def _is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def _exchange(self, command: bytes) -> AgiReply:
+        self.writer.write(command)
+        await self.writer.drain()
+        return await self._read_reply()
+
+    async def _readline(self) -> str:
+        try:
+            line = await self.reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:  # longer than the stream's buffer limit (the server sets it)
+            raise AgiError("AGI reply line longer than the limit") from None
+        if len(line) > MAX_REPLY_LINE_BYTES:
+            raise AgiError("AGI reply line longer than the limit")
+        return line.decode("utf-8", "replace").rstrip("\r\n")
+
     async def _read_reply(self) -> AgiReply:
         while True:
             raw = await self._readline()
+            if raw.startswith("200 result="):  # the common case first
+                return parse_reply_line(raw)
             if raw == "HANGUP":
                 # Asterisk's notice that the channel is gone; the reply to our command still follows
                 # (on a dead channel), so remember it and keep reading.
@@ -277,12 +307,6 @@ class AgiSession:
             if sum(len(part) for part in lines) > MAX_REPLY_LINE_BYTES:
                 raise AgiError("AGI 520 usage text longer than the limit")
 
-    async def _readline(self) -> str:
-        line = await self.reader.readuntil(b"\n")
-        if len(line) > MAX_REPLY_LINE_BYTES:
-            raise AgiError("AGI reply line longer than the limit")
-        return line.decode("utf-8", "replace").rstrip("\r\n")
-
     async def get_variable(self, name: str) -> str | None:
         """A channel variable's value, or None when it is not set (`200 result=0`)."""
         reply = await self.command(f"GET VARIABLE {quote_argument(name)}")
@@ -302,7 +326,11 @@ class AgiSession:
 
     async def channel_status(self) -> int:
         """CHANNEL STATUS (6 = up). Raises AgiDeadChannel in the `h` extension."""
-        return int((await self.command("CHANNEL STATUS")).result)
+        reply = await self.command("CHANNEL STATUS")
+        try:
+            return int(reply.result)
+        except ValueError:
+            raise AgiError(f"CHANNEL STATUS answered {reply.text!r}, not a channel state number") from None
 
     async def close(self) -> None:
         """End the AGI: Asterisk sets AGISTATUS=SUCCESS and the dialplan continues. The transport flushes
@@ -312,3 +340,170 @@ class AgiSession:
 
 
 _ERRORS: dict[int, type[AgiCommandError]] = {510: AgiInvalidCommand, 511: AgiDeadChannel, 520: AgiUsageError}
+
+
+# ---------------------------------------------------------------- the server side of a connection
+
+
+class AgiConnection(asyncio.Protocol):
+    """The server side of one FastAGI connection, read straight from the transport.
+
+    Cheaper than a StreamReader plus a task per connection: the environment is collected in data_received
+    (at most `max_header_bytes`, within `header_timeout` seconds, up to its empty line) and only a complete,
+    parsed one is handed on, as `on_environment(connection, env)`. A peer that sends too much, no AGI, nothing
+    in time or closes early is refused once with `on_refused(connection, AgiHeaderError)` and closed. After
+    the environment, `session` (an AgiSession) reads the reply lines.
+    """
+
+    def __init__(self, on_environment: Callable[[AgiConnection, AgiEnvironment], None],
+                 on_refused: Callable[[AgiConnection, AgiHeaderError], None], *,
+                 header_timeout: float = HEADER_TIMEOUT_SECONDS, max_header_bytes: int = MAX_HEADER_BYTES):
+        self.on_environment = on_environment
+        self.on_refused = on_refused
+        self.header_timeout = header_timeout
+        self.max_header_bytes = max_header_bytes
+        self.transport: asyncio.Transport | None = None
+        self.session: ConnectionAgiSession | None = None
+        self._header = bytearray()
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._tail = b""                 # an incomplete reply line
+        self._lines: deque[bytes] = deque()
+        self._queued = 0                 # bytes in _lines and _tail, for flow control
+        self._paused = False
+        self._eof = False
+        self._waiter: asyncio.Future | None = None
+
+    @property
+    def peer(self):
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # the transport flushes what is buffered and closes by itself
+
+    # -------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._header_timer = asyncio.get_running_loop().call_later(
+            self.header_timeout, self._refuse,
+            f"no complete AGI environment within {self.header_timeout:g} s")
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is None:
+            if self._eof:  # refused: whatever still arrives is dropped
+                return
+            data = self._environment_data(data)
+            if not data:
+                return
+        tail = self._tail + data if self._tail else data
+        *lines, self._tail = tail.split(b"\n")
+        self._lines.extend(lines)
+        self._queued += len(data)
+        if self._queued > 2 * MAX_REPLY_LINE_BYTES and not self._paused:  # a peer talking, nobody asking
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        if self.session is None:
+            self._refuse(f"connection closed inside the AGI environment after {len(self._header)} bytes")
+            return False
+        self._eof = True
+        self._wake()
+        return True  # keep our side open: the route notices the EOF at its next reply and ends the AGI
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self.session is None and not self._eof:
+            self._eof = True
+            self.on_refused(self, AgiHeaderError(
+                f"connection closed inside the AGI environment after {len(self._header)} bytes"))
+        self._eof = True
+        self._wake()
+
+    # -------------------------------------------------------- the environment
+
+    def _environment_data(self, data: bytes) -> bytes:
+        """Collect environment bytes; returns what followed the empty line (b"" until then)."""
+        start = max(len(self._header) - 1, 0)
+        self._header += data
+        end = self._header.find(b"\n\n", start)
+        if end < 0 or end + 2 > self.max_header_bytes:
+            if len(self._header) > self.max_header_bytes:
+                self._refuse(f"AGI environment larger than the {self.max_header_bytes}-byte limit")
+            return b""
+        block, rest = bytes(self._header[:end + 2]), bytes(self._header[end + 2:])
+        try:
+            env = parse_environment(block)
+        except AgiHeaderError as exc:
+            self._refuse(exc)
+            return b""
+        self._header_timer.cancel()
+        self._header_timer = None
+        self.session = ConnectionAgiSession(self, env)
+        self.on_environment(self, env)
+        return rest
+
+    def _refuse(self, error: AgiHeaderError | str) -> None:
+        if self._eof:
+            return
+        self._eof = True  # refused once; nothing more is read
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self.on_refused(self, error if isinstance(error, AgiHeaderError) else AgiHeaderError(error))
+        self.close()
+
+    # -------------------------------------------------------- reply lines
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def readline(self) -> str:
+        """The next reply line, without its line break. IncompleteReadError at EOF (the session turns it
+        into AgiHangup), AgiError for a line over MAX_REPLY_LINE_BYTES."""
+        while not self._lines:
+            if len(self._tail) > MAX_REPLY_LINE_BYTES:
+                raise AgiError("AGI reply line longer than the limit")
+            if self._eof:
+                raise asyncio.IncompleteReadError(self._tail, None)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        line = self._lines.popleft()
+        self._queued -= len(line) + 1
+        if self._paused and self._queued <= MAX_REPLY_LINE_BYTES:
+            self._paused = False
+            self.transport.resume_reading()
+        if len(line) > MAX_REPLY_LINE_BYTES:
+            raise AgiError("AGI reply line longer than the limit")
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+
+class ConnectionAgiSession(AgiSession):
+    """An AgiSession over an AgiConnection: the same commands, replies and errors, written to the transport
+    and read from the connection's lines. The server bounds the whole session, so no timer per command."""
+
+    def __init__(self, connection: AgiConnection, env: AgiEnvironment):
+        super().__init__(None, None, env, command_timeout=None)
+        self.connection = connection
+
+    def _is_closing(self) -> bool:
+        return self.connection.transport.is_closing()
+
+    def _exchange(self, command: bytes):
+        self.connection.transport.write(command)
+        return self._read_reply()
+
+    def _readline(self):
+        return self.connection.readline()
+
+    async def close(self) -> None:
+        self.connection.close()

@@ -4,8 +4,9 @@ Why not panoramisk's `fast_agi.Application`: its header loop (`while b'\\n\\n' n
 reader.read(100)`) never ends for a peer that closes before the empty line (read() keeps returning b''), has no
 timeout and no size cap; tests/test_fastagi_server.py shows it spinning next to ours closing cleanly.
 
-Each connection is its own task: a slow, malformed or hostile session costs only itself. Every failure is
-logged with the peer and the channel, the socket is closed, and the server goes on.
+A connection is first a small protocol object that collects its environment (bounded in size and time, no
+task); a complete one runs its route as its own task. A slow, malformed or hostile session costs only
+itself. Every failure is logged with the peer and the channel, the socket is closed, and the server goes on.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from fastagi_server.protocol import (
     HEADER_TIMEOUT_SECONDS,
     MAX_HEADER_BYTES,
-    MAX_REPLY_LINE_BYTES,
+    AgiConnection,
+    AgiEnvironment,
     AgiError,
     AgiHangup,
     AgiHeaderError,
     AgiSession,
-    read_environment,
 )
 
 log = logging.getLogger("opendeep.fastagi")
@@ -36,7 +37,11 @@ SESSION_TIMEOUT_SECONDS = 60.0
 
 
 class FastAgiServer:
-    """Accept FastAGI sessions and hand each to the route named by its `agi_network_script` path."""
+    """Accept FastAGI sessions and hand each to the route named by its `agi_network_script` path.
+
+    Each connection is an AgiConnection (protocol.py): the environment is read and bounded there, without a
+    task; a complete one starts the route as its own task, under one deadline for the whole session.
+    """
 
     def __init__(self, routes: Mapping[str, Route], host: str = "127.0.0.1", port: int = 4573, *,
                  header_timeout: float = HEADER_TIMEOUT_SECONDS, max_header_bytes: int = MAX_HEADER_BYTES,
@@ -48,15 +53,14 @@ class FastAgiServer:
         self.max_header_bytes = max_header_bytes
         self.session_timeout = session_timeout
         self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task] = set()
+        self._connecting: set[AgiConnection] = set()  # still sending their environment
+        self._sessions: set[asyncio.Task] = set()      # routes running
 
     async def start(self) -> int:
         """Listen; returns the bound port (useful with port 0 in tests)."""
         try:
-            self._server = await asyncio.start_server(
-                self._accept, self.host, self.port,
-                limit=max(self.max_header_bytes, MAX_REPLY_LINE_BYTES), reuse_address=True,
-            )
+            self._server = await asyncio.get_running_loop().create_server(
+                self._new_connection, self.host, self.port, reuse_address=True)
         except OSError as exc:
             raise OSError(exc.errno, f"FastAGI cannot listen on {self.host}:{self.port}: {exc.strerror} "
                                      "(check FASTAGI_BIND, or whether another process holds the port)") from exc
@@ -68,68 +72,71 @@ class FastAgiServer:
         """Stop accepting; give running sessions `grace` seconds, then cancel them."""
         if self._server is not None:
             self._server.close()
-        if self._sessions:
-            _, pending = await asyncio.wait(set(self._sessions), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self._sessions or self._connecting) and loop.time() < deadline:
+            if self._sessions:
+                await asyncio.wait(set(self._sessions), timeout=deadline - loop.time())
+            else:  # only peers still sending their environment: they may yet become sessions
+                await asyncio.sleep(min(0.05, max(deadline - loop.time(), 0)))
+        for connection in list(self._connecting):
+            connection.close()
+        self._connecting.clear()
+        pending = set(self._sessions)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
     @property
     def active_sessions(self) -> int:
-        return len(self._sessions)
+        return len(self._connecting) + len(self._sessions)
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve_session(reader, writer))
+    def _new_connection(self) -> AgiConnection:
+        connection = AgiConnection(self._environment_received, self._refused,
+                                   header_timeout=self.header_timeout, max_header_bytes=self.max_header_bytes)
+        self._connecting.add(connection)
+        return connection
+
+    def _refused(self, connection: AgiConnection, error: AgiHeaderError) -> None:
+        self._connecting.discard(connection)
+        log.warning("FastAGI session from %s dropped: %s", connection.peer, error)
+
+    def _environment_received(self, connection: AgiConnection, env: AgiEnvironment) -> None:
+        self._connecting.discard(connection)
+        route = self.routes.get(env.script)
+        if route is None:
+            log.error("FastAGI: no route %r (from %s on %s); known routes: %s. Check the "
+                      "AGI(agi://...) lines in extensions_opendeep.conf", env.script, connection.peer, env.channel,
+                      ", ".join(sorted(self.routes)))
+            connection.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve_session(route, connection, env))
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
 
-    async def _serve_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        loop = asyncio.get_running_loop()
-        env = None
-        # One deadline per session: header_timeout for the environment, then moved to session_timeout for
-        # the route (a single timer instead of one per read or command).
+    async def _serve_session(self, route: Route, connection: AgiConnection, env: AgiEnvironment) -> None:
         try:
-            async with asyncio.timeout(self.header_timeout) as deadline:
-                env = await read_environment(reader, timeout=None, max_bytes=self.max_header_bytes)
-                route = self.routes.get(env.script)
-                session = AgiSession(reader, writer, env, command_timeout=None)
-                if route is None:
-                    log.error("FastAGI: no route %r (from %s on %s); known routes: %s. Check the "
-                              "AGI(agi://...) lines in extensions_opendeep.conf", env.script, peer, env.channel,
-                              ", ".join(sorted(self.routes)))
-                    return
-                deadline.reschedule(loop.time() + self.session_timeout)
-                await route(session)
-        except AgiHeaderError as exc:
-            log.warning("FastAGI session from %s dropped: %s", peer, exc)
+            async with asyncio.timeout(self.session_timeout):
+                await route(connection.session)
         except TimeoutError:
-            if env is None:
-                log.warning("FastAGI session from %s dropped: no complete AGI environment within %g s",
-                            peer, self.header_timeout)
-            else:
-                log.warning("FastAGI %s on %s: still running after %g s; closed", env.script, env.channel,
-                            self.session_timeout)
+            log.warning("FastAGI %s on %s: still running after %g s; closed", env.script, env.channel,
+                        self.session_timeout)
         except AgiHangup as exc:
             log.info("FastAGI %s on %s: channel hung up (%s)", env.script, env.channel, exc)
         except AgiError as exc:
             log.warning("FastAGI %s on %s: %s", env.script, env.channel, exc)
         except (ConnectionError, OSError) as exc:
-            log.info("FastAGI session from %s (%s): connection lost (%s)", peer, env and env.script, exc)
+            log.info("FastAGI session from %s (%s): connection lost (%s)", connection.peer, env.script, exc)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("FastAGI route %s failed on %s", env and env.script, env and env.channel)
+            log.exception("FastAGI route %s failed on %s", env.script, env.channel)
         finally:
-            _close(writer)
-
-
-def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()  # the transport flushes and closes by itself
+            connection.close()  # ends the AGI: Asterisk sets AGISTATUS=SUCCESS and the dialplan goes on
 
 
 class FastAgiComponent:
