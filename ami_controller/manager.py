@@ -126,6 +126,14 @@ class _ForgetEveryAction:
 
 
 class _Protocol(AMIProtocol):
+    def handle_message(self, message: Message) -> None:
+        # A repeated `Event:` or `ActionID:` header reaches panoramisk as a list and makes it raise; raising here
+        # would make asyncio close the whole connection (tests/test_fuzz_ami.py). One bad message costs itself.
+        try:
+            super().handle_message(message)
+        except Exception:
+            log.warning("dropped an AMI message that could not be handled: %.300r", message, exc_info=True)
+
     def close(self) -> None:
         # Whoever waits for a reply gets a clear error now instead of waiting forever.
         for action in list(getattr(self, "responses", {}).values()):
@@ -250,9 +258,12 @@ class AmiController:
                 attempt = 0
                 try:
                     await self.resync()
-                except (TimeoutError, AmiError) as exc:
-                    log.warning("AMI re-sync with %s failed (%s); reconnecting", self.address, exc)
+                except Exception as exc:  # AMI or the database: either way try again, never stop reconnecting
+                    log.warning("AMI re-sync with %s failed (%s: %s); reconnecting", self.address,
+                                type(exc).__name__, exc)
                     self._close_manager()
+                    await asyncio.sleep(self._backoff(attempt))
+                    attempt += 1
                     continue
                 self._connected = True
                 self._connected_event.set()
@@ -398,8 +409,8 @@ class AmiController:
         and its task moves on by rule; nothing is re-sent.
         """
         channels = await self.live_channels()
-        live = {message.get("Uniqueid", "") for message in channels}
-        live |= {message.get("Linkedid", "") for message in channels}
+        live = {_header(message, "Uniqueid") for message in channels}
+        live |= {_header(message, "Linkedid") for message in channels}
         async with self.sessions() as session:
             calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES)))).all()
             for call in calls:
@@ -432,51 +443,52 @@ class AmiController:
     async def handle_event(self, message: Message) -> None:
         """Apply one AMI event to its calls row (events of channels that are not ours are ignored)."""
         # `Event` first: an OriginateResponse also carries a `Response:` header.
-        name = message.get("Event", "")
+        name = _header(message, "Event")
         if name == "OriginateResponse":
             await self._on_originate_response(message)
             return
-        call_id = call_id_from_uniqueid(message.get("Linkedid") or message.get("DestLinkedid"))
+        call_id = call_id_from_uniqueid(_header(message, "Linkedid") or _header(message, "DestLinkedid"))
         if call_id is None:
             return
         track = self._tracks.setdefault(call_id, _CallTrack())
         if name == "Newchannel":
-            if message.get("Uniqueid") == call_uniqueids(call_id)[1]:
+            if _header(message, "Uniqueid") == call_uniqueids(call_id)[1]:
                 track.saw_dialplan_half = True
-        elif name == "DialBegin" and message.get("Channel"):
+        elif name == "DialBegin" and _header(message, "Channel"):
             # A DialBegin with a caller channel is the dialplan's Dial() of the callee (the Originate's own
             # dial of the ;1 half has Dest* headers only).
             await self._advance(call_id, CallStatus.RINGING, "ami.dial_begin",
-                                {"dest_channel": message.get("DestChannel")})
-        elif name == "DialEnd" and message.get("Channel"):
-            track.dial_status = message.get("DialStatus") or None
-            payload = {"dial_status": track.dial_status, "dest_channel": message.get("DestChannel")}
+                                {"dest_channel": _header(message, "DestChannel") or None})
+        elif name == "DialEnd" and _header(message, "Channel"):
+            track.dial_status = _header(message, "DialStatus") or None
+            payload = {"dial_status": track.dial_status, "dest_channel": _header(message, "DestChannel") or None}
             if track.dial_status == "ANSWER":
                 await self._advance(call_id, CallStatus.ANSWERED, "ami.dial_end", payload,
-                                    channel=message.get("DestChannel"))
+                                    channel=_header(message, "DestChannel"))
             else:
                 await self._record(call_id, "ami.dial_end", payload)
-        elif name == "Newstate" and message.get("ChannelState") == "5" and not message.get("Channel", "").startswith(
-                "Local/"):
-            await self._advance(call_id, CallStatus.RINGING, "ami.ringing", {"channel": message.get("Channel")})
-        elif name == "Hangup" and message.get("Uniqueid") == call_uniqueids(call_id)[0]:
+        elif (name == "Newstate" and _header(message, "ChannelState") == "5"
+              and not _header(message, "Channel").startswith("Local/")):
+            await self._advance(call_id, CallStatus.RINGING, "ami.ringing",
+                                {"channel": _header(message, "Channel") or None})
+        elif name == "Hangup" and _header(message, "Uniqueid") == call_uniqueids(call_id)[0]:
             # The ;1 half goes last: the call is over as far as Asterisk is concerned.
-            track.hangup_cause = _int_or_none(message.get("Cause"))
+            track.hangup_cause = _int_or_none(_header(message, "Cause"))
             outcome = map_dial_status(track.dial_status, track.hangup_cause)
             self._finish_later(call_id, outcome, "ami.hangup", dial_status=track.dial_status,
                                hangup_cause=track.hangup_cause, answered_wins=True)
 
     async def _on_originate_response(self, message: Message) -> None:
-        action_id = message.get("ActionID", "")
+        action_id = _header(message, "ActionID")
         async with self.sessions() as session:
             call = await session.scalar(select(Call).where(Call.ami_action_id == action_id))
             if call is None:
                 return  # not one of ours (another AMI client's Originate)
             track = self._tracks.setdefault(call.id, _CallTrack())
-            response, reason = message.get("Response", ""), message.get("Reason", "")
+            response, reason = _header(message, "Response"), _header(message, "Reason")
             await repo.record_call_event(session, call.user_id, call.id, "ami.originate_response",
                                          {"response": response, "reason": reason,
-                                          "uniqueid": message.get("Uniqueid")})
+                                          "uniqueid": _header(message, "Uniqueid") or None})
             await session.commit()
         outcome = map_originate_reason(_int_or_none(reason), response)
         if outcome is CallOutcome.ANSWERED:
@@ -558,6 +570,15 @@ _ids: dict[str, int] = {}
 def _next_id(prefix: str) -> str:
     _ids[prefix] = _ids.get(prefix, 0) + 1
     return f"opendeep-{prefix}-{_ids[prefix]}"
+
+
+def _header(message: Message, name: str) -> str:
+    """One header's value as text ("" if absent). panoramisk gives a header that came more than once as a
+    list; the first one counts, as in Asterisk's own astman_get_header()."""
+    value = message.get(name, "")
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return value if isinstance(value, str) else str(value)
 
 
 def _int_or_none(raw: Any) -> int | None:

@@ -14,6 +14,7 @@ What a test can do:
     await fake.drop_connections()              # an Asterisk restart: sockets closed, live calls gone
     fake.emit([("Event", "Hangup"), ...])      # push any event to the logged-in clients
     fake.emit_raw(b"...")                      # or any bytes at all (fuzzing the client's framing)
+    fake.hang_up_calls(["+14155550123"])       # the callee hangs up now (all live calls without a list)
     await fake.stop()
 
 A driver can take over what an Originate does (tests/doubles/asterisk_sim.py runs the real dialplan that way):
@@ -223,6 +224,16 @@ class FakeAmi:
         for client in list(self._clients):
             if client.logged_in:
                 client.writer.write(data)
+
+    def hang_up_calls(self, numbers: Iterable[str] | None = None, cause: str = "16") -> int:
+        """The callee hangs up every live call (to `numbers` only, if given), with the events Asterisk sends;
+        also ends calls whose scripted hold was cut short by drop_connections(kill_calls=False)."""
+        wanted = set(numbers) if numbers is not None else None
+        live = [call for call in self.calls.values()
+                if not call.hung_up and (wanted is None or call.number in wanted)]
+        for call in live:
+            self._spawn(self._hang_up(call.callee or call.two, cause, request=False))
+        return len(live)
 
     def live_channels(self) -> list[FakeChannel]:
         return [channel for call in self.calls.values() if not call.hung_up for channel in call.channels]
