@@ -40,6 +40,14 @@ MODEL_LOST_DRAIN_SECONDS = 1.0  # model gone: play what is queued, then hang up 
 TRANSFER_WAIT_SECONDS = 3.0     # after a Redirect Asterisk takes the channel out of AudioSocket() itself
 GOODBYE_PROMPT = "The call has to end now. Say one short, polite goodbye sentence and nothing else."
 READ_SIZE = 65536
+# 20 ms frames per input_audio_buffer.append. 1: each frame goes to the model as it arrives. 2 halves the
+# WebSocket messages (with an echoing model, about 30 % less CPU per call: bench/bench_audiosocket.py
+# --input-chunk 2) at the price of about 10 ms more median latency caller -> model.
+INPUT_CHUNK_FRAMES = 1
+# When a read brings more audio frames than this (the event loop is behind), they go to the model as one append,
+# so an overloaded process catches up instead of falling further behind. 0: never -- every append is one 20 ms
+# frame, which tests/test_e2e_campaign.py pins down; see bench/bench_audiosocket.py --catch-up.
+CATCH_UP_FRAMES = 0
 
 
 class EndReason(enum.StrEnum):
@@ -115,6 +123,8 @@ class CallBridge:
         self._cancelled_items: set[str] = set()    # barged-in items: their late deltas are dropped
         self._speech_start_ms: dict[str, int] = {}
         self._resample_state: Any = None
+        self._held_audio: list[bytes] = []         # frames waiting for a full INPUT_CHUNK_FRAMES append
+        self._held_read_at: list[float] = []
 
     # ------------------------------------------------------------------ the call, top to bottom
 
@@ -177,9 +187,8 @@ class CallBridge:
     # ------------------------------------------------------------------ caller -> model
 
     async def _from_caller(self) -> None:
-        for frame in self._initial_frames:
-            if not await self._on_caller_frame(frame, self._loop.time()):
-                return
+        if not await self._on_caller_frames(self._initial_frames, self._loop.time()):
+            return
         while True:
             data = await self.reader.read(READ_SIZE)
             if not data:
@@ -187,25 +196,65 @@ class CallBridge:
                 self.frames.finish()          # raises ProtocolError if a frame was cut off
                 self._end(EndReason.CALLER_HUNG_UP, "EOF from Asterisk")
                 return
-            read_at = self._loop.time()
-            for frame in self.frames.feed(data):
-                if not await self._on_caller_frame(frame, read_at):
-                    return
+            if not await self._on_caller_frames(self.frames.feed(data), self._loop.time()):
+                return
 
-    async def _on_caller_frame(self, frame: Frame, read_at: float) -> bool:
-        """Handle one frame from Asterisk; False when it ends the caller's side."""
-        if frame.is_audio:
-            self.frames_in += 1
-            model = self.model
-            if model is None or self._ending:
-                return True   # still connecting, or hanging up: there is nobody to hear it
-            slin = frame.payload
-            if frame.kind is not Kind.SLIN8:   # AudioSocket channel driver at a higher rate
-                slin, self._resample_state = resample(slin, frame.sample_rate, SAMPLE_RATE, self._resample_state)
-            await model.append_audio(slin)
-            if self.stats is not None:
-                self.stats.inbound.append(self._loop.time() - read_at)
-            return True
+    async def _on_caller_frames(self, frames: list[Frame], read_at: float) -> bool:
+        """Handle what one socket read brought; False when it ends the caller's side.
+
+        Normally that is one 20 ms frame, and each frame is one append. With CATCH_UP_FRAMES set, more frames
+        than that in one read (the loop fell behind) go to the model as one append: the same audio in the same
+        order, with one WebSocket message instead of one per frame.
+        """
+        audio: list[bytes] = []
+        for frame in frames:
+            if frame.is_audio:
+                self.frames_in += 1
+                slin = frame.payload
+                if frame.kind is not Kind.SLIN8:   # AudioSocket channel driver at a higher rate
+                    slin, self._resample_state = resample(slin, frame.sample_rate, SAMPLE_RATE,
+                                                          self._resample_state)
+                audio.append(slin)
+                continue
+            if audio:   # audio before a DTMF or hangup frame goes to the model first
+                await self._to_model(audio, read_at)
+                audio = []
+            if not self._on_caller_control(frame):
+                return False
+        if audio:
+            await self._to_model(audio, read_at)
+        return True
+
+    async def _to_model(self, audio: list[bytes], read_at: float) -> None:
+        model = self.model
+        if model is None or self._ending:
+            return   # still connecting, or hanging up: there is nobody to hear it
+        stats = self.stats
+        if len(audio) > 1 and INPUT_CHUNK_FRAMES == 1 and not (CATCH_UP_FRAMES and len(audio) > CATCH_UP_FRAMES):
+            for slin in audio:   # keep one append per frame
+                await model.append_audio(slin)
+            if stats is not None:
+                stats.inbound.extend([self._loop.time() - read_at] * len(audio))
+            return
+        if INPUT_CHUNK_FRAMES > 1:
+            held = self._held_audio
+            held += audio
+            if stats is not None:
+                self._held_read_at += [read_at] * len(audio)
+            if len(held) < INPUT_CHUNK_FRAMES:
+                return
+            audio, self._held_audio = held, []
+        await model.append_audio(audio[0] if len(audio) == 1 else b"".join(audio))
+        if stats is not None:
+            now = self._loop.time()
+            if INPUT_CHUNK_FRAMES > 1:   # each frame's own wait, the held ones included
+                stats.inbound.extend(now - at for at in self._held_read_at)
+                self._held_read_at = []
+            else:
+                stats.inbound.append(now - read_at)
+
+    def _on_caller_control(self, frame: Frame) -> bool:
+        """A frame from Asterisk that is not audio; False when it ends the caller's side."""
         if frame.kind is Kind.DTMF:
             self._last_activity = self._loop.time()
             self.recorder.event("callee.dtmf", {"digit": frame.digit()})
@@ -229,22 +278,30 @@ class CallBridge:
             return
         self.recorder.event("ai.connected", {"model": self.model.model})
         await self.model.create_response()   # the greeting: the callee answered and waits for us
+        next_event = self.model.next_event
         while True:
-            event = await self.model.next_event()
-            await self._on_model_event(event)
+            event = await next_event()
+            if event.get("type") == ServerEvent.AUDIO_DELTA:
+                self._on_audio_delta(event)   # most events by far: no coroutine for them
+            else:
+                await self._on_model_event(event)
+
+    def _on_audio_delta(self, event: dict[str, Any]) -> None:
+        item = event.get("item_id", "")
+        if item in self._cancelled_items:
+            return   # audio of an interrupted answer still in flight: the callee must not hear it
+        slin = mulaw_to_slin(base64.b64decode(event.get("delta", "")))
+        self._audio_item = item
+        self.pacer.enqueue(slin, item)
+        now = self._loop.time()
+        if self.stats is not None:
+            self.stats.outbound.append(now - self.model.last_received_at)
+        self._last_activity = now
 
     async def _on_model_event(self, event: dict[str, Any]) -> None:
         type_ = event.get("type")
         if type_ == ServerEvent.AUDIO_DELTA:
-            item = event.get("item_id", "")
-            if item in self._cancelled_items:
-                return   # audio of an interrupted answer still in flight: the callee must not hear it
-            slin = mulaw_to_slin(base64.b64decode(event.get("delta", "")))
-            self._audio_item = item
-            self.pacer.enqueue(slin, item)
-            if self.stats is not None:
-                self.stats.outbound.append(self._loop.time() - self.model.last_received_at)
-            self._last_activity = self._loop.time()
+            self._on_audio_delta(event)
         elif type_ == ServerEvent.SPEECH_STARTED:
             await self._barge_in(event)
         elif type_ == ServerEvent.SPEECH_STOPPED:

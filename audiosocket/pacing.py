@@ -2,9 +2,13 @@
 
 Asterisk's AudioSocket() pushes each frame to the channel the moment it arrives, so a burst is heard as
 garbled audio and a gap as a click; and it hangs up after 2 s without a frame, so when the model has nothing to
-say we send silence. Each tick is a loop timer (`call_at`), not a task: the next deadline is the previous one
-plus 20 ms (a relative sleep would drift), and after a stall of more than a frame the grid restarts from now
-instead of bursting to catch up.
+say we send silence. The next deadline is the previous one plus 20 ms (a relative sleep would drift), and after
+a stall of more than a frame the grid restarts from now instead of bursting to catch up.
+
+One FrameClock per event loop drives every call's pacer: the 20 ms period is cut into 1 ms phases, each a
+single loop timer (`call_at`) that writes the next frame of every call on that phase with `transport.write`.
+A server with 500 calls so runs about 20 timers per period instead of 500, and the calls' writes stay spread
+over the period (a call joins the phase of its own start) instead of all landing in one burst.
 
 A small jitter buffer: after silence, playback starts once `prebuffer_frames` are queued (or the first audio
 has waited `prebuffer_seconds`, or the response is complete), so a model that streams in small pieces does not
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -31,10 +37,103 @@ SILENCE = bytes(FRAME_BYTES)
 SILENCE_FRAME = _AUDIO_HEADER + SILENCE
 
 
+PHASE_SECONDS = 0.001   # the 20 ms period is cut into phases this long: one timer each
+
+
+class _Phase:
+    """The calls written by one timer, on one 20 ms grid (k * 20 ms + this phase's offset, in loop time)."""
+
+    __slots__ = ("clock", "key", "deadline", "pacers", "joining", "handle", "ticking")
+
+    def __init__(self, clock: FrameClock, key: int, deadline: float) -> None:
+        self.clock = clock
+        self.key = key
+        self.deadline = deadline
+        self.pacers: dict[OutboundPacer, None] = {}    # insertion-ordered set
+        self.joining: dict[OutboundPacer, None] = {}   # written from the tick after the next one
+        self.handle: asyncio.TimerHandle | None = clock.loop.call_at(deadline, self.tick)
+        self.ticking = False
+
+    def tick(self) -> None:
+        loop = self.clock.loop
+        now = loop.time()
+        deadline = self.deadline
+        self.ticking = True
+        try:
+            for pacer in list(self.pacers):
+                pacer._tick(now, deadline)
+        finally:
+            self.ticking = False
+        if self.joining:
+            self.pacers.update(self.joining)
+            self.joining.clear()
+        if not self.pacers:
+            self.handle = None
+            self.clock._drop(self)
+            return
+        deadline += FRAME_SECONDS
+        if now - deadline > FRAME_SECONDS:
+            # More than a frame behind (event loop stall): skip the missed slots, never burst to catch up. The
+            # grid itself stays, so phases never drift into one another; the next frame is at least half a frame
+            # after this one.
+            deadline += math.ceil((now + FRAME_SECONDS / 2 - deadline) / FRAME_SECONDS) * FRAME_SECONDS
+        self.deadline = deadline
+        self.handle = loop.call_at(deadline, self.tick)
+
+
+class FrameClock:
+    """The 20 ms clock shared by all pacers of one event loop (see the module docstring)."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._phases: dict[int, _Phase] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> FrameClock:
+        """The clock of this event loop (created on first use)."""
+        clock = cls._by_loop.get(loop)
+        if clock is None:
+            clock = cls._by_loop[loop] = cls(loop)
+        return clock
+
+    def join(self, pacer: OutboundPacer, started: float) -> _Phase:
+        """Write `pacer`'s frames on the first phase slot at least 20 ms after `started` (when its first frame
+        went out): 20 to 21 ms later, then every 20 ms."""
+        step = PHASE_SECONDS
+        slot = math.ceil((started + FRAME_SECONDS) / step - 1e-6)
+        first = slot * step
+        key = slot % max(1, round(FRAME_SECONDS / step))
+        phase = self._phases.get(key)
+        if phase is None:
+            phase = self._phases[key] = _Phase(self, key, first)
+            phase.pacers[pacer] = None
+        elif phase.deadline > first - FRAME_SECONDS / 2:
+            phase.pacers[pacer] = None   # its next tick is the pacer's first slot
+        else:
+            phase.joining[pacer] = None  # its next tick comes right after the pacer's first frame: skip it
+        return phase
+
+    def leave(self, pacer: OutboundPacer, phase: _Phase) -> None:
+        phase.pacers.pop(pacer, None)
+        phase.joining.pop(pacer, None)
+        if not phase.pacers and not phase.joining and not phase.ticking:
+            if phase.handle is not None:
+                phase.handle.cancel()
+                phase.handle = None
+            self._drop(phase)
+
+    def _drop(self, phase: _Phase) -> None:
+        if self._phases.get(phase.key) is phase:
+            del self._phases[phase.key]
+
+
 class OutboundPacer:
     """Queue of the model's audio (slin 8 kHz) for one call, written as frames by `write` on a 20 ms grid.
 
-    `write` is synchronous (a transport's write): a tick never waits for anything.
+    `write` is synchronous (a transport's write): a tick never waits for anything. The loop's FrameClock
+    calls `_tick` every 20 ms.
     Items (the model's audio item ids) are tracked so that barge-in can tell the model how much of an item the
     callee actually heard (`played_ms`).
     """
@@ -50,8 +149,7 @@ class OutboundPacer:
         self._buffered = 0
         self._playing = False
         self._complete = False                # the model said the audio is done: no more to wait for
-        self._handle: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
+        self._phase: _Phase | None = None
         self.frames_written = 0
         self.audio_frames_written = 0
         self.played_bytes: dict[str, int] = {}
@@ -67,16 +165,18 @@ class OutboundPacer:
 
     def start(self) -> None:
         """Write the first frame now and keep one going out every 20 ms until `stop()`."""
-        if self._handle is None and not self.closed:
-            self._deadline = self._loop.time()
-            self._tick()
+        if self._phase is None and not self.closed:
+            now = self._loop.time()
+            self._tick(now, now)
+            if not self.closed:
+                self._phase = FrameClock.of(self._loop).join(self, now)
 
     def stop(self) -> None:
         """No frame is written after this returns (the hangup frame may follow)."""
         self.closed = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._phase is not None:
+            self._phase.clock.leave(self, self._phase)
+            self._phase = None
 
     @property
     def queued_bytes(self) -> int:
@@ -114,10 +214,10 @@ class OutboundPacer:
 
     # ------------------------------------------------------------------ the clock
 
-    def _tick(self) -> None:
-        now = self._loop.time()
-        if self.lateness is not None:
-            self.lateness.append(now - self._deadline)
+    def _tick(self, now: float, deadline: float) -> None:
+        """Write this call's next frame (the slot was due at `deadline`; the clock's tick began at `now`)."""
+        if self.closed:
+            return
         payload = self._next_payload(now)
         try:
             self._write(_AUDIO_HEADER + payload)
@@ -126,11 +226,8 @@ class OutboundPacer:
             self.stop()
             return
         self.frames_written += 1
-        self._deadline += FRAME_SECONDS
-        if now - self._deadline > FRAME_SECONDS:
-            # More than a frame behind (event loop stall): restart the grid, never burst to catch up.
-            self._deadline = now + FRAME_SECONDS
-        self._handle = self._loop.call_at(self._deadline, self._tick)
+        if self.lateness is not None:
+            self.lateness.append(self._loop.time() - deadline)
 
     def _next_payload(self, now: float) -> bytes:
         buffered = self._buffered
