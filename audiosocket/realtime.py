@@ -40,7 +40,6 @@ log = logging.getLogger("opendeep.audiosocket.realtime")
 
 AUDIO_FORMAT = "audio/pcmu"
 # Transcribes the callee's side for call_transcripts; the agent's side comes with its audio.
-INPUT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 CONNECT_TIMEOUT_SECONDS = 10.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 
@@ -92,7 +91,7 @@ def session_config(settings: Settings, instructions: str, tools: list[dict[str, 
         "audio": {
             "input": {
                 "format": {"type": AUDIO_FORMAT},
-                "transcription": {"model": INPUT_TRANSCRIPTION_MODEL},
+                "transcription": {"model": settings.openai_transcribe_model},
                 "turn_detection": {
                     "type": "server_vad",
                     "threshold": settings.realtime_vad_threshold,

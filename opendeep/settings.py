@@ -149,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "model of the post-call analyzer, lifecycle manager and summarizer"),
     Setting("OPENAI_REALTIME_MODEL", "openai_realtime_model", "gpt-realtime", str, "realtime voice model"),
     Setting("OPENAI_REALTIME_VOICE", "openai_realtime_voice", "marin", str, "voice of the call AI"),
+    Setting("OPENAI_TRANSCRIBE_MODEL", "openai_transcribe_model", "gpt-4o-mini-transcribe", str,
+            "model that transcribes the callee's side of a call"),
     Setting("LLM_TIMEOUT_SECONDS", "llm_timeout_seconds", "30", _non_negative_float,
             "timeout of one chat/analyzer LLM request"),
     Setting("GOOGLE_API_KEY", "google_api_key", "", str,
@@ -220,6 +222,7 @@ class Settings:
     openai_analyzer_model: str
     openai_realtime_model: str
     openai_realtime_voice: str
+    openai_transcribe_model: str
     llm_timeout_seconds: float
     google_api_key: str
     google_places_base_url: str

@@ -68,7 +68,8 @@ async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     greeting = tone(1.0, 440)
     realtime.greeting = FakeResponse(audio=mulaw(greeting), transcript="Hello, this is an AI assistant.")
     seeded = await seed_call(sessions)
-    runtime = scene(REALTIME_VAD_THRESHOLD="0.7", OPENAI_REALTIME_VOICE="cedar")
+    runtime = scene(REALTIME_VAD_THRESHOLD="0.7", OPENAI_REALTIME_VOICE="cedar",
+                    OPENAI_TRANSCRIBE_MODEL="whisper-1")
     speech = speech_like(1.5, seed=3)
     async with audiosocket_server(runtime) as server, asterisk_call(server, seeded.as_uuid) as asterisk:
         model = await realtime.wait_for_connection()
@@ -82,6 +83,7 @@ async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     assert config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert config["audio"]["output"]["format"] == {"type": "audio/pcmu"}
     assert config["audio"]["output"]["voice"] == "cedar"
+    assert config["audio"]["input"]["transcription"] == {"model": "whisper-1"}
     assert config["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     assert config["audio"]["input"]["turn_detection"]["threshold"] == 0.7
     assert {t["name"] for t in config["tools"]} == {"send_dtmf", "end_call", "request_user_feedback",
