@@ -7,6 +7,7 @@ OPENDEEP_TEST_PG_URL overrides the PostgreSQL server URL (default: postgresql+as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from pathlib import Path
@@ -19,6 +20,8 @@ from db.engine import create_engine, session_factory
 from db.migrate import upgrade
 from db.models import Base
 from opendeep.settings import load_settings
+from tests.doubles.fake_openai import FakeOpenAI
+from tests.doubles.fake_realtime import FakeRealtime
 
 PG_ADMIN_URL = os.environ.get("OPENDEEP_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -108,3 +111,37 @@ def settings_env(database_url):
 @pytest.fixture
 def settings(settings_env):
     return load_settings(settings_env, dotenv=None)
+
+
+@pytest_asyncio.fixture
+async def realtime():
+    """A fake OpenAI Realtime WebSocket server; the SDK connects to `realtime.base_url`."""
+    fake = FakeRealtime()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def scene(settings_env, engine, sessions, realtime):
+    """`scene(**env)` -> a Runtime on the test database whose call AI talks to the fake Realtime server."""
+    from tests.doubles.audiosocket_calls import make_runtime
+
+    def build(**env):
+        return make_runtime(settings_env, engine, sessions, realtime.base_url, **env)
+    return build
+
+
+@pytest_asyncio.fixture
+async def fake_openai():
+    """A fake OpenAI HTTP server (chat completions); the SDK reaches it at `fake_openai.base_url`."""
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def llm_settings(settings, fake_openai):
+    """Settings whose LLM is the fake OpenAI server."""
+    return dataclasses.replace(settings, openai_base_url=fake_openai.base_url, llm_timeout_seconds=5.0)

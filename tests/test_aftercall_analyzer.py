@@ -1,4 +1,4 @@
-"""The post-call analyzer, with the real openai SDK talking HTTP to a fake OpenAI server."""
+"""The post-call analyzer, with the real openai SDK talking HTTP to a fake_openai OpenAI server."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from db.types import utcnow
 from opendeep.analyzer import HELD_FOR_REVIEW_UNTIL, PostCallAnalyzer
 from opendeep.events import EventHub
 from tests.doubles.aftercall_seed import answered_call, load, seed_task, start_call, verdict
-from tests.doubles.fake_openai import FakeOpenAI
 
 CONVERSATION = [
     (Speaker.AGENT, "Hello, I'm calling for Alice to book a cleaning next week."),
@@ -27,16 +26,8 @@ CONVERSATION = [
 
 
 @pytest.fixture
-async def fake():
-    server = FakeOpenAI()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-def llm_settings(settings, fake):
-    return dataclasses.replace(settings, openai_base_url=fake.base_url, llm_timeout_seconds=5.0,
+def llm_settings(settings, fake_openai):
+    return dataclasses.replace(settings, openai_base_url=fake_openai.base_url, llm_timeout_seconds=5.0,
                                openai_analyzer_model="analyzer-test-model")
 
 
@@ -59,10 +50,10 @@ def drain(queue) -> list:
     return items
 
 
-async def test_successful_call_completes_the_task_with_the_booked_time(sessions, llm_settings, fake, analyzer):
+async def test_successful_call_completes_the_task_with_the_booked_time(sessions, llm_settings, fake_openai, analyzer):
     seeded = await seed_task(sessions)
     call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION, end_reason="appointment booked")
-    fake.queue_reply(content=verdict("success", summary="Booked Tuesday 10:00.",
+    fake_openai.queue_reply(content=verdict("success", summary="Booked Tuesday 10:00.",
                                      extracted={"booked_time": "Tuesday 10:00"}, reason="the callee confirmed"))
     async with analyzer.events.subscribe(seeded.user_id) as queue:
         assert await analyzer.run_once() == 1
@@ -78,7 +69,7 @@ async def test_successful_call_completes_the_task_with_the_booked_time(sessions,
         ("task.updated", {"task_id": seeded.task_id, "campaign_id": seeded.campaign_id, "status": "completed"})]
 
     # What the model was asked: structured output in our schema, with the transcript and the call AI's events.
-    (body,) = fake.requests
+    (body,) = fake_openai.requests
     assert body["model"] == "analyzer-test-model"
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["strict"] is True
@@ -88,7 +79,7 @@ async def test_successful_call_completes_the_task_with_the_booked_time(sessions,
     assert "ai.end_call" in prompt and "appointment booked" in prompt and "Book a cleaning next week" in prompt
 
     assert await analyzer.run_once() == 0  # applied once: nothing left to analyze
-    assert len(fake.requests) == 1
+    assert len(fake_openai.requests) == 1
 
 
 # The callee's "call me back the day after tomorrow" in their zone (+02:00), as the model would write it.
@@ -113,11 +104,11 @@ RETRY_AT = CALLBACK.astimezone(timezone(timedelta(hours=2))).isoformat()
      "objective met", True),
 ], ids=["partial-retry", "partial-done", "callback-time", "voicemail", "retry-exhausted", "failed",
         "wrong-number", "do-not-call", "success-then-dnd"])
-async def test_every_verdict_moves_the_task_by_its_rule(sessions, llm_settings, fake, analyzer, answer, max_attempts,
-                                                        status, in_reason, dnd):
+async def test_every_verdict_moves_the_task_by_its_rule(sessions, llm_settings, fake_openai, analyzer, answer,
+                                                        max_attempts, status, in_reason, dnd):
     seeded = await seed_task(sessions, max_attempts=max_attempts)
     call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
-    fake.queue_reply(content=answer)
+    fake_openai.queue_reply(content=answer)
     before = utcnow()
     assert await analyzer.run_once() == 1
 
@@ -137,7 +128,7 @@ async def test_every_verdict_moves_the_task_by_its_rule(sessions, llm_settings, 
         assert str(call.attempt_number) in task.status_reason
 
 
-async def test_unconnected_calls_are_decided_by_rule_without_asking_the_model(sessions, llm_settings, fake,
+async def test_unconnected_calls_are_decided_by_rule_without_asking_the_model(sessions, llm_settings, fake_openai,
                                                                               analyzer):
     seeded = await seed_task(sessions)
     call_id = await start_call(sessions, seeded, answered=False)
@@ -145,7 +136,7 @@ async def test_unconnected_calls_are_decided_by_rule_without_asking_the_model(se
         await finish_call(session, llm_settings, user_id=seeded.user_id, call_id=call_id,
                           outcome=CallOutcome.BUSY, dial_status="BUSY", source="agi.call-end")
     assert await analyzer.run_once() == 0
-    assert fake.requests == []
+    assert fake_openai.requests == []
     task, _ = await load(sessions, seeded)
     assert task.status is TaskStatus.RETRY_SCHEDULED
 
@@ -155,19 +146,19 @@ async def test_unconnected_calls_are_decided_by_rule_without_asking_the_model(se
     (json.dumps({"outcome": "maybe"}), "does not match the analysis schema"),
     ("", "empty answer"),
 ])
-async def test_invalid_answers_are_retried_then_the_task_is_held_for_review(sessions, llm_settings, fake, analyzer,
-                                                                           bad, complaint):
+async def test_invalid_answers_are_retried_then_the_task_is_held_for_review(sessions, llm_settings, fake_openai,
+                                                                           analyzer, bad, complaint):
     seeded = await seed_task(sessions)
     call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
     for attempt in (1, 2):
-        fake.queue_reply(content=bad)
+        fake_openai.queue_reply(content=bad)
         assert await analyzer.run_once() == 1
         task, call = await load(sessions, seeded, call_id)
         assert task.status is TaskStatus.IN_PROGRESS  # still waiting: never silently completed
         assert f"attempt {attempt} of 3 failed" in task.status_reason and complaint in task.status_reason
         assert call.analyzed_at is None and call.analysis_attempts == attempt
 
-    fake.queue_reply(content=bad)
+    fake_openai.queue_reply(content=bad)
     async with analyzer.events.subscribe(seeded.user_id) as queue:
         assert await analyzer.run_once() == 1
         kinds = [e.kind for e in drain(queue)]
@@ -183,15 +174,15 @@ async def test_invalid_answers_are_retried_then_the_task_is_held_for_review(sess
         notes = await repo.list_notifications(session, seeded.user_id)
     assert [n.kind for n in notes] == ["task.on_hold"]
     assert [t for t, _ in await events_of(sessions, seeded)].count("analysis.retry") == 2
-    assert await analyzer.run_once() == 0 and len(fake.requests) == 3
+    assert await analyzer.run_once() == 0 and len(fake_openai.requests) == 3
 
 
-async def test_a_failed_answer_waits_for_its_backoff_then_succeeds(sessions, llm_settings, fake):
+async def test_a_failed_answer_waits_for_its_backoff_then_succeeds(sessions, llm_settings, fake_openai):
     analyzer = PostCallAnalyzer(llm_settings, sessions, max_attempts=3, retry_base_seconds=30)
     try:
         seeded = await seed_task(sessions)
         call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
-        fake.queue_reply(status=503)
+        fake_openai.queue_reply(status=503)
         assert await analyzer.run_once() == 1
         task, call = await load(sessions, seeded, call_id)
         assert "HTTP 503" in task.status_reason
@@ -199,7 +190,7 @@ async def test_a_failed_answer_waits_for_its_backoff_then_succeeds(sessions, llm
         assert await analyzer.due_calls() == []  # backing off
         assert await analyzer.due_calls(now=call.analysis_locked_until) == [(seeded.user_id, call_id)]
 
-        fake.queue_reply(content=verdict("success"))
+        fake_openai.queue_reply(content=verdict("success"))
         assert await analyzer.analyze_call(seeded.user_id, call_id) is False  # the claim respects the backoff
         async with sessions() as session, session.begin():  # time passes
             stored = await repo.get_call(session, seeded.user_id, call_id)
@@ -211,19 +202,19 @@ async def test_a_failed_answer_waits_for_its_backoff_then_succeeds(sessions, llm
         await analyzer.close()
 
 
-async def test_a_model_timeout_is_a_retryable_failure(sessions, llm_settings, fake):
+async def test_a_model_timeout_is_a_retryable_failure(sessions, llm_settings, fake_openai):
     slow = dataclasses.replace(llm_settings, llm_timeout_seconds=0.2)
     analyzer = PostCallAnalyzer(slow, sessions, max_attempts=3, retry_base_seconds=0)
     try:
         seeded = await seed_task(sessions)
         call_id = await answered_call(sessions, slow, seeded, CONVERSATION)
-        fake.queue_reply(content=verdict("success"), delay=0.6)
+        fake_openai.queue_reply(content=verdict("success"), delay=0.6)
         assert await asyncio.wait_for(analyzer.run_once(), 5) == 1
         task, call = await load(sessions, seeded, call_id)
         assert task.status is TaskStatus.IN_PROGRESS and "did not answer in time" in task.status_reason
         assert call.analyzed_at is None
 
-        fake.queue_reply(content=verdict("success", summary="Booked."))
+        fake_openai.queue_reply(content=verdict("success", summary="Booked."))
         assert await analyzer.run_once() == 1
         task, _ = await load(sessions, seeded)
         assert task.status is TaskStatus.COMPLETED and task.result["summary"] == "Booked."
@@ -231,16 +222,16 @@ async def test_a_model_timeout_is_a_retryable_failure(sessions, llm_settings, fa
         await analyzer.close()
 
 
-async def test_two_analyzers_racing_apply_a_verdict_once(sessions, llm_settings, fake):
+async def test_two_analyzers_racing_apply_a_verdict_once(sessions, llm_settings, fake_openai):
     first = PostCallAnalyzer(llm_settings, sessions, worker_id="first")
     second = PostCallAnalyzer(llm_settings, sessions, worker_id="second")
     try:
         seeded = await seed_task(sessions)
         await answered_call(sessions, llm_settings, seeded, CONVERSATION)
-        fake.queue_reply(content=verdict("do_not_call", add_to_dnd=True), delay=0.2)
+        fake_openai.queue_reply(content=verdict("do_not_call", add_to_dnd=True), delay=0.2)
         results = await asyncio.gather(first.run_once(), second.run_once())
         assert sorted(results) == [0, 1]
-        assert len(fake.requests) == 1
+        assert len(fake_openai.requests) == 1
         applied = [t for t, _ in await events_of(sessions, seeded) if t.startswith("analysis.")]
         assert applied == ["analysis.dnd_added", "analysis.cancelled_dnd"]
     finally:
@@ -248,17 +239,17 @@ async def test_two_analyzers_racing_apply_a_verdict_once(sessions, llm_settings,
         await second.close()
 
 
-async def test_an_analyzer_whose_lease_ran_out_does_not_apply_over_the_new_owner(sessions, llm_settings, fake):
+async def test_an_analyzer_whose_lease_ran_out_does_not_apply_over_the_new_owner(sessions, llm_settings, fake_openai):
     # The first analyzer's lease expires at once (as if its LLM call outlived the lease); a second one takes over.
     slow = PostCallAnalyzer(llm_settings, sessions, worker_id="slow", lease_seconds=0)
     quick = PostCallAnalyzer(llm_settings, sessions, worker_id="quick")
     try:
         seeded = await seed_task(sessions)
         call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
-        fake.queue_reply(content=verdict("failed", reason="slow verdict"), delay=0.5)
-        fake.queue_reply(content=verdict("success", reason="quick verdict"))
+        fake_openai.queue_reply(content=verdict("failed", reason="slow verdict"), delay=0.5)
+        fake_openai.queue_reply(content=verdict("success", reason="quick verdict"))
         slow_run = asyncio.create_task(slow.run_once())
-        while not fake.requests:
+        while not fake_openai.requests:
             await asyncio.sleep(0.01)
         assert await quick.run_once() == 1
         assert await asyncio.wait_for(slow_run, 5) == 1
@@ -271,13 +262,13 @@ async def test_an_analyzer_whose_lease_ran_out_does_not_apply_over_the_new_owner
         await quick.close()
 
 
-async def test_a_task_the_user_cancelled_meanwhile_keeps_its_status(sessions, llm_settings, fake, analyzer):
+async def test_a_task_the_user_cancelled_meanwhile_keeps_its_status(sessions, llm_settings, fake_openai, analyzer):
     seeded = await seed_task(sessions)
     call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
     async with sessions() as session, session.begin():
         await repo.set_task_status(session, seeded.user_id, seeded.task_id, TaskStatus.CANCELLED,
                                    reason="cancelled by the user")
-    fake.queue_reply(content=verdict("do_not_call", add_to_dnd=True))
+    fake_openai.queue_reply(content=verdict("do_not_call", add_to_dnd=True))
     assert await analyzer.run_once() == 1
     task, call = await load(sessions, seeded, call_id)
     assert task.status is TaskStatus.CANCELLED and call.analysis["outcome"] == "do_not_call"
@@ -296,7 +287,7 @@ async def test_without_an_llm_the_task_is_held_with_the_setting_to_fix(sessions,
     assert "OPENAI_API_KEY" in task.status_reason and "after 1 attempt(s)" in task.status_reason
 
 
-async def test_a_call_whose_analyses_keep_dying_midway_is_held_not_retried_forever(sessions, llm_settings, fake,
+async def test_a_call_whose_analyses_keep_dying_midway_is_held_not_retried_forever(sessions, llm_settings, fake_openai,
                                                                                    analyzer):
     seeded = await seed_task(sessions)
     call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
@@ -306,7 +297,7 @@ async def test_a_call_whose_analyses_keep_dying_midway_is_held_not_retried_forev
         stored.analysis_claim = "dead-process"
         stored.analysis_locked_until = utcnow() - timedelta(seconds=1)
     assert await analyzer.run_once() == 1
-    assert fake.requests == []
+    assert fake_openai.requests == []
     task, call = await load(sessions, seeded, call_id)
     assert task.status is TaskStatus.ON_HOLD and "stopped before finishing 3 time(s)" in task.status_reason
     assert call.analyzed_at is not None

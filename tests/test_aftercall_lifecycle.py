@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select, update
 
 from ami_controller.scheduler import claim_due_tasks
@@ -18,22 +17,8 @@ from opendeep.analyzer import PostCallAnalyzer
 from opendeep.events import EventHub
 from opendeep.lifecycle import CALLBACK_PRIORITY, RECOVERED_REASON, LifecycleManager
 from tests.doubles.aftercall_seed import answered_call, load, seed_task, start_call, verdict
-from tests.doubles.fake_openai import FakeOpenAI
 
 LONG_AGO = timedelta(hours=2)  # well past STUCK_TASK_SECONDS (900 s by default)
-
-
-@pytest.fixture
-async def fake():
-    server = FakeOpenAI()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-def llm_settings(settings, fake):
-    return dataclasses.replace(settings, openai_base_url=fake.base_url, llm_timeout_seconds=5.0)
 
 
 async def task_events(sessions, seeded, prefix="lifecycle."):
@@ -42,7 +27,7 @@ async def task_events(sessions, seeded, prefix="lifecycle."):
                 if e.type.startswith(prefix)]
 
 
-async def test_recovery_after_a_crash_loses_no_task_and_dials_none_twice(sessions, llm_settings, fake):
+async def test_recovery_after_a_crash_loses_no_task_and_dials_none_twice(sessions, llm_settings, fake_openai):
     old = utcnow() - LONG_AGO
     # The process died with these rows in flight:
     ringing = await seed_task(sessions, phone="+15551230001")       # dialing, never heard back
@@ -108,7 +93,7 @@ async def test_recovery_after_a_crash_loses_no_task_and_dials_none_twice(session
     assert sorted(t.id for t in got) == sorted([ringing.task_id, claimed.task_id]) and again == []
 
     # The conversation cut off by the crash is analyzed like any other.
-    fake.queue_reply(content=verdict("retry", should_retry=True, reason="cut off; they open at nine"))
+    fake_openai.queue_reply(content=verdict("retry", should_retry=True, reason="cut off; they open at nine"))
     analyzer = PostCallAnalyzer(llm_settings, sessions)
     try:
         assert await analyzer.analyze_call(talking.user_id, talking_call)
@@ -158,12 +143,12 @@ def call_ai_instructions(task, user, campaign):
     return build_instructions(task=task, user=user, campaign=campaign)
 
 
-async def test_what_call_one_learned_reaches_the_second_attempt(sessions, llm_settings, fake):
+async def test_what_call_one_learned_reaches_the_second_attempt(sessions, llm_settings, fake_openai):
     seeded = await seed_task(sessions)
     await answered_call(sessions, llm_settings, seeded, [
         (Speaker.CALLEE, "Dr. Smith only takes bookings from Maria, she is in mornings."),
     ])
-    fake.queue_reply(content=verdict("retry", should_retry=True, summary="Receptionist could not book.",
+    fake_openai.queue_reply(content=verdict("retry", should_retry=True, summary="Receptionist could not book.",
                                      extracted={"price": "$120"}, notes="Ask for Maria; call before noon."))
     analyzer = PostCallAnalyzer(llm_settings, sessions)
     try:
@@ -198,11 +183,11 @@ async def test_what_call_one_learned_reaches_the_second_attempt(sessions, llm_se
         sessions, seeded)
 
 
-async def test_a_requested_callback_raises_the_priority_once(sessions, llm_settings, fake):
+async def test_a_requested_callback_raises_the_priority_once(sessions, llm_settings, fake_openai):
     seeded = await seed_task(sessions)
     await answered_call(sessions, llm_settings, seeded, [(Speaker.CALLEE, "Call me back tomorrow at three.")])
     when = (utcnow() + timedelta(days=1)).replace(microsecond=0).isoformat()
-    fake.queue_reply(content=verdict("retry", should_retry=True, retry_at=when, callback_requested=True))
+    fake_openai.queue_reply(content=verdict("retry", should_retry=True, retry_at=when, callback_requested=True))
     analyzer = PostCallAnalyzer(llm_settings, sessions)
     try:
         await analyzer.run_once()

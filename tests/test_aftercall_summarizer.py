@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
 import io
 import json
 
@@ -17,27 +16,13 @@ from opendeep.analyzer import PostCallAnalyzer
 from opendeep.events import EventHub
 from opendeep.summarizer import CampaignSummarizer, summary_csv
 from tests.doubles.aftercall_seed import answered_call, end_call, seed_task, start_call, verdict
-from tests.doubles.fake_openai import FakeOpenAI
 
 LLM_SUMMARY = {"summary": "One practice booked you for Tuesday 10:00; one never answered; one asked not to be "
                           "called.", "key_findings": ["Dr. Smith: Tuesday 10:00, $120"],
                "next_steps": ["Confirm Tuesday with Dr. Smith"]}
 
 
-@pytest.fixture
-async def fake():
-    server = FakeOpenAI()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-def llm_settings(settings, fake):
-    return dataclasses.replace(settings, openai_base_url=fake.base_url, llm_timeout_seconds=5.0)
-
-
-async def finished_campaign(sessions, settings, fake):
+async def finished_campaign(sessions, settings, fake_openai):
     """Three targets, three endings: booked (analyzed), never answered (rule), do-not-call (analyzed)."""
     booked = await seed_task(sessions, phone="+15551230001")
     booked_call = await answered_call(sessions, settings, booked, [(Speaker.CALLEE, "Tuesday at ten it is.")])
@@ -48,21 +33,22 @@ async def finished_campaign(sessions, settings, fake):
     refused = await seed_task(sessions, phone="+15551230003", campaign_id=booked.campaign_id,
                               user_id=booked.user_id, target="=HYPERLINK(\"http://evil\")")
     refused_call = await answered_call(sessions, settings, refused, [(Speaker.CALLEE, "Never call me again.")])
-    fake.queue_reply(content=verdict("success", summary="Booked Tuesday 10:00.",
+    fake_openai.queue_reply(content=verdict("success", summary="Booked Tuesday 10:00.",
                                      extracted={"booked_time": "Tuesday 10:00", "price": "$120"}))
-    fake.queue_reply(content=verdict("do_not_call", add_to_dnd=True, summary="Asked not to be called."))
+    fake_openai.queue_reply(content=verdict("do_not_call", add_to_dnd=True, summary="Asked not to be called."))
     analyzer = PostCallAnalyzer(settings, sessions)
     try:
         assert await analyzer.run_once() == 2
     finally:
         await analyzer.close()
-    fake.requests.clear()
+    fake_openai.requests.clear()
     return booked, {"booked": booked_call, "silent": silent_call, "refused": refused_call}
 
 
-async def test_a_finished_campaign_is_summarized_exactly_once_by_racing_summarizers(sessions, llm_settings, fake):
-    booked, calls = await finished_campaign(sessions, llm_settings, fake)
-    fake.responder = lambda body: {"content": json.dumps(LLM_SUMMARY), "delay": 0.2}
+async def test_a_finished_campaign_is_summarized_exactly_once_by_racing_summarizers(sessions, llm_settings,
+                                                                                    fake_openai):
+    booked, calls = await finished_campaign(sessions, llm_settings, fake_openai)
+    fake_openai.responder = lambda body: {"content": json.dumps(LLM_SUMMARY), "delay": 0.2}
     hub = EventHub()
     first = CampaignSummarizer(llm_settings, sessions, hub)
     second = CampaignSummarizer(llm_settings, sessions, hub)
@@ -96,7 +82,7 @@ async def test_a_finished_campaign_is_summarized_exactly_once_by_racing_summariz
     assert rows["Lakeside Dental"]["transcript_url"] == f"/calls/{calls['silent']}"
     assert campaign.summary["counts"] == {"success": 1, "failed": 1, "do_not_call": 1}
 
-    body = fake.requests[0]
+    body = fake_openai.requests[0]
     assert body["response_format"]["json_schema"]["name"] == "campaign_summary"
     assert "Tuesday 10:00" in body["messages"][-1]["content"]
 
@@ -110,11 +96,11 @@ async def test_a_finished_campaign_is_summarized_exactly_once_by_racing_summariz
     assert "'=HYPERLINK(\"http://evil\")" in by_target  # CSV injection is neutralised
 
 
-async def test_a_campaign_with_an_open_task_is_not_summarized(sessions, llm_settings, fake):
+async def test_a_campaign_with_an_open_task_is_not_summarized(sessions, llm_settings, fake_openai):
     seeded = await seed_task(sessions)
     summarizer = CampaignSummarizer(llm_settings, sessions)
     assert await summarizer.run_once() == 0
-    assert fake.requests == []
+    assert fake_openai.requests == []
     async with sessions() as session:
         campaign = await repo.get_campaign(session, seeded.user_id, seeded.campaign_id)
     assert campaign.summarized_at is None
@@ -122,12 +108,12 @@ async def test_a_campaign_with_an_open_task_is_not_summarized(sessions, llm_sett
         summary_csv(campaign)
 
 
-async def test_a_failing_llm_gives_way_to_a_rule_based_summary(sessions, llm_settings, fake):
-    booked, _ = await finished_campaign(sessions, llm_settings, fake)
+async def test_a_failing_llm_gives_way_to_a_rule_based_summary(sessions, llm_settings, fake_openai):
+    booked, _ = await finished_campaign(sessions, llm_settings, fake_openai)
     async with sessions() as session, session.begin():  # the user had cancelled the campaign meanwhile
         await repo.set_campaign_status(session, booked.user_id, booked.campaign_id, CampaignStatus.CANCELLED)
-    fake.queue_reply(content="not json")
-    fake.queue_reply(status=500)
+    fake_openai.queue_reply(content="not json")
+    fake_openai.queue_reply(status=500)
     summarizer = CampaignSummarizer(llm_settings, sessions, max_llm_failures=3, retry_seconds=0)
     try:
         assert await summarizer.run_once() == 0   # invalid JSON: try again later
@@ -135,7 +121,7 @@ async def test_a_failing_llm_gives_way_to_a_rule_based_summary(sessions, llm_set
         assert await summarizer.run_once() == 1   # third failure (nothing queued -> 500): rules
     finally:
         await summarizer.close()
-    assert len(fake.requests) == 3
+    assert len(fake_openai.requests) == 3
     async with sessions() as session:
         campaign = await repo.get_campaign(session, booked.user_id, booked.campaign_id)
     assert campaign.summary["generated_by"] == "rules"
@@ -144,9 +130,9 @@ async def test_a_failing_llm_gives_way_to_a_rule_based_summary(sessions, llm_set
     assert "Dr. Smith Dental result: booked_time=Tuesday 10:00, price=$120" in campaign.summary_text
 
 
-async def test_the_summary_waits_for_the_last_task(sessions, llm_settings, fake):
+async def test_the_summary_waits_for_the_last_task(sessions, llm_settings, fake_openai):
     seeded = await seed_task(sessions)
-    fake.responder = lambda body: {"content": json.dumps(LLM_SUMMARY)}
+    fake_openai.responder = lambda body: {"content": json.dumps(LLM_SUMMARY)}
     summarizer = CampaignSummarizer(llm_settings, sessions)
     try:
         assert await summarizer.run_once() == 0

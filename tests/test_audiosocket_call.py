@@ -7,14 +7,11 @@ import asyncio
 import statistics
 import warnings
 
-import pytest
-import pytest_asyncio
-
 from db import repo
 from db.models import CallOutcome, Speaker
-from tests.doubles.audiosocket_calls import asterisk_call, audiosocket_server, make_runtime, seed_call
+from tests.doubles.audiosocket_calls import asterisk_call, audiosocket_server, seed_call
 from tests.doubles.audiosocket_client import speech_like, tone
-from tests.doubles.fake_realtime import FakeRealtime, FakeResponse
+from tests.doubles.fake_realtime import FakeResponse
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -27,21 +24,6 @@ def mulaw(slin: bytes) -> bytes:
 
 def slin_of(mu: bytes) -> bytes:
     return audioop.ulaw2lin(mu, 2)
-
-
-@pytest_asyncio.fixture
-async def realtime():
-    fake = FakeRealtime()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-def scene(settings_env, engine, sessions, realtime):
-    def build(**env):
-        return make_runtime(settings_env, engine, sessions, realtime.base_url, **env)
-    return build
 
 
 async def call_events(sessions, seeded, type_=None):

@@ -7,20 +7,10 @@ import os
 import uuid
 
 import pytest
-import pytest_asyncio
 
 from db import repo
 from tests.doubles.audiosocket_calls import audiosocket_server, make_runtime, seed_call
 from tests.doubles.audiosocket_client import AsteriskAudioSocket
-from tests.doubles.fake_realtime import FakeRealtime
-
-
-@pytest_asyncio.fixture
-async def realtime():
-    fake = FakeRealtime()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

@@ -8,35 +8,17 @@ import asyncio
 import json
 import warnings
 
-import pytest
-import pytest_asyncio
-
 from ami_controller.manager import AmiController
 from db import repo
 from db.models import CallOutcome, FeedbackStatus
 from tests.doubles.audiosocket_calls import CALLEE_CHANNEL, asterisk_call, audiosocket_server, make_runtime, seed_call
 from tests.doubles.audiosocket_client import tone
 from tests.doubles.fake_ami import FakeAmi, pairs_get
-from tests.doubles.fake_realtime import FakeRealtime, FakeResponse
+from tests.doubles.fake_realtime import FakeResponse
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
-
-
-@pytest_asyncio.fixture
-async def realtime():
-    fake = FakeRealtime()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-def scene(settings_env, engine, sessions, realtime):
-    def build(**env):
-        return make_runtime(settings_env, engine, sessions, realtime.base_url, **env)
-    return build
 
 
 async def events_of(sessions, seeded, type_):
