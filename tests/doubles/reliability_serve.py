@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,25 +40,7 @@ class CrashableServe(ServeProcess):
     async def start(self, timeout: float = 30) -> None:
         self.runs += 1
         self.log_path = self.workdir / f"serve-{self.runs}.log"
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "opendeep.cli", "serve", "--only", self.only],
-                                            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        ports = [port for name, port in (("fastagi", self.fastagi_port), ("audiosocket", self.audiosocket_port),
-                                         ("web", self.web_port)) if name in self.only.split(",")]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for port in ports:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"opendeep serve exited with {self.process.returncode}:\n{self.log_text()}")
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                    writer.close()
-                    break
-                except OSError:
-                    if loop.time() > deadline:
-                        raise RuntimeError(f"port {port} never answered:\n{self.log_text()}") from None
-                    await asyncio.sleep(0.1)
+        await super().start(timeout)
 
     async def kill9(self) -> int:
         """kill -9: the process gets no chance to end a call, close a socket or write a row."""

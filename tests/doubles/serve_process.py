@@ -70,13 +70,21 @@ class ServeProcess:
             raise RuntimeError(f"opendeep {' '.join(args)} exited {done.returncode}: {done.stderr or done.stdout}")
         return done
 
+    only: str | None = None   # `serve --only` components; None = all of them
+
     async def start(self, timeout: float = 30) -> None:
+        """Start `opendeep serve` and return once each of its listening ports answers."""
+        command = [sys.executable, "-m", "opendeep.cli", "serve"]
+        if self.only:
+            command += ["--only", self.only]
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "opendeep.cli", "serve"], cwd=self.workdir,
-                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        listening = {"fastagi": self.fastagi_port, "audiosocket": self.audiosocket_port, "web": self.web_port}
+        wanted = self.only.split(",") if self.only else list(listening)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        for port in (self.fastagi_port, self.audiosocket_port, self.web_port):
+        for port in (port for name, port in listening.items() if name in wanted):
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"opendeep serve exited with {self.process.returncode}:\n{self.log_text()}")
