@@ -36,6 +36,29 @@ async def settle(server, timeout=3.0):
     raise AssertionError(f"{len(server.bridges)} bridges still running")
 
 
+async def tasks_started_since(before: set[asyncio.Task], timeout=2.0) -> set[asyncio.Task]:
+    """Tasks created after `before` was taken that are still alive once `timeout` has passed (a closing
+    WebSocket may take a few loop turns; a leaked task stays forever)."""
+    for _ in range(int(timeout / 0.02)):
+        new = asyncio.all_tasks() - before
+        if not new:
+            break
+        await asyncio.sleep(0.02)
+    return new
+
+
+async def steady_tasks(polls=5, timeout=3.0) -> set[asyncio.Task]:
+    """The set of live tasks once it has stayed the same for `polls` turns of 20 ms (or after `timeout`)."""
+    tasks, same = asyncio.all_tasks(), 0
+    for _ in range(int(timeout / 0.02)):
+        if same >= polls:
+            break
+        await asyncio.sleep(0.02)
+        now = asyncio.all_tasks()
+        tasks, same = now, same + 1 if now == tasks else 0
+    return tasks
+
+
 BAD_INPUT = {
     "truncated_frame": b"\x10\x01\x40" + bytes(100),      # then EOF in the middle of the payload
     "oversized_length": b"\x10\xff\xff" + bytes(64),
@@ -51,10 +74,11 @@ async def test_bad_input_closes_cleanly_without_leaks(case, runtime, sessions, r
         # One call first, so that the SDK client and the DB pool exist before we count.
         warm = AsteriskAudioSocket(server.port, seeded.as_uuid)
         await warm.connect()
-        await realtime.wait_for_connection(0)
+        warm_model = await realtime.wait_for_connection(0)
         await warm.close()
         await settle(server)
-        tasks_before = len(asyncio.all_tasks())
+        await asyncio.wait_for(warm_model.closed.wait(), 3)
+        tasks_before = await steady_tasks()   # the warm call's last tasks (the fake model's side) have ended
         sockets_before = open_sockets()
 
         client = AsteriskAudioSocket(server.port, seeded.as_uuid)
@@ -67,7 +91,7 @@ async def test_bad_input_closes_cleanly_without_leaks(case, runtime, sessions, r
         await settle(server)
         await asyncio.wait_for(model.closed.wait(), 3)   # the model session was closed with the call
         await asyncio.sleep(0.1)
-        assert len(asyncio.all_tasks()) == tasks_before
+        assert await tasks_started_since(tasks_before) == set()
         assert open_sockets() == sockets_before
     async with sessions() as db:
         ended = [e for e in await repo.list_call_events(db, seeded.user_id, seeded.call_id)
