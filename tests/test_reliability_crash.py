@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from db import repo
-from db.engine import create_engine, session_factory
+from db.engine import session_factory
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
 from db.types import utcnow
 from tests.doubles.aftercall_seed import verdict
@@ -65,17 +65,17 @@ async def ended_by(sessions, user_id: int, call_id: int) -> str | None:
 
 
 class Stack:
-    """The app, a fake Asterisk AMI and a fake model, on one SQLite file; everything torn down in `close`."""
+    """The app, a fake Asterisk AMI and a fake model, on an emptied database (the `engine` fixture: SQLite and
+    PostgreSQL, where a killed process's connections and locks die with it); everything torn down in `close`."""
 
-    def __init__(self, tmp_path, numbers: list[str]) -> None:
-        self.database_url = f"sqlite+aiosqlite:///{tmp_path / 'opendeep.db'}"
+    def __init__(self, tmp_path, engine, numbers: list[str]) -> None:
+        self.database_url = engine.url.render_as_string(hide_password=False)
         self.numbers = numbers
         self.fake = FakeAmi(username="opendeep", secret=AMI_SECRET, hold_seconds=600)   # calls stay up
         self.model = FakeOpenAI()
         self.model.responder = answer_as_analyzer
         self.app = CrashableServe(tmp_path, database_url=self.database_url, only=ONLY)
-        self.engine = create_engine(self.database_url)
-        self.sessions = session_factory(self.engine)
+        self.sessions = session_factory(engine)
 
     async def start(self) -> tuple[int, list[int]]:
         self.ami_port = await self.fake.start()
@@ -98,12 +98,11 @@ class Stack:
         self.app.kill()
         await self.fake.stop()
         await self.model.stop()
-        await self.engine.dispose()
 
 
-async def test_killed_mid_call_with_asterisk_gone_the_lifecycle_recovers_and_redials_once(tmp_path):
+async def test_killed_mid_call_with_asterisk_gone_the_lifecycle_recovers_and_redials_once(tmp_path, engine):
     number = "+14155550400"
-    stack = Stack(tmp_path, [number])
+    stack = Stack(tmp_path, engine, [number])
     analyses = []
 
     def analyzer(body):  # the call cut off by the crash did not get there; the next one does
@@ -159,9 +158,9 @@ async def test_killed_mid_call_with_asterisk_gone_the_lifecycle_recovers_and_red
     assert exit_code == 0 and "Traceback" not in log, log
 
 
-async def test_killed_mid_call_the_ami_resync_keeps_the_live_call_and_settles_the_dead_one(tmp_path):
+async def test_killed_mid_call_the_ami_resync_keeps_the_live_call_and_settles_the_dead_one(tmp_path, engine):
     live, dead = "+14155550410", "+14155550411"
-    stack = Stack(tmp_path, [live, dead])
+    stack = Stack(tmp_path, engine, [live, dead])
     try:
         user_id, (live_task, dead_task) = await stack.start()
         await stack.wait_answered(2)
