@@ -37,6 +37,7 @@ from opendeep.settings import load_settings
 from tests.doubles.asterisk_sim import AsteriskSim, Callee
 from tests.doubles.fake_ami import pairs_all, pairs_get
 from tests.doubles.fake_openai import FakeOpenAI, ScriptedModels
+from tests.doubles.fake_realtime import FakeResponse
 from tests.doubles.serve_process import ServeProcess
 
 NUMBER = "+14155550123"
@@ -260,3 +261,52 @@ async def test_a_busy_callee_is_never_bridged_and_the_call_ends_busy(stack):
     assert [pairs_get(e, "DialStatus") for e in dial_end] == ["BUSY"]
     assert call.local.variables["HANGUPCAUSE"] == "17"
     assert fake.realtime.connections == []   # nobody answered: the call AI was never connected
+
+
+async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_to_a_person(stack):
+    """send_dtmf -> AMI PlayDTMF per digit on the callee's channel -> the callee hears them; transfer_to_human ->
+    AMI Redirect -> the callee's channel leaves AudioSocket() and [opendeep-transfer] rings the person."""
+    serve, sim, fake, models = stack
+    person = "+14155550999"
+    speech = models.speech
+
+    def ivr_then_transfer(conn, index):
+        if index == 0:
+            return FakeResponse(audio=speech, transcript="Pressing 1 for appointments.",
+                                function_call=("send_dtmf", {"digits": "1#"}))
+        if index == 1:
+            return FakeResponse(audio=speech, transcript="Let me put you through to the patient.",
+                                function_call=("transfer_to_human", {"extension": person}))
+        return None
+    fake.realtime.script = ivr_then_transfer
+    async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
+        headers = {"x-csrf-token": await _login(http)}
+        chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
+        turn = await http.post(f"/api/chats/{chat_id}/messages", json={"text": "Call the dentist."}, headers=headers)
+        confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
+                                    json={"source_key": turn.json()["chat"]["source_key"]})
+        [task_id] = confirmed.json()["task_ids"]
+        call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=30)
+        await until(lambda: _task_if(http, task_id, "completed"), 20, "the task to be completed")
+
+    assert call.dtmf_heard == ["1", "#"]
+    dtmf = sim.ami.actions_named("PlayDTMF")
+    assert [(pairs_get(a, "Channel"), pairs_get(a, "Digit")) for a in dtmf] == [(call.callee.name, "1"),
+                                                                               (call.callee.name, "#")]
+    (redirect,) = sim.ami.actions_named("Redirect")
+    assert [(k, v) for k, v in redirect if k in ("Channel", "Context", "Exten", "Priority")] == [
+        ("Channel", call.callee.name), ("Context", "opendeep-transfer"), ("Exten", person), ("Priority", "1")]
+    # The callee's channel left AudioSocket() for the transfer: the app did not hang it up, Asterisk closed the
+    # socket, and the shipped [opendeep-transfer] rang the person through the trunk.
+    assert not call.app_hung_up and call.audio.received[-1].kind != 0x00
+    assert ("Redirect", f"opendeep-transfer,{person},1") in call.callee.executed
+    assert call.transfer_dialed == [[f"PJSIP/{person}@opendeep-trunk", "30"]]
+    assert call.callee.variables["DIALSTATUS"] == "ANSWER"
+    assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
+
+    _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], confirmed.json()["campaign_id"])
+    tools = [(e.payload["name"], e.payload["result"]["ok"]) for e in events if e.type == "ai.tool"]
+    assert tools == [("send_dtmf", True), ("transfer_to_human", True)]
+    ended = next(e for e in events if e.type == "audiosocket.ended")
+    assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", person)
+    assert (call_row.status, call_row.outcome) == (CallStatus.ENDED, CallOutcome.ANSWERED)

@@ -24,6 +24,9 @@ them (Newchannel, VarSet, LocalBridge, DialBegin, Newstate, DialEnd, OriginateRe
     call.audio                                     # the AsteriskAudioSocket (frames received, sent count)
     call.events                                    # every AMI event emitted for this call, in order
     call.local / call.callee                       # dialplan channels: variables, executed applications
+    call.dtmf_heard                                # AMI PlayDTMF digits played to the callee, in order
+    call.redirected_to, call.transfer_dialed       # AMI Redirect of the callee: it leaves AudioSocket() (socket
+                                                   # closed, no hangup frame) and runs [opendeep-transfer]
     sim.calls, sim.ami.actions                     # every call; every AMI action received
     await sim.stop()                               # ends live calls and closes every socket
 
@@ -44,7 +47,7 @@ from opendeep.settings import Settings
 from tests.doubles import dialplan_interpreter as dialplan
 from tests.doubles.agi_client import ENV_ANSWERED, ENV_H_EXTENSION, AgiRun, FakeAsteriskAgi
 from tests.doubles.audiosocket_client import AsteriskAudioSocket, speech_like
-from tests.doubles.fake_ami import FakeAmi, FakeCall, FakeChannel, Pairs, _split_variables, pairs_all
+from tests.doubles.fake_ami import FakeAmi, FakeCall, FakeChannel, Pairs, _split_variables, pairs_all, pairs_get
 
 OUTBOUND_CONTEXT = "opendeep-outbound"
 CALLEE_OUTCOMES = ("answer", "busy", "noanswer", "congestion")
@@ -65,6 +68,7 @@ class Callee:
     talk_seconds: float = 60.0       # the callee hangs up after this long unless the app hangs up first
     speech_seconds: float = 2.0      # speech-like audio said at once, then silence frames (a live line)
     speech_seed: int = 1
+    transfer_outcome: str = "answer"     # what the person a transfer rings does (Dial() in [opendeep-transfer])
 
     def __post_init__(self) -> None:
         if self.outcome not in CALLEE_OUTCOMES:
@@ -89,6 +93,10 @@ class SimCall:
     answered_at: float | None = None
     ended_at: float | None = None
     app_hung_up: bool = False                     # the app sent the AudioSocket hangup frame
+    dtmf_heard: list[str] = field(default_factory=list)     # AMI PlayDTMF digits played to the callee
+    redirected_to: tuple[str, str, str] | None = None       # AMI Redirect of the callee: context, exten, priority
+    transfer_dialed: list[list[str]] = field(default_factory=list)   # Dial() arguments after the Redirect
+    redirect: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -125,6 +133,7 @@ class AsteriskSim:
         self.plan = dialplan.parse(render_dialplan(settings)[EXTENSIONS])
         self.ami = FakeAmi(username=username or settings.ami_username, secret=secret or settings.ami_secret)
         self.ami.call_driver = self._on_originate
+        self.ami.channel_driver = self._on_channel_action
         self.ami_events: list[Pairs] = []             # every event sent to the app, in order
         self._emit = self.ami.emit
         self.ami.emit = self._record_and_emit          # every event also lands in its call's `events`
@@ -298,7 +307,8 @@ class AsteriskSim:
             channel = dialplan.Channel(callee.name, {
                 "CHANNEL": callee.name, **{f"ARG{i}": value for i, value in enumerate(gosub_args, start=1)}})
             call.callee = channel
-            handlers = {"AGI": self._agi_for(call, callee), "AudioSocket": self._audiosocket_for(call)}
+            handlers = {"AGI": self._agi_for(call, callee), "AudioSocket": self._audiosocket_for(call),
+                        "Dial": self._transfer_dial_for(call)}
             await dialplan.run(self.plan, context, "s", channel, handlers)
         talked = time.monotonic() - call.answered_at
         # GOSUB_RESULT=CONTINUE (or the conversation over): Dial hangs up the callee and returns.
@@ -322,15 +332,52 @@ class AsteriskSim:
             script = call.callee_script
             client.play(speech_like(script.speech_seconds, seed=script.speech_seed) if script.speech_seconds else b"")
             ends = asyncio.get_running_loop().time() + script.talk_seconds
-            while not client.eof.is_set() and not call.fake.hung_up:
+            while not client.eof.is_set() and not call.fake.hung_up and not call.redirect.is_set():
                 remaining = ends - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(client.eof.wait(), min(remaining, 0.1))
             call.app_hung_up = client.hangup.is_set()
-            await client.close()   # the callee hung up (or we answer the app's hangup frame by closing)
+            # The callee hung up, we answer the app's hangup frame, or a Redirect took the channel out of
+            # AudioSocket(): the socket closes, with no hangup frame from Asterisk's side.
+            await client.close()
+            if call.redirected_to is not None and not call.app_hung_up:
+                raise dialplan.Redirected(*call.redirected_to)
         return audiosocket
+
+    def _on_channel_action(self, name: str, action: Pairs) -> None:
+        """PlayDTMF / Redirect on the callee's channel: the callee hears the digit; the channel leaves
+        AudioSocket() for the Redirect's place."""
+        channel = pairs_get(action, "Channel") or ""
+        call = next((c for c in reversed(self.calls)
+                     if c.fake.callee is not None and channel in (c.fake.callee.name, c.fake.callee.uniqueid)), None)
+        if call is None:
+            return
+        if name == "PlayDTMF":
+            call.dtmf_heard.append(pairs_get(action, "Digit") or "")
+        elif name == "Redirect" and call.redirected_to is None:
+            call.redirected_to = (pairs_get(action, "Context") or "", pairs_get(action, "Exten") or "",
+                                  pairs_get(action, "Priority") or "1")
+            call.redirect.set()
+
+    def _transfer_dial_for(self, call: SimCall):
+        """Dial() on the callee's channel after a Redirect to [opendeep-transfer]: rings the person."""
+        async def dial(chan: dialplan.Channel, args: list[str]) -> None:
+            call.transfer_dialed.append(args)
+            fake, script = call.fake, call.callee_script
+            person = self.ami.new_channel("PJSIP/opendeep-trunk", "opendeep-transfer", chan.variables["EXTEN"],
+                                          fake.one.linkedid)
+            await self._event(call, [("Event", "Newchannel"), ("Privilege", "call,all"), *person.snapshot()])
+            await self._event(call, [("Event", "DialBegin"), ("Privilege", "call,all"), *fake.callee.snapshot(),
+                                     *person.snapshot("Dest"), ("DialString", args[0].split("/", 1)[-1])])
+            status = "ANSWER" if script.transfer_outcome == "answer" else _DIAL_FAILURES[script.transfer_outcome][0]
+            await self._event(call, [("Event", "DialEnd"), ("Privilege", "call,all"), *fake.callee.snapshot(),
+                                     *person.snapshot("Dest"), ("DialStatus", status)])
+            await self._event(call, [("Event", "Hangup"), ("Privilege", "call,all"), *person.snapshot(),
+                                     ("Cause", "16"), ("Cause-txt", "Normal Clearing")])
+            chan.variables["DIALSTATUS"] = status
+        return dial
 
     async def _hang_up_local(self, call: SimCall) -> None:
         """After the `h` extension: the ;2 half and then the ;1 half go away (OriginateResponse first when the

@@ -7,7 +7,9 @@ in Asterisk 22 with an argument count they accept, Goto/GotoIf labels and U() co
 
 Interpreter: runs one extension from priority 1 with ${VAR} substitution, $[...] expressions (=, !=, &, |),
 Set, GotoIf, Goto, NoOp/Verbose/Log, Answer, Hangup, Return, and hands AGI, Dial, AudioSocket, AMD and
-Playback to callbacks, so a test can connect AGI() to the real FastAGI server.
+Playback to callbacks, so a test can connect AGI() to the real FastAGI server. A callback that raises
+Redirected (an AMI Redirect arrived while its application ran) moves the channel to that place, as Asterisk's
+async goto does.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ APPLICATIONS: dict[str, tuple[int, int]] = {
 FUNCTIONS = {"TIMEOUT", "FILTER", "CHANNEL", "LOCAL"}
 LOG_LEVELS = {"ERROR", "WARNING", "NOTICE", "DEBUG", "VERBOSE", "DTMF"}
 DIAL_OPTION_WITH_ARG = set("ADFGLMSUbr")
+
+
+class Redirected(Exception):  # noqa: N818 - a jump, not an error
+    """Raised by a handler when an AMI Redirect takes the channel out of its application (Asterisk's async
+    goto): `run` goes on at context,exten,priority."""
+
+    def __init__(self, context: str, exten: str, priority: str = "1") -> None:
+        super().__init__(f"{context},{exten},{priority}")
+        self.context, self.exten, self.priority = context, exten, priority
 
 
 class DialplanError(ValueError):
@@ -331,7 +342,14 @@ async def run(plan: Dialplan, context: str, exten: str, channel: Channel, handle
         elif step.app == "Return":
             return
         elif step.app in handlers:
-            await handlers[step.app](channel, split_args(data))
+            try:
+                await handlers[step.app](channel, split_args(data))
+            except Redirected as jump:
+                channel.executed.append(("Redirect", str(jump)))
+                channel.variables["EXTEN"] = jump.exten
+                steps, index, context, exten = _match(plan, jump.context, jump.exten), 0, jump.context, jump.exten
+                if jump.priority != "1":
+                    index = _label_index(steps, jump.priority)
     if channel.hung_up or index >= len(steps):
         channel.hung_up = True
         if "h" in plan.contexts[context] and exten != "h":

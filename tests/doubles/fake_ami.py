@@ -20,6 +20,8 @@ What a test can do:
 A driver can take over what an Originate does (tests/doubles/asterisk_sim.py runs the real dialplan that way):
     fake.call_driver = async_fn              # async_fn(call: FakeCall, action: Pairs, outcome: str), spawned
                                              # by the caller of the hook; announce_local() emits the start
+    fake.channel_driver = fn                 # fn(action_name: str, action: Pairs), after the Success reply to
+                                             # a PlayDTMF or Redirect on a live channel
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ class FakeAmi:
         # Called (not awaited) instead of the built-in call script on each accepted Originate; it must start
         # its own task. None: the built-in script (_run_call) runs.
         self.call_driver: Callable[[FakeCall, Pairs, str], Awaitable[None] | None] | None = None
+        # Called after a PlayDTMF or Redirect on a live channel was answered with Success.
+        self.channel_driver: Callable[[str, Pairs], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -331,11 +335,15 @@ class FakeAmi:
                 self._reply(client, [("Response", "Error"), *id_pairs, ("Message", "Channel not found")])
             else:
                 self._reply(client, [("Response", "Success"), *id_pairs, ("Message", "DTMF successfully queued")])
+                if self.channel_driver is not None:
+                    self.channel_driver("PlayDTMF", action)
         elif name == "redirect":
             if self._is_dead(pairs_get(action, "Channel") or ""):
                 self._reply(client, [("Response", "Error"), *id_pairs, ("Message", "Channel specified does not exist")])
             else:
                 self._reply(client, [("Response", "Success"), *id_pairs, ("Message", "Redirect successful")])
+                if self.channel_driver is not None:
+                    self.channel_driver("Redirect", action)
         elif name == "coreshowchannels":
             self._core_show_channels(client, id_pairs)
         elif name == "status":
