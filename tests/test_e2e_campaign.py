@@ -223,6 +223,18 @@ async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_cal
     assert agent[0].startswith("Hello, this is an AI assistant") and ANSWER in agent[-1]
 
 
+async def _confirm_one_call(http: httpx.AsyncClient) -> tuple[int, int]:
+    """Log in, chat a plan for the one target, confirm it: (campaign id, task id)."""
+    headers = {"x-csrf-token": await _login(http)}
+    chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
+    turn = await http.post(f"/api/chats/{chat_id}/messages", json={"text": "Call the dentist."}, headers=headers)
+    confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
+                                json={"source_key": turn.json()["chat"]["source_key"]})
+    assert confirmed.status_code == 201, confirmed.text
+    [task_id] = confirmed.json()["task_ids"]
+    return confirmed.json()["campaign_id"], task_id
+
+
 async def _pending_questions(http: httpx.AsyncClient):
     return (await http.get("/api/feedback")).json()["pending"]
 
@@ -247,12 +259,7 @@ async def test_a_busy_callee_is_never_bridged_and_the_call_ends_busy(stack):
     serve, sim, fake, _ = stack
     sim.script_number(NUMBER, Callee("busy"))
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
-        headers = {"x-csrf-token": await _login(http)}
-        chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
-        turn = await http.post(f"/api/chats/{chat_id}/messages", json={"text": "Call the dentist."}, headers=headers)
-        confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
-                                    json={"source_key": turn.json()["chat"]["source_key"]})
-        [task_id] = confirmed.json()["task_ids"]
+        _, task_id = await _confirm_one_call(http)
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=15)
         task = await until(lambda: _task_if(http, task_id, "failed"), 15, "the task to fail (one attempt, busy)")
     assert task["calls"][0]["outcome"] == "busy" and task["calls"][0]["dial_status"] == "BUSY"
@@ -280,12 +287,7 @@ async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_t
         return None
     fake.realtime.script = ivr_then_transfer
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
-        headers = {"x-csrf-token": await _login(http)}
-        chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
-        turn = await http.post(f"/api/chats/{chat_id}/messages", json={"text": "Call the dentist."}, headers=headers)
-        confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
-                                    json={"source_key": turn.json()["chat"]["source_key"]})
-        [task_id] = confirmed.json()["task_ids"]
+        campaign_id, task_id = await _confirm_one_call(http)
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=30)
         await until(lambda: _task_if(http, task_id, "completed"), 20, "the task to be completed")
 
@@ -304,7 +306,7 @@ async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_t
     assert call.callee.variables["DIALSTATUS"] == "ANSWER"
     assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
 
-    _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], confirmed.json()["campaign_id"])
+    _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
     tools = [(e.payload["name"], e.payload["result"]["ok"]) for e in events if e.type == "ai.tool"]
     assert tools == [("send_dtmf", True), ("transfer_to_human", True)]
     ended = next(e for e in events if e.type == "audiosocket.ended")
