@@ -61,6 +61,11 @@ class AudioSocketServer:
                                      f"{exc.strerror} (check AUDIOSOCKET_BIND)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("AudioSocket listening on %s:%s", self.host, self.port)
+        if self.connect_model == self._connect_realtime:
+            # Now, not on the first call: building the client (its TLS context) blocks the event loop for
+            # 40-200 ms, which would be a gap in the audio of every call in progress.
+            with contextlib.suppress(LlmNotConfigured):
+                self._client = realtime_client(self.runtime.settings)
         return self.port
 
     async def stop(self) -> None:
