@@ -42,6 +42,11 @@ log = logging.getLogger("opendeep.analyzer")
 
 # Telephony outcomes that mean somebody (or a machine) was on the line: the analyzer reads these.
 ANALYZABLE_OUTCOMES = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI)
+# Asterisk may report a call's end before the AudioSocket side has saved its last transcript lines: a call
+# bridged to the AI is analyzed once its `audiosocket.ended` event is written, or this long after it ended
+# (that process died and the event will never come).
+AUDIOSOCKET_SETTLE = timedelta(seconds=60)
+AUDIOSOCKET_ENDED = "audiosocket.ended"
 
 # Where a task waiting for analysis is; anything else (the user paused or cancelled it) keeps its status.
 LIVE_TASK_STATUSES = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
@@ -259,6 +264,15 @@ def task_result(task: Task, call: Call, analysis: dict[str, Any], now: datetime)
             "call_id": call.id, "analyzed_at": now.isoformat()}
 
 
+def _ready_for_analysis(now: datetime) -> list:
+    """Ended, not analyzed, not leased or backing off, and its transcript complete (see AUDIOSOCKET_SETTLE)."""
+    transcript_saved = select(CallEvent.id).where(CallEvent.call_id == Call.id,
+                                                  CallEvent.type == AUDIOSOCKET_ENDED).exists()
+    return [Call.status == CallStatus.ENDED, Call.analyzed_at.is_(None), Call.outcome.in_(ANALYZABLE_OUTCOMES),
+            or_(Call.analysis_locked_until.is_(None), Call.analysis_locked_until <= now),
+            or_(Call.bridged_to_ai.is_(False), transcript_saved, Call.ended_at <= now - AUDIOSOCKET_SETTLE)]
+
+
 class PostCallAnalyzer:
     """Finds ended, connected, unanalyzed calls and applies the LLM's verdict to their tasks exactly once."""
 
@@ -298,9 +312,7 @@ class PostCallAnalyzer:
         async with self.sessions() as session:
             rows = await session.execute(
                 select(Call.user_id, Call.id)
-                .where(Call.status == CallStatus.ENDED, Call.analyzed_at.is_(None),
-                       Call.outcome.in_(ANALYZABLE_OUTCOMES),
-                       or_(Call.analysis_locked_until.is_(None), Call.analysis_locked_until <= now))
+                .where(*_ready_for_analysis(now))
                 .order_by(Call.ended_at, Call.id)
                 .limit(self.batch_size)
             )
@@ -322,9 +334,7 @@ class PostCallAnalyzer:
         async with self.sessions() as session, session.begin():
             result = await session.execute(
                 update(Call)
-                .where(Call.id == call_id, Call.user_id == user_id, Call.status == CallStatus.ENDED,
-                       Call.analyzed_at.is_(None), Call.outcome.in_(ANALYZABLE_OUTCOMES),
-                       or_(Call.analysis_locked_until.is_(None), Call.analysis_locked_until <= now))
+                .where(Call.id == call_id, Call.user_id == user_id, *_ready_for_analysis(now))
                 .values(analysis_claim=token, analysis_locked_until=now + self.lease,
                         analysis_attempts=Call.analysis_attempts + 1)
             )

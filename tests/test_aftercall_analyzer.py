@@ -12,11 +12,11 @@ from sqlalchemy import select
 
 from ami_controller.outcomes import finish_call
 from db import repo
-from db.models import CallOutcome, DndEntry, Speaker, TaskStatus
+from db.models import Call, CallOutcome, DndEntry, Speaker, TaskStatus
 from db.types import utcnow
-from opendeep.analyzer import HELD_FOR_REVIEW_UNTIL, PostCallAnalyzer
+from opendeep.analyzer import AUDIOSOCKET_SETTLE, HELD_FOR_REVIEW_UNTIL, PostCallAnalyzer
 from opendeep.events import EventHub
-from tests.doubles.aftercall_seed import answered_call, load, seed_task, start_call, verdict
+from tests.doubles.aftercall_seed import answered_call, end_call, load, seed_task, start_call, verdict
 
 CONVERSATION = [
     (Speaker.AGENT, "Hello, I'm calling for Alice to book a cleaning next week."),
@@ -301,3 +301,20 @@ async def test_a_call_whose_analyses_keep_dying_midway_is_held_not_retried_forev
     task, call = await load(sessions, seeded, call_id)
     assert task.status is TaskStatus.ON_HOLD and "stopped before finishing 3 time(s)" in task.status_reason
     assert call.analyzed_at is not None
+
+
+async def test_a_call_bridged_to_the_ai_waits_until_its_transcript_is_saved(sessions, analyzer, llm_settings):
+    """Asterisk's call-end can come before the AudioSocket side has written its last lines: the call is
+    analyzed once `audiosocket.ended` is saved (or AUDIOSOCKET_SETTLE after its end, if it never comes)."""
+    seeded = await seed_task(sessions)
+    call_id = await start_call(sessions, seeded)
+    async with sessions() as session, session.begin():
+        (await session.get(Call, call_id)).bridged_to_ai = True
+    await end_call(sessions, llm_settings, seeded, call_id)
+    assert await analyzer.due_calls() == []
+    _, call = await load(sessions, seeded, call_id)
+    assert await analyzer.due_calls(now=call.ended_at + AUDIOSOCKET_SETTLE) == [(seeded.user_id, call_id)]
+
+    async with sessions() as session, session.begin():
+        await repo.record_call_event(session, seeded.user_id, call_id, "audiosocket.ended", {"reason": "ai_ended"})
+    assert await analyzer.due_calls() == [(seeded.user_id, call_id)]

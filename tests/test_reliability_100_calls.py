@@ -151,8 +151,8 @@ async def test_100_concurrent_calls_lose_no_transcript_row(tmp_path):
         tags_seen.add(tag)
         agent = sorted(line.text for line in lines if line.speaker is Speaker.AGENT)
         callee = sorted(line.text for line in lines if line.speaker is Speaker.CALLEE)
-        assert agent == sorted(model.agent_lines[tag]), (call_id, agent)
-        assert callee == sorted(model.callee_lines[tag]), (call_id, callee)
+        assert agent == sorted(model.agent_lines[tag]), (call_id, agent, _problems(stack.log_text()))
+        assert callee == sorted(model.callee_lines[tag]), (call_id, callee, _problems(stack.log_text()))
     assert tags_seen == set(model.sessions.values())
     assert len(rows) == CALLS * TURNS * 2
 
@@ -163,3 +163,8 @@ async def test_100_concurrent_calls_lose_no_transcript_row(tmp_path):
           f"({CALLS / dialplan_done * 60:.0f} calls/min incl. start-up), peak {peak} at once; "
           f"opendeep serve CPU {cpu_seconds:.1f} s = {cpu_seconds / CALLS * 1000:.0f} ms per call "
           f"({os.cpu_count()} CPUs)")
+
+
+def _problems(log: str) -> str:
+    """The app's warnings and errors: why a row could be missing."""
+    return "\n".join(line for line in log.splitlines() if " WARNING " in line or " ERROR " in line)[-4000:]
