@@ -179,6 +179,12 @@ class CallBridge:
             self._end(EndReason.MODEL_LOST, str(exc))
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             self._caller_gone.set()
+            try:
+                self.frames.finish()
+            except ProtocolError as cut:   # a reset (not a close) right after a truncated frame
+                log.warning("call %s: AudioSocket protocol error: %s", self.call.call_id, cut)
+                self._end(EndReason.PROTOCOL_ERROR, f"{cut} ({exc!r})")
+                return
             self._end(EndReason.CALLER_HUNG_UP, f"socket: {exc!r}")
         except Exception as exc:
             log.exception("call %s: unexpected error", self.call.call_id)

@@ -61,6 +61,7 @@ async def steady_tasks(polls=5, timeout=3.0) -> set[asyncio.Task]:
 
 BAD_INPUT = {
     "truncated_frame": b"\x10\x01\x40" + bytes(100),      # then EOF in the middle of the payload
+    "truncated_frame_then_reset": b"\x10\x01\x40" + bytes(100),   # then a TCP RST instead of the EOF
     "oversized_length": b"\x10\xff\xff" + bytes(64),
     "unknown_kind": b"\x42\x00\x01\x00",
     "early_eof": b"",
@@ -87,7 +88,9 @@ async def test_bad_input_closes_cleanly_without_leaks(case, runtime, sessions, r
         client.play(b"\x01\x00" * 800, keep_sending=False)
         await asyncio.sleep(0.15)
         client.write(BAD_INPUT[case])
-        await client.close()
+        if case.endswith("_reset"):
+            await asyncio.sleep(0.05)   # the truncated frame is read before the reset arrives
+        await client.close(reset=case.endswith("_reset"))
         await settle(server)
         await asyncio.wait_for(model.closed.wait(), 3)   # the model session was closed with the call
         await asyncio.sleep(0.1)

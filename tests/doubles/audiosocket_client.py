@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import math
 import random
+import socket
 import struct
 import time
 import uuid
@@ -167,8 +168,12 @@ class AsteriskAudioSocket:
     def received_audio(self) -> bytes:
         return b"".join(frame.payload for frame in self.audio_frames())
 
-    async def close(self) -> None:
-        """Hang up like a callee does: the socket closes (EOF at the server)."""
+    async def close(self, *, reset: bool = False) -> None:
+        """Hang up like a callee does: the socket closes (EOF at the server; `reset`: a TCP RST instead, as
+        when a socket is closed with data still unread)."""
+        if reset and self._writer is not None:
+            sock = self._writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         for task in (self._play_task,):
             if task is not None:
                 task.cancel()
