@@ -13,16 +13,15 @@ answers only the fields named in `X-Goog-FieldMask`, and matches places whose na
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.doubles.local_http import LocalHttpServer
 
 
 @dataclass
@@ -40,8 +39,7 @@ class FakeGoogle:
     search_answer: str = "No results."
     search_sources: list[tuple[str, str]] = field(default_factory=list)
     _failures: list[int] = field(default_factory=list)
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task | None = None
+    _http: LocalHttpServer | None = None
     base_url: str = ""
 
     def add_place(self, name: str, phone: str, address: str, time_zone: str,
@@ -127,21 +125,12 @@ class FakeGoogle:
             Route("/v1/places:searchText", self._search_text, methods=["POST"]),
             Route("/v1beta/models/{model}:generateContent", self._generate, methods=["POST"]),
         ])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        self._http = LocalHttpServer(app)
+        port = await self._http.start()
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await asyncio.wait_for(self._task, 10)
-            self._server = self._task = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None

@@ -26,14 +26,12 @@ import asyncio
 import contextlib
 import itertools
 import json
-import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -41,6 +39,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from tests.doubles.fake_realtime import FakeRealtime, FakeRealtimeConnection, FakeResponse
+from tests.doubles.local_http import LocalHttpServer
 
 
 class FakeOpenAI:
@@ -49,8 +48,7 @@ class FakeOpenAI:
         self.responder: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
         self._replies: deque[dict[str, Any]] = deque()
         self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task | None = None
+        self._http: LocalHttpServer | None = None
         self.base_url = ""
         self.realtime = FakeRealtime()   # the Realtime API's sessions and script, served at /v1/realtime
 
@@ -108,24 +106,15 @@ class FakeOpenAI:
     async def start(self) -> str:
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
                                 WebSocketRoute("/v1/realtime", self._realtime_session)])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        self._http = LocalHttpServer(app)
+        port = await self._http.start()
         self.base_url = f"http://127.0.0.1:{port}/v1"
         return self.base_url
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await asyncio.wait_for(self._task, 10)
-            self._server = self._task = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
 
 
 class _StarletteSocket:
