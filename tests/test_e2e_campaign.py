@@ -10,7 +10,6 @@ the call AI asks the user -> the user answers through the JSON API -> the answer
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -34,6 +33,7 @@ from db.models import (
     TaskStatus,
 )
 from opendeep.settings import load_settings
+from tests.doubles.ami_helpers import eventually
 from tests.doubles.asterisk_sim import AsteriskSim, Callee
 from tests.doubles.fake_ami import pairs_all, pairs_get
 from tests.doubles.fake_openai import FakeOpenAI, ScriptedModels
@@ -43,21 +43,6 @@ from tests.doubles.serve_process import ServeProcess
 NUMBER = "+14155550123"
 USER, PASSWORD = "alice", "correct horse battery staple"
 ANSWER = "Tuesday at 10:00 please."
-
-
-async def until(check, timeout: float, what: str, interval: float = 0.1):
-    """Poll `check()` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture
@@ -76,7 +61,7 @@ async def stack(tmp_path):
         await serve.cli("db", "upgrade")
         await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
         await serve.start()
-        await until(lambda: sim.ami.connected_clients >= 1, 15, "the AMI login")
+        await eventually(lambda: sim.ami.connected_clients >= 1, 15, 0.1, what="the AMI login")
         yield serve, sim, fake, models
     finally:
         try:
@@ -149,22 +134,23 @@ async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_cal
 
         # The call AI connects and asks the user; the question shows up in the UI's API.
         session = await fake.realtime.wait_for_connection(timeout=15)
-        pending = await until(lambda: _pending_questions(http), 15, "the HITL question in /api/feedback")
+        pending = await eventually(lambda: _pending_questions(http), 15, 0.1, what="the HITL question in /api/feedback")
         assert pending[0]["question"] == models.question
         answered = await http.post(f"/api/feedback/{pending[0]['request_id']}/answer", json={"answer": ANSWER},
                                    headers=headers)
         assert answered.status_code == 200 and answered.json()["status"] == "answered", answered.text
 
         # The answer reaches the model as the function's output, on the realtime wire.
-        output = await until(lambda: _function_outputs(session), 10, "function_call_output on the realtime wire")
+        output = await eventually(lambda: _function_outputs(session), 10, 0.1,
+                                  what="function_call_output on the realtime wire")
         assert output[0]["answer"] == ANSWER and output[0]["answered"] is True
         assert models.answers_heard == [ANSWER]
 
         # The AI ends the call; the dialplan runs to the end (h extension); the analyzer completes the task.
         await call.wait_done(timeout=20)
-        task = await until(lambda: _task_if(http, task_id, "completed"), 20, "the task to be completed")
+        task = await eventually(lambda: _task_if(http, task_id, "completed"), 20, 0.1, what="the task to be completed")
         assert task["calls"][0]["id"] == call_id
-        summary = await until(lambda: _summary(http, campaign_id), 20, "the campaign summary")
+        summary = await eventually(lambda: _summary(http, campaign_id), 20, 0.1, what="the campaign summary")
         assert summary["summary_text"] and "booked" in summary["summary_text"]
         assert summary["rows"] and summary["rows"][0][summary["columns"].index("status")] == "completed"
 
@@ -261,7 +247,8 @@ async def test_a_busy_callee_is_never_bridged_and_the_call_ends_busy(stack):
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
         _, task_id = await _confirm_one_call(http)
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=15)
-        task = await until(lambda: _task_if(http, task_id, "failed"), 15, "the task to fail (one attempt, busy)")
+        task = await eventually(lambda: _task_if(http, task_id, "failed"), 15, 0.1,
+                                what="the task to fail (one attempt, busy)")
     assert task["calls"][0]["outcome"] == "busy" and task["calls"][0]["dial_status"] == "BUSY"
     assert call.agi_scripts() == ["call-start", "call-end"] and call.audio is None
     dial_end = [e for e in call.events if pairs_get(e, "Event") == "DialEnd" and pairs_get(e, "Channel")]
@@ -289,7 +276,7 @@ async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_t
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
         campaign_id, task_id = await _confirm_one_call(http)
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=30)
-        await until(lambda: _task_if(http, task_id, "completed"), 20, "the task to be completed")
+        await eventually(lambda: _task_if(http, task_id, "completed"), 20, 0.1, what="the task to be completed")
 
     assert call.dtmf_heard == ["1", "#"]
     dtmf = sim.ami.actions_named("PlayDTMF")

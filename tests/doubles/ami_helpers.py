@@ -53,8 +53,9 @@ async def make_tenant(sessions, username: str = "alice", *, numbers: list[str], 
         return user.id, campaign.id, task_ids
 
 
-async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Await until `predicate()` (sync or async) is truthy; fail with a clear message after `timeout`."""
+async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02, *, what: str = "condition"):
+    """Await until `predicate()` (sync or async) is truthy and return its value; fail with a clear message
+    (`what` was awaited) after `timeout`."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = predicate()
@@ -63,5 +64,5 @@ async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02):
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(interval)
