@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Task, TaskStatus
 from db.types import utcnow
-from opendeep.llm import LlmNotConfigured, chat_client
+from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
 from opendeep.periodic import run_periodically
 from opendeep.retry import next_retry_time
 from opendeep.settings import Settings
@@ -183,25 +183,11 @@ async def request_analysis(client: openai.AsyncOpenAI, model: str,
                            messages: list[dict[str, str]]) -> dict[str, Any]:
     """One structured-output request; returns the validated verdict or raises AnalysisError."""
     try:
-        response = await client.chat.completions.create(
-            model=model, messages=messages, temperature=0,
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "call_analysis", "strict": True, "schema": ANALYSIS_SCHEMA}},
-        )
-    except openai.APITimeoutError:
-        raise AnalysisError("the analyzer model did not answer in time (LLM_TIMEOUT_SECONDS)") from None
-    except openai.APIStatusError as exc:
-        raise AnalysisError(f"the analyzer model answered HTTP {exc.status_code}: {exc.message}") from None
-    except openai.APIConnectionError as exc:
-        raise AnalysisError(f"cannot reach the analyzer model (OPENAI_BASE_URL): {exc}") from None
-    except openai.APIError as exc:  # e.g. a response the SDK cannot parse
-        raise AnalysisError(f"the analyzer model's response was unusable: {exc}") from None
-    if not response.choices:
-        raise AnalysisError("the model returned no choices")
-    message = response.choices[0].message
-    if getattr(message, "refusal", None):
-        raise AnalysisError(f"the model refused to analyze the call: {message.refusal}")
-    return validate_analysis(message.content)
+        content = await structured_completion(client, model, messages, name="call_analysis",
+                                              schema=ANALYSIS_SCHEMA)
+    except LlmRequestError as exc:
+        raise AnalysisError(f"the analyzer {exc}") from None
+    return validate_analysis(content)
 
 
 def parse_retry_at(raw: str | None, now: datetime) -> datetime | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 
 from opendeep.settings import Settings
@@ -40,3 +42,32 @@ def realtime_client(settings: Settings) -> openai.AsyncOpenAI:
         base_url=settings.openai_base_url or None,
         max_retries=0,
     )
+
+
+class LlmRequestError(RuntimeError):
+    """A chat request gave no usable answer; the message says why (timeout, HTTP status, connection, refusal)."""
+
+
+async def structured_completion(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, str]], *,
+                                name: str, schema: dict[str, Any]) -> str:
+    """One chat completion with strict JSON-schema output; returns the answer's text (the caller parses and
+    validates it). Every failure to get an answer is LlmRequestError."""
+    try:
+        response = await client.chat.completions.create(
+            model=model, messages=messages, temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}},
+        )
+    except openai.APITimeoutError:
+        raise LlmRequestError(f"model {model!r} did not answer in time (LLM_TIMEOUT_SECONDS)") from None
+    except openai.APIStatusError as exc:
+        raise LlmRequestError(f"model {model!r} answered HTTP {exc.status_code}: {exc.message}") from None
+    except openai.APIConnectionError as exc:
+        raise LlmRequestError(f"cannot reach model {model!r} (OPENAI_BASE_URL): {exc}") from None
+    except openai.APIError as exc:  # e.g. a response the SDK cannot parse
+        raise LlmRequestError(f"model {model!r} gave an unusable response: {exc}") from None
+    if not response.choices:
+        raise LlmRequestError(f"model {model!r} returned no choices")
+    message = response.choices[0].message
+    if getattr(message, "refusal", None):
+        raise LlmRequestError(f"model {model!r} refused: {message.refusal}")
+    return message.content or ""

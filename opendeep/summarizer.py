@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, Task
 from db.types import UTCDateTime, utcnow
-from opendeep.llm import LlmNotConfigured, chat_client
+from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
 from opendeep.periodic import run_periodically
 from opendeep.settings import Settings
 
@@ -130,19 +130,13 @@ async def request_summary(client: openai.AsyncOpenAI, model: str, campaign: Camp
     facts = {"campaign": campaign.name, "goal": campaign.goal,
              "targets": [{k: row[k] for k in ("target", "status", "outcome", "attempts", "summary", "result")}
                          for row in rows]}
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": json.dumps(facts, ensure_ascii=False, indent=1)}]
     try:
-        response = await client.chat.completions.create(
-            model=model, temperature=0,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT},
-                      {"role": "user", "content": json.dumps(facts, ensure_ascii=False, indent=1)}],
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "campaign_summary", "strict": True, "schema": SUMMARY_SCHEMA}},
-        )
-    except openai.APITimeoutError:
-        raise SummaryError("the model did not answer in time (LLM_TIMEOUT_SECONDS)") from None
-    except openai.APIError as exc:
-        raise SummaryError(f"the model request failed: {exc}") from None
-    content = response.choices[0].message.content if response.choices else None
+        content = await structured_completion(client, model, messages, name="campaign_summary",
+                                              schema=SUMMARY_SCHEMA)
+    except LlmRequestError as exc:
+        raise SummaryError(f"the summary {exc}") from None
     try:
         data = json.loads(content or "")
     except json.JSONDecodeError:
