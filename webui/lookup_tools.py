@@ -49,6 +49,21 @@ def _http_error(service: str, exc: httpx.HTTPError) -> ToolError:
     return ToolError(f"{service} is unreachable ({type(exc).__name__}: {exc})")
 
 
+async def _post_json(shared: httpx.AsyncClient | None, service: str, url: str, body: dict[str, Any],
+                     headers: dict[str, str]) -> dict[str, Any]:
+    """POST `body`, return the JSON answered; every failure is a ToolError naming `service`."""
+    try:
+        async with _client(shared) as client:
+            response = await client.post(url, json=body, headers=headers)
+            response.raise_for_status()
+            data = response.json()
+    except httpx.HTTPError as exc:
+        raise _http_error(service, exc) from None
+    except ValueError:
+        raise ToolError(f"{service} answered with something that is not JSON") from None
+    return data
+
+
 class PlacesLookup:
     """Google Places API (New) Text Search: name, phone, address, opening hours and time zone of businesses."""
 
@@ -66,15 +81,7 @@ class PlacesLookup:
             raise ToolError("query is empty: give the business name and city")
         headers = {"X-Goog-Api-Key": self._key, "X-Goog-FieldMask": PLACES_FIELD_MASK}
         body = {"textQuery": text_query, "pageSize": MAX_PLACES}
-        try:
-            async with _client(self._client) as client:
-                response = await client.post(self._url, json=body, headers=headers)
-                response.raise_for_status()
-                data = response.json()
-        except httpx.HTTPError as exc:
-            raise _http_error("Google Places", exc) from None
-        except ValueError:
-            raise ToolError("Google Places answered with something that is not JSON") from None
+        data = await _post_json(self._client, "Google Places", self._url, body, headers)
         places = [_place(raw) for raw in (data.get("places") or [])[:MAX_PLACES] if isinstance(raw, dict)]
         return {"query": text_query, "results": places,
                 "note": "" if places else "no business found; ask the user for a more precise name or the number"}
@@ -104,15 +111,7 @@ class GeminiSearch:
 
     async def search(self, query: str) -> dict[str, Any]:
         body = {"contents": [{"role": "user", "parts": [{"text": query}]}], "tools": [{"google_search": {}}]}
-        try:
-            async with _client(self._client) as client:
-                response = await client.post(self._url, json=body, headers={"x-goog-api-key": self._key})
-                response.raise_for_status()
-                data = response.json()
-        except httpx.HTTPError as exc:
-            raise _http_error("Gemini search", exc) from None
-        except ValueError:
-            raise ToolError("Gemini search answered with something that is not JSON") from None
+        data = await _post_json(self._client, "Gemini search", self._url, body, {"x-goog-api-key": self._key})
         candidates = data.get("candidates") or []
         if not candidates:
             raise ToolError("Gemini search returned no answer; rephrase the query")
