@@ -100,6 +100,18 @@ async def analyze_all(settings, sessions, analyzers: int, calls: int) -> float:
     return elapsed
 
 
+async def fresh_database(tmp: str, base_url: str, calls: int):
+    """A migrated SQLite file in `tmp` seeded with `calls` ended calls; settings pointing at the fake model."""
+    url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+    await upgrade(url)
+    settings = dataclasses.replace(load_settings({"DATABASE_URL": url, "SECRET_KEY": "x"}, dotenv=None),
+                                   openai_base_url=base_url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    await seed(sessions, calls)
+    return settings, engine, sessions
+
+
 async def run(args) -> None:
     logging.disable(logging.WARNING)
     fake = FakeOpenAI()
@@ -119,13 +131,7 @@ async def run(args) -> None:
         print(f"fake model round trip alone: {round_trip * 1000:.1f} ms/request")
         for analyzers in (1, args.analyzers):
             with tempfile.TemporaryDirectory() as tmp:
-                url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-                await upgrade(url)
-                settings = dataclasses.replace(load_settings({"DATABASE_URL": url, "SECRET_KEY": "x"}, dotenv=None),
-                                               openai_base_url=base_url)
-                engine = create_engine(url)
-                sessions = session_factory(engine)
-                await seed(sessions, args.calls)
+                settings, engine, sessions = await fresh_database(tmp, base_url, args.calls)
                 before = len(fake.requests)
                 elapsed = await analyze_all(settings, sessions, analyzers, args.calls)
                 requests = len(fake.requests) - before
@@ -137,13 +143,7 @@ async def run(args) -> None:
                 await engine.dispose()
 
         with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-            await upgrade(url)
-            settings = dataclasses.replace(load_settings({"DATABASE_URL": url, "SECRET_KEY": "x"}, dotenv=None),
-                                           openai_base_url=base_url)
-            engine = create_engine(url)
-            sessions = session_factory(engine)
-            await seed(sessions, args.targets)
+            settings, engine, sessions = await fresh_database(tmp, base_url, args.targets)
             await analyze_all(settings, sessions, args.analyzers, args.targets)
             summarizer = CampaignSummarizer(settings, sessions)
             started = time.perf_counter()
