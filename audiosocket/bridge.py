@@ -25,7 +25,7 @@ from typing import Any
 from audiosocket.pacing import BYTES_PER_MS, FRAME_SECONDS, SAMPLE_RATE, OutboundPacer
 from audiosocket.protocol import HANGUP_FRAME, Frame, FrameReader, Kind, ProtocolError
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession, ServerEvent, mulaw_to_slin, resample
-from audiosocket.recorder import CallRecorder, CallRef
+from audiosocket.recorder import CallRecorder, CallRef, RecordWriter
 from audiosocket.tools import TOOL_DEFINITIONS, AiCallOutcome, CallTools
 from db.models import CallOutcome, Speaker
 from opendeep.runtime import Runtime
@@ -87,7 +87,7 @@ class BridgeStats:
 class CallBridge:
     def __init__(self, runtime: Runtime, call: CallRef, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, instructions: str, connect_model: ConnectModel,
-                 limits: BridgeLimits, frame_reader: FrameReader | None = None,
+                 limits: BridgeLimits, records: RecordWriter, frame_reader: FrameReader | None = None,
                  initial_frames: Iterable[Frame] = (), user_name: str = "the user",
                  stats: BridgeStats | None = None) -> None:
         self.runtime = runtime
@@ -100,7 +100,7 @@ class CallBridge:
         self.frames = frame_reader or FrameReader()
         self._initial_frames = list(initial_frames)
         self.stats = stats
-        self.recorder = CallRecorder(runtime.sessions, runtime.events, call)
+        self.recorder = CallRecorder(records, call)
         self.tools = CallTools(runtime, call, on_end_call=self._on_end_call, on_transfer=self._on_transfer,
                                user_name=user_name)
         self.pacer: OutboundPacer | None = None
@@ -131,7 +131,6 @@ class CallBridge:
     async def run(self) -> EndReason:
         """Bridge the call until it ends; returns why it ended. Nothing of the call outlives this."""
         self._started = self._last_activity = self._loop.time()
-        self.recorder.start()
         self.recorder.bridged()
         self.recorder.event("audiosocket.connected", {})
         stats = self.stats

@@ -1,13 +1,17 @@
-"""What a call writes to the database (transcripts, call events, outcome hints), in order and off the audio
-path: the bridge hands records to a queue and one writer task persists them, so a slow database never delays
-a frame. The writer takes whatever has queued up in one transaction (when 100 calls end at once, SQLite sees a
-few hundred transactions, not a few thousand), and a call's end waits for its records instead of dropping them
-(`CLOSE_TIMEOUT_SECONDS` is for a database that does not answer at all)."""
+"""What live calls write to the database (transcripts, call events, outcome hints), in order and off the audio
+path: a bridge hands records to its CallRecorder, and one RecordWriter per process persists the records of every
+call, so a slow database never delays a frame.
+
+One writer, not one per call: it takes whatever has queued up, from all calls, in one transaction. When 500
+calls start or end together, the database sees a few transactions on one connection, instead of 500 writers
+waiting for a pool of 15 connections (on SQLite, for its single write lock) until they time out and lose their
+records. A call's end waits for its records (`CLOSE_TIMEOUT_SECONDS` is for a database that does not answer at
+all; even then the records stay queued and are written if it comes back)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -34,98 +38,155 @@ class CallRef:
     task_id: int
 
 
-class CallRecorder:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], events: EventHub | None, call: CallRef) -> None:
+class RecordWriter:
+    """Persists the records of every live call of this process, in the order they were queued.
+
+    Each pass writes everything queued in one transaction. If that fails, each call's records are retried in
+    a transaction of their own, and a call's that still fail one by one: a record that cannot be written loses
+    only itself. Records of a call that does not exist or is not that user's are never written.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], events: EventHub | None) -> None:
         self.sessions = sessions
         self.events = events
-        self.call = call
-        self._queue: asyncio.Queue[Record | None] = asyncio.Queue()
+        # (call, record), or (call, future): a flush mark, resolved once everything queued before it is written
+        self._queue: collections.deque[tuple[CallRef | None, Record | asyncio.Future]] = collections.deque()
         self._writer: asyncio.Task | None = None
+        self.transactions = 0   # batches committed (one per pass when all goes well)
 
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._run(), name=f"call-{self.call.call_id}-recorder")
+    def put(self, call: CallRef, record: Record) -> None:
+        self._queue.append((call, record))
+        self._wake()
+
+    async def flush(self, call: CallRef | None = None, timeout: float = CLOSE_TIMEOUT_SECONDS) -> bool:
+        """Wait until every record queued so far is written (or refused); False if the database did not
+        answer within `timeout` (the records stay queued). `call` only names the call in the log."""
+        mark = asyncio.get_running_loop().create_future()
+        self._queue.append((call, mark))
+        self._wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(mark), timeout)
+            return True
+        except TimeoutError:
+            log.error("%s: database writes did not finish within %g s; %d records still queued",
+                      f"call {call.call_id}" if call else "call records", timeout,
+                      sum(1 for ref, item in self._queue if ref == call and not isinstance(item, asyncio.Future)))
+            return False
+
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Write what is queued, then stop."""
+        if self._writer is None:
+            return
+        if self._queue:
+            await self.flush(timeout=timeout)
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+        self._writer = None
+
+    def _wake(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="call-record-writer")
+
+    async def _run(self) -> None:
+        while self._queue:
+            taken = list(self._queue)
+            self._queue.clear()
+            records = [(call, item) for call, item in taken if not isinstance(item, asyncio.Future)]
+            if records:
+                try:
+                    await self._write_all(records)
+                except Exception:   # never leave a flush waiting because of a bug below
+                    log.exception("call records: %d records not saved", len(records))
+            for _, item in taken:
+                if isinstance(item, asyncio.Future) and not item.done():
+                    item.set_result(None)
+            await asyncio.sleep(0)   # let the records of the next moment queue up
+
+    async def _write_all(self, records: list[tuple[CallRef, Record]]) -> None:
+        try:
+            await self._write_batch(records)
+            return
+        except Exception as exc:
+            failure = exc
+        by_call: dict[CallRef, list[Record]] = {}
+        for call, record in records:
+            by_call.setdefault(call, []).append(record)
+        if len(by_call) > 1:
+            log.warning("writing %d records of %d calls at once failed (%s); writing each call's alone",
+                        len(records), len(by_call), failure)
+            failed = {}
+            for call, call_records in by_call.items():
+                try:
+                    await self._write_batch([(call, record) for record in call_records])
+                except Exception as exc:
+                    failed[call], failure = call_records, exc
+            by_call = failed
+        for call, call_records in by_call.items():   # what still fails: one record at a time
+            if len(call_records) > 1:
+                log.warning("call %s: writing %d records at once failed (%s); writing them one by one",
+                            call.call_id, len(call_records), failure)
+            for record in call_records:
+                try:
+                    await self._write_batch([(call, record)])
+                except Exception:   # a failed write loses one record, never the call
+                    log.exception("call %s: could not save %s %r", call.call_id, record[0], record[1][:1])
+
+    async def _write_batch(self, records: list[tuple[CallRef, Record]]) -> None:
+        async with self.sessions() as db, db.begin():
+            owned = await repo.owned_calls(db, {(call.user_id, call.call_id) for call, _ in records})
+            for call in {call for call, _ in records if (call.user_id, call.call_id) not in owned}:
+                log.error("call %s of user %s is gone; its records are not saved", call.call_id, call.user_id)
+            records = [(call, record) for call, record in records if (call.user_id, call.call_id) in owned]
+            for call, (kind, args) in records:
+                await _write(db, call, kind, args)
+        self.transactions += 1
+        if self.events is not None:
+            for call, (kind, args) in records:
+                if kind == "transcript":
+                    speaker, text, offset_ms = args
+                    self.events.publish(call.user_id, "call.transcript", {
+                        "call_id": call.call_id, "speaker": speaker.value, "text": text, "offset_ms": offset_ms})
+
+
+async def _write(db: AsyncSession, ref: CallRef, kind: str, args: tuple[Any, ...]) -> None:
+    if kind == "transcript":
+        speaker, text, offset_ms = args
+        db.add(CallTranscript(user_id=ref.user_id, call_id=ref.call_id, speaker=speaker, text=text,
+                              offset_ms=offset_ms))
+    elif kind == "event":
+        type_, payload = args
+        db.add(CallEvent(user_id=ref.user_id, call_id=ref.call_id, type=type_, payload=payload))
+    elif kind == "hint":
+        (outcome,) = args
+        await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id,
+                                            Call.status != CallStatus.ENDED).values(outcome=outcome))
+    elif kind == "bridged":
+        await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id)
+                         .values(bridged_to_ai=True))
+
+
+class CallRecorder:
+    """One call's side of the RecordWriter: what the bridge records, tagged with the call and its tenant."""
+
+    def __init__(self, writer: RecordWriter, call: CallRef) -> None:
+        self.writer = writer
+        self.call = call
 
     def transcript(self, speaker: Speaker, text: str, offset_ms: int) -> None:
         """A line of what was said, `offset_ms` after the AudioSocket connected."""
         if text and text.strip():
-            self._queue.put_nowait(("transcript", (speaker, text.strip(), max(0, int(offset_ms)))))
+            self.writer.put(self.call, ("transcript", (speaker, text.strip(), max(0, int(offset_ms)))))
 
     def event(self, type_: str, payload: dict[str, Any] | None = None) -> None:
-        self._queue.put_nowait(("event", (type_, payload or {})))
+        self.writer.put(self.call, ("event", (type_, payload or {})))
 
     def outcome_hint(self, outcome: CallOutcome) -> None:
         """Set calls.outcome while the call is live; the `h` extension's call-end ends the call with it."""
-        self._queue.put_nowait(("hint", (outcome,)))
+        self.writer.put(self.call, ("hint", (outcome,)))
 
     def bridged(self) -> None:
-        self._queue.put_nowait(("bridged", ()))
+        self.writer.put(self.call, ("bridged", ()))
 
     async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
-        """Write everything queued, then stop the writer (gives up only on a database that does not answer)."""
-        if self._writer is None:
-            return
-        self._queue.put_nowait(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._writer), timeout)
-        except TimeoutError:
-            log.error("call %s: database writes did not finish within %g s; %d records not saved",
-                      self.call.call_id, timeout, self._queue.qsize())
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        self._writer = None
-
-    async def _run(self) -> None:
-        while True:
-            batch: list[Record] = []
-            record = await self._queue.get()
-            while record is not None:
-                batch.append(record)
-                if self._queue.empty():
-                    break
-                record = self._queue.get_nowait()
-            if batch:
-                await self._write_batch(batch)
-            if record is None:
-                return
-
-    async def _write_batch(self, batch: list[Record]) -> None:
-        try:
-            async with self.sessions() as db, db.begin():
-                if await repo.get_call(db, self.call.user_id, self.call.call_id) is None:
-                    log.error("call %s of user %s is gone; %d records not saved", self.call.call_id,
-                              self.call.user_id, len(batch))
-                    return
-                for kind, args in batch:
-                    await self._write(db, kind, args)
-        except Exception:
-            if len(batch) == 1:   # a failed write loses one record, never the call
-                log.exception("call %s: could not save %s %r", self.call.call_id, batch[0][0], batch[0][1][:1])
-                return
-            log.warning("call %s: writing %d records at once failed; writing them one by one",
-                        self.call.call_id, len(batch), exc_info=True)
-            for record in batch:
-                await self._write_batch([record])
-            return
-        for kind, args in batch:
-            if kind == "transcript" and self.events is not None:
-                speaker, text, offset_ms = args
-                self.events.publish(self.call.user_id, "call.transcript", {
-                    "call_id": self.call.call_id, "speaker": speaker.value, "text": text, "offset_ms": offset_ms})
-
-    async def _write(self, db: AsyncSession, kind: str, args: tuple[Any, ...]) -> None:
-        ref = self.call
-        if kind == "transcript":
-            speaker, text, offset_ms = args
-            db.add(CallTranscript(user_id=ref.user_id, call_id=ref.call_id, speaker=speaker, text=text,
-                                  offset_ms=offset_ms))
-        elif kind == "event":
-            type_, payload = args
-            db.add(CallEvent(user_id=ref.user_id, call_id=ref.call_id, type=type_, payload=payload))
-        elif kind == "hint":
-            (outcome,) = args
-            await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id,
-                                                Call.status != CallStatus.ENDED).values(outcome=outcome))
-        elif kind == "bridged":
-            await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id)
-                             .values(bridged_to_ai=True))
+        """Wait until the call's records are written (gives up only on a database that does not answer)."""
+        await self.writer.flush(self.call, timeout)

@@ -19,7 +19,7 @@ from audiosocket.bridge import BridgeLimits, BridgeStats, CallBridge, ConnectMod
 from audiosocket.instructions import build_instructions, user_display_name
 from audiosocket.protocol import DEFAULT_MAX_PAYLOAD, HANGUP_FRAME, Frame, FrameReader, Kind, ProtocolError
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession
-from audiosocket.recorder import CallRef
+from audiosocket.recorder import CallRef, RecordWriter
 from db import repo
 from db.models import Call, CallStatus
 from opendeep.llm import LlmNotConfigured, realtime_client
@@ -47,6 +47,7 @@ class AudioSocketServer:
         self.collect_stats = collect_stats
         self.stats: list[BridgeStats] = []
         self.bridges: set[CallBridge] = set()
+        self.records = RecordWriter(runtime.sessions, runtime.events)   # every call's transcripts and events
         self.refused = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task] = set()
@@ -79,6 +80,7 @@ class AudioSocketServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.records.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -137,7 +139,7 @@ class AudioSocketServer:
         bridge = CallBridge(self.runtime, ref, reader, writer, instructions=instructions,
                             connect_model=self.connect_model, frame_reader=frames, initial_frames=rest,
                             limits=BridgeLimits(settings.max_call_seconds, settings.silence_timeout_seconds),
-                            user_name=user_name, stats=stats)
+                            records=self.records, user_name=user_name, stats=stats)
         log.info("AudioSocket %s from %s: call %s (user %s)", as_uuid, peer, ref.call_id, ref.user_id)
         self.bridges.add(bridge)
         try:

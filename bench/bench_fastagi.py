@@ -290,6 +290,11 @@ async def main() -> None:
     cpu_ratio = median("panoramisk", "db", "cpu") / median("ours", "db", "cpu")
     print(f"ratio ours/panoramisk (medians): {db_ratio:.2f}x sessions/s with SQLite, {mem_ratio:.2f}x without the "
           f"database; panoramisk needs {cpu_ratio:.2f}x our server CPU per session on SQLite")
+    floor = median("ours", "mem", "client")
+    print(f"floor: the AGI client plays the mirror image of the same dialog (connect, environment, 6 replies, "
+          f"close) as a bare asyncio protocol and costs {floor:.0f} us/session; a server 3x as fast as "
+          f"panoramisk's would need {median('panoramisk', 'db', 'cpu') / 3:.0f} us/session with the database and "
+          f"{median('panoramisk', 'mem', 'cpu') / 3:.0f} without it")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     ours_db = median("ours", "db", "rate")
     print(f"goals: >= 3x panoramisk -> {'met' if db_ratio >= 3 else 'NOT met'}; "

@@ -168,6 +168,15 @@ async def get_call(session: AsyncSession, user_id: int, call_id: int) -> Call | 
     return await session.scalar(select(Call).where(Call.id == call_id, Call.user_id == user_id))
 
 
+async def owned_calls(session: AsyncSession, user_calls: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Of these (user_id, call_id) pairs, those whose call exists and belongs to that user (one query)."""
+    wanted = set(user_calls)
+    if not wanted:
+        return set()
+    rows = await session.execute(select(Call.user_id, Call.id).where(Call.id.in_({c for _, c in wanted})))
+    return {(user_id, call_id) for user_id, call_id in rows if (user_id, call_id) in wanted}
+
+
 async def list_calls(session: AsyncSession, user_id: int, task_id: int) -> Sequence[Call]:
     rows = await session.scalars(
         select(Call).where(Call.user_id == user_id, Call.task_id == task_id).order_by(Call.attempt_number)
