@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 import psutil
 from sqlalchemy import select
 
-from db.engine import create_engine, session_factory
+from db.engine import session_factory
 from db.models import Call, CallOutcome, CallStatus, CallTranscript, Speaker, Task, TaskStatus
 from opendeep.settings import load_settings
 from tests.doubles.asterisk_sim import AsteriskSim, Callee
@@ -71,15 +71,15 @@ class ChattyModel:
         return response
 
 
-async def test_100_concurrent_calls_lose_no_transcript_row(tmp_path):
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'opendeep.db'}"
+async def test_100_concurrent_calls_lose_no_transcript_row(tmp_path, engine):
+    """On SQLite and PostgreSQL (the `engine` fixture: an empty, migrated database)."""
+    database_url = engine.url.render_as_string(hide_password=False)
     models = ScriptedModels(ask_user=False)
     fake = models.install(FakeOpenAI())
     model = ChattyModel()
     fake.realtime.script = model
     stack = CrashableServe(tmp_path, database_url=database_url, only="fastagi,audiosocket,ami,aftercall")
     sim: AsteriskSim | None = None
-    engine = create_engine(database_url)
     sessions = session_factory(engine)
     try:
         base_url = await fake.start()
@@ -122,7 +122,6 @@ async def test_100_concurrent_calls_lose_no_transcript_row(tmp_path):
         if sim is not None:
             await sim.stop()
         await fake.stop()
-        await engine.dispose()
 
     # Asterisk's side: every number dialed once, every call ran the dialplan to its `h` extension.
     dialed = Counter(pairs_get(call.originate, "Channel") for call in calls)
