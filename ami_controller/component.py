@@ -10,6 +10,7 @@ import socket
 
 from ami_controller.initiator import DispatchReport, dispatch_due_tasks
 from ami_controller.manager import AmiController
+from opendeep.health import task_running
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.ami.component")
@@ -41,6 +42,12 @@ class AmiComponent:
         await self.controller.stop()
         if self.runtime.ami is self.controller:
             self.runtime.ami = None
+
+    def health(self) -> dict:
+        """Healthy when logged in to Asterisk (and re-synced) and the scheduler loop runs."""
+        connected, scheduler = self.controller.connected, task_running(self._loop_task)
+        return {"ok": connected and scheduler, "asterisk": self.controller.address, "connected": connected,
+                "scheduler": scheduler}
 
     def wake(self) -> None:
         """Run the next pass now instead of at the next poll (e.g. a campaign was just started)."""

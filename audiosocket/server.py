@@ -89,6 +89,10 @@ class AudioSocketServer:
             await self._client.close()
             self._client = None
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
     # ------------------------------------------------------------------ one connection
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -201,3 +205,7 @@ class AudioSocketComponent:
 
     async def stop(self) -> None:
         await self.server.stop()
+
+    def health(self) -> dict:
+        server = self.server
+        return {"ok": server.listening, "listen": f"{server.host}:{server.port}", "live_calls": len(server.bridges)}

@@ -92,6 +92,10 @@ class FastAgiServer:
             self._server = None
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    @property
     def active_sessions(self) -> int:
         return len(self._connecting) + len(self._sessions)
 
@@ -161,3 +165,7 @@ class FastAgiComponent:
 
     async def stop(self) -> None:
         await self.server.stop()
+
+    def health(self) -> dict:
+        return {"ok": self.server.listening, "listen": f"{self.server.host}:{self.server.port}",
+                "sessions": self.server.active_sessions}

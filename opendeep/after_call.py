@@ -12,6 +12,7 @@ import contextlib
 import logging
 
 from opendeep.analyzer import PostCallAnalyzer
+from opendeep.health import task_running
 from opendeep.lifecycle import LifecycleManager
 from opendeep.runtime import Runtime
 from opendeep.summarizer import CampaignSummarizer
@@ -46,6 +47,10 @@ class AfterCallComponent:
         ]
         log.info("after-call services started (poll %.1fs, lifecycle every %.1fs)", self.poll_seconds,
                  self.lifecycle_seconds)
+
+    def health(self) -> dict:
+        running = {task.get_name().removeprefix("aftercall-"): task_running(task) for task in self._tasks}
+        return {"ok": bool(running) and all(running.values()), **running}
 
     async def stop(self) -> None:
         """Cancel the loops and wait for them; an analysis cut off mid-way is retried when its lease runs out."""

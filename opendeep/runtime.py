@@ -1,8 +1,9 @@
-"""What the running components share: settings, the database, the event hub, the AMI controller."""
+"""What the running components share: settings, the database, the event hub, the AMI controller, and the
+components themselves (for /healthz)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -23,6 +24,7 @@ class Runtime:
     events: EventHub
     ami: AmiController | None = None   # set when the AMI component runs in this process
     extras: dict[str, Any] | None = None
+    components: dict[str, Any] = field(default_factory=dict)   # what `serve` runs here, by name (/healthz)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:

@@ -18,6 +18,8 @@ log = logging.getLogger("opendeep.serve")
 
 
 class Component(Protocol):
+    """Optionally also `health() -> dict` with at least "ok" (opendeep/health.py)."""
+
     name: str
 
     async def start(self) -> None: ...
@@ -76,9 +78,11 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
     """Run the named components until SIGINT/SIGTERM (or `stop_event`)."""
     stop_event = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop_event.set)
+            handled.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     started: list[Component] = []
@@ -87,9 +91,11 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
             component = COMPONENTS[name](runtime)
             await component.start()
             started.append(component)
+            runtime.components[name] = component
             log.info("%s started", component.name)
         await stop_event.wait()
     finally:
+        runtime.components.clear()
         for component in reversed(started):
             try:
                 await component.stop()
@@ -97,3 +103,5 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
             except Exception:  # one failing stop must not keep the others running
                 log.exception("%s failed to stop cleanly", component.name)
         await runtime.close()
+        for sig in handled:
+            loop.remove_signal_handler(sig)

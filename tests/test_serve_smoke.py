@@ -1,5 +1,6 @@
 """`make run` in miniature: `opendeep serve` starts every component; with no Asterisk the AMI controller waits
-and retries with backoff while the web UI, FastAGI and AudioSocket servers keep answering; SIGTERM stops it."""
+and retries with backoff while the web UI, FastAGI and AudioSocket servers keep answering (and /healthz says
+which part is missing); SIGTERM stops it."""
 
 import os
 import re
@@ -57,6 +58,12 @@ def test_serve_runs_everything_and_waits_for_asterisk(tmp_path):
         assert process.poll() is None
         response = httpx.get(f"http://127.0.0.1:{web}/login", timeout=5)
         assert response.status_code == 200
+        health = httpx.get(f"http://127.0.0.1:{web}/healthz", timeout=5)   # what monitoring sees meanwhile
+        assert health.status_code == 503
+        states = health.json()["components"]
+        assert states["ami"] == {"ok": False, "asterisk": f"127.0.0.1:{ami}", "connected": False, "scheduler": True}
+        assert [name for name, state in states.items() if state["ok"]] == ["fastagi", "audiosocket", "aftercall",
+                                                                          "web"]
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from db import repo
+from opendeep.health import health_report
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.runtime import Runtime
@@ -400,8 +401,15 @@ async def notifications(request: Request) -> Response:
                                             "read": n.read_at is not None} for n in notes]})
 
 
+async def healthz(request: Request) -> Response:
+    """For monitoring, no login: 200 when this process and its database work, 503 otherwise (opendeep/health.py)."""
+    healthy, report = await health_report(request.app.state.runtime)
+    return JSONResponse(report, status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
+
+
 def routes() -> list[Route]:
     return [
+        api("/healthz", healthz, auth=False),
         api("/api/session", session_info, auth=False),
         api("/api/login", login, ["POST"], auth=False),
         api("/api/logout", logout, ["POST"]),

@@ -1,0 +1,92 @@
+"""GET /healthz, what monitoring sees of one `opendeep serve` process: 200 only while the database answers and
+every component it runs works (the AMI controller logged in to Asterisk, the servers listening, the loops
+running); 503 naming the part that does not, otherwise. No login, and nothing of any tenant in it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+
+from db.engine import create_engine, session_factory
+from opendeep.events import EventHub
+from opendeep.runtime import Runtime
+from opendeep.serve import COMPONENTS, serve
+from opendeep.settings import load_settings
+from tests.doubles.ami_helpers import eventually
+from tests.doubles.fake_ami import FakeAmi
+from tests.doubles.webui_client import WebClient
+from webui.app import create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_healthy_while_logged_in_to_asterisk_and_503_naming_ami_when_asterisk_goes(settings_env, engine):
+    fake = FakeAmi(username="opendeep", secret="secret")
+    ami_port = await fake.start()
+    web = _free_port()
+    settings = load_settings({
+        **settings_env, "WEB_BIND": f"127.0.0.1:{web}", "FASTAGI_BIND": f"127.0.0.1:{_free_port()}",
+        "AUDIOSOCKET_BIND": f"127.0.0.1:{_free_port()}", "AMI_PORT": str(ami_port), "AMI_SECRET": "secret",
+        "AMI_RECONNECT_MAX_SECONDS": "1", "SCHEDULER_POLL_SECONDS": "0.2"}, dotenv=None)
+    runtime = Runtime(settings=settings, engine=engine, sessions=session_factory(engine), events=EventHub())
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(runtime, list(COMPONENTS), stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web}", timeout=5) as client:
+            async def health(expected: int) -> dict | None:
+                try:
+                    response = await client.get("/healthz")
+                except httpx.TransportError:   # the web component is not up yet
+                    return None
+                return response.json() if response.status_code == expected else None
+
+            report = await eventually(lambda: health(200), timeout=15, what="/healthz 200")
+            assert report["status"] == "ok"
+            assert report["database"]["ok"] and report["database"]["dialect"] == engine.dialect.name
+            assert set(report["components"]) == set(COMPONENTS)
+            assert all(state["ok"] for state in report["components"].values())
+            assert report["components"]["ami"] == {"ok": True, "asterisk": f"127.0.0.1:{ami_port}",
+                                                   "connected": True, "scheduler": True}
+            assert report["components"]["audiosocket"]["live_calls"] == 0
+            assert report["components"]["aftercall"] == {"ok": True, "lifecycle": True, "analyzer": True,
+                                                         "summarizer": True}
+
+            await fake.stop()   # Asterisk goes away: the controller reconnects with backoff
+            report = await eventually(lambda: health(503), timeout=10, what="/healthz 503")
+            assert report["status"] == "degraded"
+            assert report["components"]["ami"]["connected"] is False
+            assert [name for name, state in report["components"].items() if not state["ok"]] == ["ami"]
+
+            await fake.start(ami_port)   # and comes back
+            await eventually(lambda: health(200), timeout=15, what="/healthz 200 again")
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        await fake.stop()
+    assert runtime.components == {}
+
+
+async def test_a_database_that_does_not_answer_is_503_without_its_address():
+    url = "postgresql+asyncpg://opendeep:hunter2@127.0.0.1:1/opendeep"   # nothing listens on port 1
+    settings = load_settings({"DATABASE_URL": url, "SECRET_KEY": "test"}, dotenv=None)
+    engine = create_engine(url)
+    runtime = Runtime(settings=settings, engine=engine, sessions=session_factory(engine), events=EventHub())
+    client = WebClient(create_app(runtime))
+    try:
+        response = await client.http.get("/healthz")
+    finally:
+        await client.aclose()
+        await engine.dispose()
+    assert response.status_code == 503
+    assert response.headers["cache-control"] == "no-store"
+    report = response.json()
+    assert report["status"] == "degraded" and report["components"] == {}
+    assert report["database"] == {"ok": False, "dialect": "postgresql", "error": report["database"]["error"]}
+    assert report["database"]["error"] in {"ConnectionRefusedError", "OSError", "timeout"}
+    assert "hunter2" not in response.text and "127.0.0.1" not in response.text
