@@ -52,6 +52,7 @@ class RecordWriter:
         # (call, record), or (call, future): a flush mark, resolved once everything queued before it is written
         self._queue: collections.deque[tuple[CallRef | None, Record | asyncio.Future]] = collections.deque()
         self._writer: asyncio.Task | None = None
+        self._writing: list[tuple[CallRef, Record]] = []   # taken from the queue, not yet written
         self.transactions = 0   # batches committed (one per pass when all goes well)
 
     def put(self, call: CallRef, record: Record) -> None:
@@ -68,20 +69,28 @@ class RecordWriter:
             await asyncio.wait_for(asyncio.shield(mark), timeout)
             return True
         except TimeoutError:
-            log.error("%s: database writes did not finish within %g s; %d records still queued",
-                      f"call {call.call_id}" if call else "call records", timeout,
-                      sum(1 for ref, item in self._queue if ref == call and not isinstance(item, asyncio.Future)))
+            log.error("%s: database writes did not finish within %g s; %d records not yet saved",
+                      f"call {call.call_id}" if call else "call records", timeout, self._unsaved(call))
             return False
 
     async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued (for at most `timeout` seconds), then stop."""
         if self._writer is None:
             return
-        if self._queue:
-            await self.flush(timeout=timeout)
+        if (self._queue or self._writing) and not await self.flush(timeout=timeout):
+            log.error("stopping: %d call records not saved (the database did not answer)", self._unsaved())
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
         self._writer = None
+        for _, item in self._queue:   # nobody waits for these any more
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.cancel()
+        self._queue.clear()
+
+    def _unsaved(self, call: CallRef | None = None) -> int:
+        """Records being written or queued (of `call`, or of every call)."""
+        queued = [(ref, item) for ref, item in self._queue if not isinstance(item, asyncio.Future)]
+        return sum(1 for ref, _ in [*self._writing, *queued] if call is None or ref == call)
 
     def _wake(self) -> None:
         if self._writer is None or self._writer.done():
@@ -93,10 +102,13 @@ class RecordWriter:
             self._queue.clear()
             records = [(call, item) for call, item in taken if not isinstance(item, asyncio.Future)]
             if records:
+                self._writing = records
                 try:
                     await self._write_all(records)
                 except Exception:   # never leave a flush waiting because of a bug below
                     log.exception("call records: %d records not saved", len(records))
+                finally:
+                    self._writing = []
             for _, item in taken:
                 if isinstance(item, asyncio.Future) and not item.done():
                     item.set_result(None)

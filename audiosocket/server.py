@@ -29,6 +29,7 @@ log = logging.getLogger("opendeep.audiosocket")
 
 UUID_TIMEOUT_SECONDS = 5.0   # Asterisk sends the UUID at once (1 ms in audiosocket-session.txt)
 STOP_TIMEOUT_SECONDS = 5.0
+RECORDS_STOP_TIMEOUT_SECONDS = 10.0   # stopping: how long the calls' last records may take to be written
 
 
 class AudioSocketServer:
@@ -80,7 +81,7 @@ class AudioSocketServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self.records.close()
+        await self.records.close(RECORDS_STOP_TIMEOUT_SECONDS)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)

@@ -10,6 +10,7 @@ from sqlalchemy import event, select
 
 from audiosocket.recorder import CallRecorder, CallRef, RecordWriter
 from db import repo
+from db.engine import create_engine, session_factory
 from db.models import Call, CallOutcome, CallTranscript, Speaker
 from tests.doubles.audiosocket_calls import seed_call
 
@@ -114,3 +115,26 @@ async def test_hundreds_of_calls_recording_at_once_use_one_connection_and_lose_n
             assert [line.text for line in lines] == [f"call {n} line {line}" for line in range(5)]
             assert [e.payload["line"] for e in events] == list(range(5))
             assert row.bridged_to_ai and row.outcome is (CallOutcome.VOICEMAIL if n % 2 else CallOutcome.FAILED_AI)
+
+
+async def test_a_database_that_does_not_answer_does_not_hold_up_the_stop(caplog):
+    """A server that accepts the connection and never answers: stopping gives up after its timeout and says
+    how many records were not saved, instead of hanging."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    engine = create_engine(f"postgresql+asyncpg://opendeep@127.0.0.1:{port}/test")
+    writer = RecordWriter(session_factory(engine), None)
+    recorder = CallRecorder(writer, CallRef(1, 1, 1))
+    recorder.transcript(Speaker.AGENT, "hello", 0)
+    recorder.event("ai.tool", {})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        assert await writer.flush(recorder.call, timeout=0.3) is False
+        await writer.close(timeout=0.3)
+    finally:
+        silent.close()
+        await engine.dispose()
+    assert loop.time() - started < 3
+    assert "call 1: database writes did not finish within 0.3 s; 2 records not yet saved" in caplog.text
+    assert "stopping: 2 call records not saved" in caplog.text
