@@ -145,3 +145,12 @@ async def test_global_dnd_counts_tenants_not_rows(sessions, world):
         assert await repo.add_dnd(session, world["bob"], "+14155550999")
         assert not await repo.add_dnd(session, world["bob"], "+14155550999")
         assert await repo.count_dnd_tenants(session, "+14155550999") == 2
+
+
+async def test_owned_calls_keeps_only_pairs_of_a_call_and_its_own_user(sessions, world):
+    """The call recorder writes a batch of many tenants' records after this one check."""
+    a, b, call = world["alice"], world["bob"], world["call"]
+    async with sessions() as session:
+        assert await repo.owned_calls(session, [(b, call)]) == set()
+        assert await repo.owned_calls(session, [(b, call), (a, call), (a, call + 999)]) == {(a, call)}
+        assert await repo.owned_calls(session, []) == set()
