@@ -36,7 +36,7 @@ from opendeep.settings import load_settings
 from tests.doubles.ami_helpers import eventually
 from tests.doubles.asterisk_sim import AsteriskSim, Callee
 from tests.doubles.fake_ami import pairs_all, pairs_get
-from tests.doubles.fake_openai import FakeOpenAI, ScriptedModels
+from tests.doubles.fake_openai import DEMO_CALLEE_OFFER, FakeOpenAI, ScriptedModels
 from tests.doubles.fake_realtime import FakeResponse
 from tests.doubles.serve_process import ServeProcess
 
@@ -207,6 +207,9 @@ async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_cal
     assert end_call.payload["outcome"] == "objective_met" and ANSWER in end_call.payload["summary"]
     agent = [line.text for line in lines if line.speaker is Speaker.AGENT]
     assert agent[0].startswith("Hello, this is an AI assistant") and ANSWER in agent[-1]
+    # Both sides, in the order they spoke: greeting, the callee's offer, the goodbye, the callee's last words.
+    assert [line.speaker for line in lines] == [Speaker.AGENT, Speaker.CALLEE, Speaker.AGENT, Speaker.CALLEE]
+    assert lines[1].text == DEMO_CALLEE_OFFER and lines[1].offset_ms >= lines[0].offset_ms
 
 
 async def _confirm_one_call(http: httpx.AsyncClient) -> tuple[int, int]:

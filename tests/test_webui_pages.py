@@ -3,12 +3,12 @@ list, the summary page and its CSV."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest_asyncio
 
 from db import repo
-from db.models import Call, CallOutcome, CallStatus, TaskStatus
+from db.models import Call, CallOutcome, CallStatus, Speaker, TaskStatus
 from db.types import utcnow
 from tests.doubles.webui_client import WebClient, add_user, make_runtime
 from tests.test_webui_plan_csv import a_plan
@@ -64,6 +64,33 @@ async def test_campaign_page_shows_status_attempts_next_action_and_each_calls_ou
     assert resumed.status_code == 200 and resumed.json()["changed_task_ids"] == [task_id]
     cancelled = await client.api("POST", f"/api/campaigns/{confirmation.campaign.id}/cancel")
     assert cancelled.json()["message"].startswith(f"campaign {confirmation.campaign.id} cancelled (2 task(s)")
+
+
+async def test_call_page_reads_like_a_report_times_in_utc_and_the_analysis_as_facts(alice):
+    runtime, client, user_id = alice
+    confirmation = await confirm_plan(runtime.sessions, user_id, a_plan(), "k")
+    started = datetime(2026, 11, 23, 15, 11, 19, 841857, tzinfo=UTC)
+    async with runtime.sessions() as session:
+        call = Call(user_id=user_id, task_id=confirmation.task_ids[0], attempt_number=1, status=CallStatus.ENDED,
+                    outcome=CallOutcome.ANSWERED, dialed_number="+14155550101", duration_seconds=6,
+                    dial_status="ANSWER", hangup_cause=16, started_at=started,
+                    answered_at=started + timedelta(seconds=2), ended_at=started + timedelta(seconds=8),
+                    analysis={"outcome": "retry", "reason": "The receptionist asked us to call back.",
+                              "summary": "No slot today.", "extracted": [{"name": "best time", "value": "after 10"}],
+                              "should_retry": True, "retry_at": "2026-11-24T10:00:00+00:00",
+                              "callback_requested": True, "add_to_dnd": False,
+                              "notes_for_next_call": "Ask for Maria.", "model": "gpt-4.1-mini"})
+        session.add(call)
+        await session.flush()
+        await repo.add_transcript(session, user_id, call.id, Speaker.CALLEE, "Call back after 10, ask for Maria.", 900)
+        await session.commit()
+    page = (await client.http.get(f"/calls/{call.id}")).text
+    for shown in ("2026-11-23 15:11:19 UTC", "2026-11-23 15:11:21 UTC", "2026-11-23 15:11:27 UTC",
+                  "The receptionist asked us to call back.", "<dt>best time</dt><dd>after 10</dd>",
+                  "2026-11-24 10:00 UTC", "the callee asked to be called back", "Ask for Maria.",
+                  "Everything the analyzer returned", "Call back after 10, ask for Maria."):
+        assert shown in page, shown
+    assert "15:11:19.841857" not in page and "the callee asked not to be called again" not in page
 
 
 async def test_campaign_page_offers_only_the_actions_its_state_allows(alice):

@@ -28,6 +28,7 @@ from webui import api, pages
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
+from webui.views import format_when
 
 log = logging.getLogger("opendeep.webui")
 
@@ -82,6 +83,7 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     )
     app.state.runtime = runtime
     app.state.templates = Jinja2Templates(directory=HERE / "templates", context_processors=[_template_globals])
+    app.state.templates.env.filters["when"] = format_when
     app.state.assistant = assistant or UIAssistantService(runtime.settings)
     app.state.rate_limiter = rate_limiter or LoginRateLimiter()
     app.state.shutdown = asyncio.Event()     # set on stop: ends the live event streams

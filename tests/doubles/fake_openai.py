@@ -144,6 +144,7 @@ DEMO_TARGETS = (("Bright Smile Dental", "+14155550101"), ("Golden Gate Dentistry
 # function calls come once it has finished saying what precedes them, as from the real model.
 REALTIME_CHUNK_SECONDS = 0.1
 DEMO_QUESTION = "They can do Tuesday at 10:00 or Thursday at 15:30. Which one should I book?"
+DEMO_CALLEE_OFFER = "Let me look... We have Tuesday at 10:00 or Thursday at 15:30."
 
 
 def always_open_window(number: str, now: datetime | None = None) -> dict[str, str]:
@@ -240,12 +241,13 @@ class ScriptedModels:
                                                             "summary": "A cleaning was booked."}))
         if index == 0:
             return FakeResponse(audio=self.speech, transcript=greeting, chunk_interval=REALTIME_CHUNK_SECONDS,
+                                callee_reply=DEMO_CALLEE_OFFER,
                                 function_call=("request_user_feedback", {"question": self.question}))
         if index == 1:
             answer = _last_function_output(conn)
             self.answers_heard.append(answer)
-            return FakeResponse(audio=self.speech, transcript=f"Thank you. {answer} Goodbye!",
-                                chunk_interval=REALTIME_CHUNK_SECONDS,
+            return FakeResponse(audio=self.speech, transcript=f"Thank you. {answer.rstrip('.!')}. Goodbye!",
+                                chunk_interval=REALTIME_CHUNK_SECONDS, callee_reply="You're welcome, bye!",
                                 function_call=("end_call", {"outcome": "objective_met",
                                                             "summary": f"Booked: {answer}"}))
         return None

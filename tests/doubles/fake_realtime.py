@@ -43,6 +43,7 @@ class FakeResponse:
     function_call: tuple[str, dict[str, Any]] | None = None
     chunk_bytes: int = 800          # mu-law bytes per delta (100 ms); the real API streams faster than realtime
     chunk_interval: float = 0.0     # seconds between deltas
+    callee_reply: str = ""          # what the callee then says, as the API's input transcription reports it
 
 
 class FakeRealtimeConnection:
@@ -117,6 +118,10 @@ class FakeRealtimeConnection:
             if response.transcript:
                 await self.send({"type": "response.output_audio_transcript.done", **common,
                                  "transcript": response.transcript})
+            if response.callee_reply:
+                await self.send({"type": "conversation.item.input_audio_transcription.completed",
+                                 "item_id": self.next_id("item"), "content_index": 0,
+                                 "transcript": response.callee_reply})
             output: list[dict[str, Any]] = []
             if response.function_call:
                 name, arguments = response.function_call
