@@ -53,7 +53,6 @@ class RecordWriter:
         self._queue: collections.deque[tuple[CallRef | None, Record | asyncio.Future]] = collections.deque()
         self._writer: asyncio.Task | None = None
         self._writing: list[tuple[CallRef, Record]] = []   # taken from the queue, not yet written
-        self.transactions = 0   # batches committed (one per pass when all goes well)
 
     def put(self, call: CallRef, record: Record) -> None:
         self._queue.append((call, record))
@@ -151,7 +150,6 @@ class RecordWriter:
             records = [(call, record) for call, record in records if (call.user_id, call.call_id) in owned]
             for call, (kind, args) in records:
                 await _write(db, call, kind, args)
-        self.transactions += 1
         if self.events is not None:
             for call, (kind, args) in records:
                 if kind == "transcript":

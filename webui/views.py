@@ -54,7 +54,7 @@ def next_action(task: Task) -> str:
     if task.status is TaskStatus.ON_HOLD and "paused" in (task.context or {}):
         return "paused — resume to schedule it again"
     if task.status in PAUSABLE:
-        return f"call at {task.next_action_time:%Y-%m-%d %H:%M} UTC (attempt {task.attempt_count + 1} " \
+        return f"call at {format_when(task.next_action_time)} (attempt {task.attempt_count + 1} " \
                f"of {task.max_attempts})"
     if task.status is TaskStatus.QUEUED:
         return "dialing now"
