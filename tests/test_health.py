@@ -90,3 +90,24 @@ async def test_a_database_that_does_not_answer_is_503_without_its_address():
     assert report["database"] == {"ok": False, "dialect": "postgresql", "error": report["database"]["error"]}
     assert report["database"]["error"] in {"ConnectionRefusedError", "OSError", "timeout"}
     assert "hunter2" not in response.text and "127.0.0.1" not in response.text
+
+
+async def test_a_database_that_accepts_and_stays_silent_is_503_timeout_within_the_limit():
+    """A hung database (the TCP connection is accepted, nothing is ever answered) must not hang /healthz."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    url = f"postgresql+asyncpg://opendeep@127.0.0.1:{silent.sockets[0].getsockname()[1]}/opendeep"
+    engine = create_engine(url)
+    runtime = Runtime(settings=load_settings({"DATABASE_URL": url, "SECRET_KEY": "test"}, dotenv=None),
+                      engine=engine, sessions=session_factory(engine), events=EventHub())
+    client = WebClient(create_app(runtime))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        response = await client.http.get("/healthz")
+    finally:
+        await client.aclose()
+        await engine.dispose()
+        silent.close()
+    assert loop.time() - started < 5   # DATABASE_TIMEOUT_SECONDS is 2 s
+    assert response.status_code == 503
+    assert response.json()["database"] == {"ok": False, "dialect": "postgresql", "error": "timeout"}
