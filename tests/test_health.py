@@ -5,7 +5,6 @@ running); 503 naming the part that does not, otherwise. No login, and nothing of
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 
@@ -16,23 +15,18 @@ from opendeep.serve import COMPONENTS, serve
 from opendeep.settings import load_settings
 from tests.doubles.ami_helpers import eventually
 from tests.doubles.fake_ami import FakeAmi
+from tests.doubles.serve_process import free_port
 from tests.doubles.webui_client import WebClient
 from webui.app import create_app
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_healthy_while_logged_in_to_asterisk_and_503_naming_ami_when_asterisk_goes(settings_env, engine):
     fake = FakeAmi(username="opendeep", secret="secret")
     ami_port = await fake.start()
-    web = _free_port()
+    web = free_port()
     settings = load_settings({
-        **settings_env, "WEB_BIND": f"127.0.0.1:{web}", "FASTAGI_BIND": f"127.0.0.1:{_free_port()}",
-        "AUDIOSOCKET_BIND": f"127.0.0.1:{_free_port()}", "AMI_PORT": str(ami_port), "AMI_SECRET": "secret",
+        **settings_env, "WEB_BIND": f"127.0.0.1:{web}", "FASTAGI_BIND": f"127.0.0.1:{free_port()}",
+        "AUDIOSOCKET_BIND": f"127.0.0.1:{free_port()}", "AMI_PORT": str(ami_port), "AMI_SECRET": "secret",
         "AMI_RECONNECT_MAX_SECONDS": "1", "SCHEDULER_POLL_SECONDS": "0.2"}, dotenv=None)
     runtime = Runtime(settings=settings, engine=engine, sessions=session_factory(engine), events=EventHub())
     stop = asyncio.Event()

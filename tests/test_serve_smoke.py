@@ -13,13 +13,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.doubles.serve_process import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
@@ -40,7 +37,7 @@ def test_serve_runs_everything_and_waits_for_asterisk(tmp_path):
                              env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database},
                              capture_output=True, text=True, timeout=60)
     assert upgrade.returncode == 0, upgrade.stderr
-    web, fastagi, audiosocket, ami = (_free_port() for _ in range(4))   # nothing listens on `ami`
+    web, fastagi, audiosocket, ami = (free_port() for _ in range(4))   # nothing listens on `ami`
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database, "WEB_BIND": f"127.0.0.1:{web}",
            "FASTAGI_BIND": f"127.0.0.1:{fastagi}", "AUDIOSOCKET_BIND": f"127.0.0.1:{audiosocket}",
            "AMI_PORT": str(ami), "AMI_RECONNECT_MAX_SECONDS": "2", "SCHEDULER_POLL_SECONDS": "0.5",
