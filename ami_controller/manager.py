@@ -48,7 +48,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("opendeep.ami")
 
 OUTBOUND_CONTEXT = "opendeep-outbound"          # dialplan/extensions_opendeep.conf: the ;2 half dials the callee
-ORIGINATOR_CONTEXT = "opendeep-originator"      # where the ;1 half waits while the call lasts
+CONNECTED_CONTEXT = "opendeep-connected"        # where the ;1 half goes once the callee answered (the AI)
+# The Originate waits for the callee to answer: call-start's AGI round trip, then Dial's ring time
+# (ORIGINATE_TIMEOUT_SECONDS). This margin keeps Asterisk's Dial, not the Originate, the one that times out,
+# so an unanswered call ends as DIALSTATUS=NOANSWER.
+ORIGINATE_MARGIN_SECONDS = 15
 EVENT_CLASSES = "call"                          # every event we read is in the `call` class
 LOGIN_TIMEOUT_SECONDS = 10.0
 CALL_UNIQUEID = re.compile(r"opendeep-(\d+)(-b)?")
@@ -338,8 +342,9 @@ class AmiController:
     async def originate(self, call: Call) -> str:
         """Send the async Originate for a `calls` row; return its ActionID once Asterisk has queued it.
 
-        `Local/<number>@opendeep-outbound/n`: the ;2 half runs our dialplan (call-start AGI, Dial, AudioSocket);
-        the ;1 half waits in `opendeep-originator`. `/n` keeps the Local pair from being optimized away.
+        `Local/<number>@opendeep-outbound/n`: the ;2 half runs our dialplan (call-start AGI, Dial); once the
+        callee answers, the ;1 half runs `opendeep-connected` (the AI, through AudioSocket). `/n` keeps the Local
+        pair from being optimized away.
         """
         number = call.dialed_number
         if self.settings.app_test_mode and number != self.settings.app_test_mode_redirect_number:
@@ -355,10 +360,10 @@ class AmiController:
             ("Channel", f"Local/{number}@{OUTBOUND_CONTEXT}/n"),
             ("ChannelId", one),
             ("OtherChannelId", two),
-            ("Context", ORIGINATOR_CONTEXT),
+            ("Context", CONNECTED_CONTEXT),
             ("Exten", "s"),
             ("Priority", "1"),
-            ("Timeout", str(self.settings.originate_timeout_seconds * 1000)),
+            ("Timeout", str((self.settings.originate_timeout_seconds + ORIGINATE_MARGIN_SECONDS) * 1000)),
             ("Async", "true"),
         ]
         if self.settings.caller_id:
@@ -451,27 +456,27 @@ class AmiController:
         if call_id is None:
             return
         track = self._tracks.setdefault(call_id, _CallTrack())
+        one, two = call_uniqueids(call_id)
+        # The callee's Dial() runs on the ;2 half; the ;1 half dials the AudioSocket channel and transfers.
+        callee_dial = _header(message, "Uniqueid") == two
         if name == "Newchannel":
-            if _header(message, "Uniqueid") == call_uniqueids(call_id)[1]:
+            if _header(message, "Uniqueid") == two:
                 track.saw_dialplan_half = True
-        elif name == "DialBegin" and _header(message, "Channel"):
-            # A DialBegin with a caller channel is the dialplan's Dial() of the callee (the Originate's own
-            # dial of the ;1 half has Dest* headers only).
+        elif name == "DialBegin" and callee_dial:
             await self._advance(call_id, CallStatus.RINGING, "ami.dial_begin",
                                 {"dest_channel": _header(message, "DestChannel") or None})
-        elif name == "DialEnd" and _header(message, "Channel"):
+        elif name == "DialEnd" and callee_dial:
             track.dial_status = _header(message, "DialStatus") or None
             payload = {"dial_status": track.dial_status, "dest_channel": _header(message, "DestChannel") or None}
             if track.dial_status == "ANSWER":
-                await self._advance(call_id, CallStatus.ANSWERED, "ami.dial_end", payload,
-                                    channel=_header(message, "DestChannel"))
+                await self._advance(call_id, CallStatus.ANSWERED, "ami.dial_end", payload)
             else:
                 await self._record(call_id, "ami.dial_end", payload)
         elif (name == "Newstate" and _header(message, "ChannelState") == "5"
               and not _header(message, "Channel").startswith("Local/")):
             await self._advance(call_id, CallStatus.RINGING, "ami.ringing",
                                 {"channel": _header(message, "Channel") or None})
-        elif name == "Hangup" and _header(message, "Uniqueid") == call_uniqueids(call_id)[0]:
+        elif name == "Hangup" and _header(message, "Uniqueid") == one:
             # The ;1 half goes last: the call is over as far as Asterisk is concerned.
             track.hangup_cause = _int_or_none(_header(message, "Cause"))
             outcome = map_dial_status(track.dial_status, track.hangup_cause)
@@ -492,9 +497,9 @@ class AmiController:
             await session.commit()
         outcome = map_originate_reason(_int_or_none(reason), response)
         if outcome is CallOutcome.ANSWERED:
-            # Success means the Local channel is up. The shipped dialplan answers it before Dial(), so this
-            # is not the callee answering: that is DialEnd ANSWER (and FastAGI call-answered).
-            await self._advance(call.id, CallStatus.ORIGINATING, None, {})
+            # Success: the ;1 half is up, which it is only once the callee answered (nothing in the shipped
+            # dialplan answers before). The call's end comes from the `h` extension and the Hangup event.
+            await self._advance(call.id, CallStatus.ANSWERED, None, {})
             return
         if _int_or_none(reason) == 1 and track.saw_dialplan_half:
             # "Hung up" says little; the dialplan's `h` extension reports DIALSTATUS (busy, no answer...).

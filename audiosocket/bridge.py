@@ -2,7 +2,8 @@
 
 Audio moves one way through small steps:
 
-    caller -> model:  socket bytes -> FrameReader (decode) -> mu-law -> input_audio_buffer.append
+    caller -> model:  socket bytes -> FrameReader (decode) -> [held while the model connects] -> mu-law
+                      -> input_audio_buffer.append
     model -> caller:  response.output_audio.delta -> slin (decode) -> OutboundPacer (queue, pace) -> socket (write)
 
 and three things can end the call: Asterisk (hangup frame / EOF), the AI (end_call, transfer_to_human) or a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import enum
 import logging
@@ -37,6 +39,7 @@ ConnectModel = Callable[[str, list[dict[str, Any]]], Awaitable[RealtimeSession]]
 GOODBYE_SECONDS = 8.0          # longest wait for the AI's last words before the hangup frame
 GOODBYE_START_SECONDS = 2.0     # ...and for it to start
 MODEL_LOST_DRAIN_SECONDS = 1.0  # model gone: play what is queued, then hang up (well inside 2 s)
+HANGUP_CLOSE_WAIT_SECONDS = 2.0  # after our hangup frame, how long Asterisk may take to close the socket
 TRANSFER_WAIT_SECONDS = 3.0     # after a Redirect Asterisk takes the channel out of AudioSocket() itself
 GOODBYE_PROMPT = "The call has to end now. Say one short, polite goodbye sentence and nothing else."
 READ_SIZE = 65536
@@ -48,6 +51,9 @@ INPUT_CHUNK_FRAMES = 1
 # so an overloaded process catches up instead of falling further behind. 0: never -- every append is one 20 ms
 # frame, which tests/test_e2e_campaign.py pins down; see bench/bench_audiosocket.py --catch-up.
 CATCH_UP_FRAMES = 0
+# The callee's audio from the moment of answer is held while the model session connects ("Hello?" is often said
+# before it is ready), then sent in order. 10 s of it at most; a model that takes longer ends the call anyway.
+EARLY_AUDIO_FRAMES = 500
 
 
 class EndReason(enum.StrEnum):
@@ -101,8 +107,8 @@ class CallBridge:
         self._initial_frames = list(initial_frames)
         self.stats = stats
         self.recorder = CallRecorder(records, call)
-        self.tools = CallTools(runtime, call, on_end_call=self._on_end_call, on_transfer=self._on_transfer,
-                               user_name=user_name)
+        self.tools = CallTools(runtime, call, self.recorder, on_end_call=self._on_end_call,
+                               on_transfer=self._on_transfer, user_name=user_name)
         self.pacer: OutboundPacer | None = None
         self.model: RealtimeSession | None = None
         self.end_reason: EndReason | None = None
@@ -124,6 +130,8 @@ class CallBridge:
         self._speech_start_ms: dict[str, int] = {}
         self._resample_state: Any = None
         self._held_audio: list[bytes] = []         # frames waiting for a full INPUT_CHUNK_FRAMES append
+        self._early_audio: collections.deque[bytes] = collections.deque(maxlen=EARLY_AUDIO_FRAMES)
+        self._model_ready = False                  # connected and the early audio sent
         self._held_read_at: list[float] = []
 
     # ------------------------------------------------------------------ the call, top to bottom
@@ -231,9 +239,12 @@ class CallBridge:
         return True
 
     async def _to_model(self, audio: list[bytes], read_at: float) -> None:
+        if self._ending:
+            return   # hanging up: there is nobody to hear it
+        if not self._model_ready:
+            self._early_audio.extend(audio)   # still connecting: sent once the session is ready
+            return
         model = self.model
-        if model is None or self._ending:
-            return   # still connecting, or hanging up: there is nobody to hear it
         stats = self.stats
         if len(audio) > 1 and INPUT_CHUNK_FRAMES == 1 and not (CATCH_UP_FRAMES and len(audio) > CATCH_UP_FRAMES):
             for slin in audio:   # keep one append per frame
@@ -281,7 +292,11 @@ class CallBridge:
         self.model = await self.connect_model(self.instructions, TOOL_DEFINITIONS)
         if self._ending:
             return
-        self.recorder.event("ai.connected", {"model": self.model.model})
+        early = len(self._early_audio)
+        while self._early_audio:   # what the callee said while we connected, in order; more may arrive meanwhile
+            await self.model.append_audio(self._early_audio.popleft())
+        self._model_ready = True   # no await since the buffer was empty: later frames go straight to the model
+        self.recorder.event("ai.connected", {"model": self.model.model, "early_audio_ms": early * 20})
         await self.model.create_response()   # the greeting: the callee answered and waits for us
         next_event = self.model.next_event
         while True:
@@ -431,6 +446,9 @@ class CallBridge:
         if reason not in NO_HANGUP_FRAME and not self._caller_gone.is_set():
             with contextlib.suppress(Exception):
                 self._write(HANGUP_FRAME)   # 00 00 00: Asterisk closes within a millisecond
+            # Let Asterisk close first: a frame it writes to a socket we already closed is a logged error.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._caller_gone.wait(), HANGUP_CLOSE_WAIT_SECONDS)
         tasks = [*self._tasks, *self._tool_tasks]
         for task in tasks:
             task.cancel()

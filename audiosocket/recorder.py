@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Speaker
+from db.types import utcnow
 from opendeep.events import EventHub
 
 log = logging.getLogger("opendeep.audiosocket.recorder")
@@ -164,8 +165,8 @@ async def _write(db: AsyncSession, ref: CallRef, kind: str, args: tuple[Any, ...
         db.add(CallTranscript(user_id=ref.user_id, call_id=ref.call_id, speaker=speaker, text=text,
                               offset_ms=offset_ms))
     elif kind == "event":
-        type_, payload = args
-        db.add(CallEvent(user_id=ref.user_id, call_id=ref.call_id, type=type_, payload=payload))
+        type_, payload, at = args
+        db.add(CallEvent(user_id=ref.user_id, call_id=ref.call_id, type=type_, payload=payload, at=at))
     elif kind == "hint":
         (outcome,) = args
         await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id,
@@ -188,7 +189,8 @@ class CallRecorder:
             self.writer.put(self.call, ("transcript", (speaker, text.strip(), max(0, int(offset_ms)))))
 
     def event(self, type_: str, payload: dict[str, Any] | None = None) -> None:
-        self.writer.put(self.call, ("event", (type_, payload or {})))
+        """A call event, stamped now (when it happened), however long the write waits."""
+        self.writer.put(self.call, ("event", (type_, payload or {}, utcnow())))
 
     def outcome_hint(self, outcome: CallOutcome) -> None:
         """Set calls.outcome while the call is live; the `h` extension's call-end ends the call with it."""

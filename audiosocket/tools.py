@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import update
 
 from ami_controller.manager import AmiError
-from audiosocket.recorder import CallRef
+from audiosocket.recorder import CallRecorder, CallRef
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, FeedbackStatus
 from db.types import utcnow
@@ -78,11 +78,12 @@ TOOL_DEFINITIONS: list[dict[str, Any]] = [
 class CallTools:
     """The tools of one call. `on_end_call(outcome, summary)` and `on_transfer(extension)` tell the bridge."""
 
-    def __init__(self, runtime: Runtime, call: CallRef, *, on_end_call: Callable[[AiCallOutcome, str], None],
-                 on_transfer: Callable[[str], None], user_name: str = "the user",
-                 poll_seconds: float = HITL_POLL_SECONDS) -> None:
+    def __init__(self, runtime: Runtime, call: CallRef, recorder: CallRecorder, *,
+                 on_end_call: Callable[[AiCallOutcome, str], None], on_transfer: Callable[[str], None],
+                 user_name: str = "the user", poll_seconds: float = HITL_POLL_SECONDS) -> None:
         self.runtime = runtime
         self.call = call
+        self.recorder = recorder   # the call's events go in order with the rest, and survive the call's end
         self.on_end_call = on_end_call
         self.on_transfer = on_transfer
         self.user_name = user_name
@@ -107,7 +108,7 @@ class CallTools:
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         finally:
             self.pending -= 1
-        await self._record("ai.tool", {"name": name, "arguments": args, "result": result})
+        self._record("ai.tool", {"name": name, "arguments": args, "result": result})
         return result
 
     async def _dispatch(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +148,7 @@ class CallTools:
             verdict = AiCallOutcome(outcome)
         except ValueError:
             verdict = AiCallOutcome.OTHER
-        await self._record("ai.end_call", {"outcome": verdict.value, "summary": summary,
+        self._record("ai.end_call", {"outcome": verdict.value, "summary": summary,
                                            "outcome_given": outcome})
         if verdict is AiCallOutcome.VOICEMAIL:
             await self._set_outcome_hint(CallOutcome.VOICEMAIL)
@@ -167,7 +168,7 @@ class CallTools:
             if request is None:
                 return {"ok": False, "error": "this call is no longer known; cannot ask"}
             request_id = request.id
-        await self._record("ai.feedback_asked", {"request_id": request_id, "question": question})
+        self._record("ai.feedback_asked", {"request_id": request_id, "question": question})
         async with self.runtime.events.subscribe(ref.user_id) as inbox:
             self.runtime.events.publish(ref.user_id, "feedback.asked", {
                 "request_id": request_id, "call_id": ref.call_id, "task_id": ref.task_id, "question": question})
@@ -181,7 +182,7 @@ class CallTools:
             return {"ok": True, "answered": True, "answer": answer}
         if status is FeedbackStatus.TIMED_OUT:
             self.runtime.events.publish(ref.user_id, "feedback.timed_out", {"request_id": request_id})
-            await self._record("ai.feedback_timed_out", {"request_id": request_id})
+            self._record("ai.feedback_timed_out", {"request_id": request_id})
         return {"ok": True, "answered": False,
                 "message": f"No answer came from {self.user_name} within {timeout} seconds. Tell the callee you "
                            f"could not reach {self.user_name} right now, and carry on without it or offer "
@@ -246,7 +247,7 @@ class CallTools:
         text = text.strip()
         if not text:
             return {"ok": False, "error": "note is empty"}
-        await self._record("ai.note", {"text": text})
+        self._record("ai.note", {"text": text})
         return {"ok": True}
 
     # ------------------------------------------------------------------ helpers
@@ -260,12 +261,8 @@ class CallTools:
             return "", {"ok": False, "error": "the call's channel is not known yet; try again in a moment"}
         return call.channel, None
 
-    async def _record(self, type_: str, payload: dict[str, Any]) -> None:
-        try:
-            async with self.runtime.sessions() as db, db.begin():
-                await repo.record_call_event(db, self.call.user_id, self.call.call_id, type_, payload)
-        except Exception:
-            log.exception("call %s: could not record %s", self.call.call_id, type_)
+    def _record(self, type_: str, payload: dict[str, Any]) -> None:
+        self.recorder.event(type_, payload)
 
     async def _set_outcome_hint(self, outcome: CallOutcome) -> None:
         async with self.runtime.sessions() as db, db.begin():

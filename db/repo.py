@@ -196,7 +196,8 @@ async def record_call_event(session: AsyncSession, user_id: int, call_id: int, t
 
 async def list_call_events(session: AsyncSession, user_id: int, call_id: int) -> Sequence[CallEvent]:
     rows = await session.scalars(
-        select(CallEvent).where(CallEvent.user_id == user_id, CallEvent.call_id == call_id).order_by(CallEvent.id)
+        select(CallEvent).where(CallEvent.user_id == user_id, CallEvent.call_id == call_id)
+        .order_by(CallEvent.at, CallEvent.id)   # when it happened: the recorder writes some events later
     )
     return rows.all()
 

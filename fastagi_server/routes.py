@@ -1,17 +1,16 @@
 """What OpenDeep decides when Asterisk's dialplan asks (dialplan/extensions_opendeep.conf calls these).
 
-    call-start     on the Local ;2 channel, before Dial(): may this call ring, and how? Sets OPENDEEP_DIAL,
-                   OPENDEEP_AS_UUID, OPENDEEP_AS_ADDR, OPENDEEP_BRIDGE, OPENDEEP_RING_SECONDS,
-                   OPENDEEP_MAX_SECONDS, or OPENDEEP_ABORT=<reason> (then nothing is dialed).
-    call-answered  on the callee's channel the moment it answers (Dial's U() subroutine): records the channel
-                   that live-call commands (DTMF, transfer, hangup) target.
-    amd            on the callee's channel after AMD(): MACHINE -> voicemail; HUMAN / NOTSURE -> talk.
+    call-start     on the Local ;2 channel, before Dial(): may this call ring, and how? Sets OPENDEEP_DIAL and
+                   OPENDEEP_RING_SECONDS, or OPENDEEP_ABORT=<reason> (then nothing is dialed).
+    call-answered  on the Local ;1 channel once the callee answered ([opendeep-connected]): records that channel
+                   (DTMF, transfer and hangup target it) and sets OPENDEEP_AS_UUID, OPENDEEP_AS_ADDR,
+                   OPENDEEP_BRIDGE and OPENDEEP_MAX_SECONDS for Dial(AudioSocket/...).
+    amd            on the ;1 channel after AMD(): MACHINE -> voicemail; HUMAN / NOTSURE -> talk.
     call-end       in the `h` extension of the Local ;2 channel: DIALSTATUS, HANGUPCAUSE, ANSWEREDTIME ->
                    ami_controller.outcomes.finish_call (calls row, call_events, task moved on).
 
 The call's identity (call id, user id) comes as the AGI() arguments: the shipped dialplan passes
-${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID} on the Local channel (where the AMI Originate set them) and ARG1,ARG2
-on the callee's channel (which does not inherit them). Without arguments the route asks for the
+${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID}, which the AMI Originate set on both Local halves. Without arguments the route asks for the
 OPENDEEP_CALL_ID / OPENDEEP_USER_ID variables (GET VARIABLE). Every query is scoped by that user: a call id of
 another tenant is simply unknown.
 
@@ -132,11 +131,7 @@ class CallRoutes:
         if decision.abort is not None:
             await agi.set_variable("OPENDEEP_ABORT", decision.abort)
             return
-        await agi.set_variable("OPENDEEP_AS_UUID", decision.audiosocket_uuid)
-        await agi.set_variable("OPENDEEP_AS_ADDR", self.settings.audiosocket_address)
-        await agi.set_variable("OPENDEEP_BRIDGE", "1" if decision.bridge else "0")
         await agi.set_variable("OPENDEEP_RING_SECONDS", str(self.settings.originate_timeout_seconds))
-        await agi.set_variable("OPENDEEP_MAX_SECONDS", str(self.settings.max_call_seconds))
         # Last on purpose: OPENDEEP_DIAL is the dialplan's go signal, so a session cut short never dials.
         await agi.set_variable("OPENDEEP_DIAL", decision.dial)
 
@@ -248,7 +243,9 @@ class CallRoutes:
     # ------------------------------------------------------------ call-answered
 
     async def call_answered(self, agi: AgiSession) -> None:
-        """The callee answered: remember its channel (DTMF, transfer and hangup target it) and the time."""
+        """The callee answered: remember the channel live-call commands target (the Local ;1 half, bridged to
+        the callee) and the time, and tell the dialplan where the AI is. Without OPENDEEP_AS_UUID the dialplan
+        hangs up."""
         call_id, user_id = await _identity(agi)
         if call_id is None or user_id is None:
             log.warning("call-answered on %s without a call id: nothing recorded", agi.env.channel)
@@ -259,16 +256,22 @@ class CallRoutes:
             if call is None:
                 log.warning("call-answered: call %s of user %s not found (channel %s)", call_id, user_id, channel)
                 return
-            if call.status is CallStatus.ENDED:
-                log.info("call-answered: call %s already ended; channel %s not recorded", call_id, channel)
+            if call.status is CallStatus.ENDED or not call.audiosocket_uuid:
+                log.info("call-answered: call %s already ended or never started; hanging up %s", call_id, channel)
                 return
             call.channel = channel[:128]
             call.answered_at = call.answered_at or utcnow()
             call.status = CallStatus.ANSWERED
             db.add(_call_event(call, "agi.call_answered", {"channel": channel}))
-            task_id = call.task_id
+            task_id, audiosocket_uuid = call.task_id, call.audiosocket_uuid
         self._publish(user_id, "call.updated", {"call_id": call_id, "task_id": task_id,
                                                 "status": CallStatus.ANSWERED.value, "outcome": None})
+        bridge, _ = self._bridge_decision()
+        await agi.set_variable("OPENDEEP_AS_ADDR", self.settings.audiosocket_address)
+        await agi.set_variable("OPENDEEP_BRIDGE", "1" if bridge else "0")
+        await agi.set_variable("OPENDEEP_MAX_SECONDS", str(self.settings.max_call_seconds))
+        # Last on purpose: without the UUID the dialplan connects nothing.
+        await agi.set_variable("OPENDEEP_AS_UUID", audiosocket_uuid)
 
     # ------------------------------------------------------------ amd
 
@@ -300,7 +303,6 @@ class CallRoutes:
         dial_status = await agi.get_variable("DIALSTATUS") or ""
         hangup_cause = _int_or_none(await agi.get_variable("HANGUPCAUSE"))
         answered_seconds = _float_or_none(await agi.get_variable("ANSWEREDTIME"))
-        bridge = await agi.get_variable("OPENDEEP_BRIDGE")
         if call_id is None or user_id is None:
             log.warning("call-end on %s without valid OPENDEEP_CALL_ID/OPENDEEP_USER_ID (DIALSTATUS=%s)",
                         agi.env.channel, dial_status)
@@ -314,8 +316,8 @@ class CallRoutes:
             if outcome is CallOutcome.ANSWERED:
                 if call.outcome in (CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI):
                     outcome = call.outcome  # a hint set during the call (AMD, or the call AI lost its model)
-                elif bridge != "1":
-                    outcome = CallOutcome.FAILED_AI  # answered, but the AI was never on the line
+                elif not self._bridge_decision()[0]:
+                    outcome = CallOutcome.FAILED_AI  # answered, but no AI could take the call
             ended = await finish_call(db, self.settings, user_id=user_id, call_id=call_id, outcome=outcome,
                                       dial_status=dial_status or None, hangup_cause=hangup_cause,
                                       answered_seconds=answered_seconds, source="agi.call-end",

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -24,7 +23,6 @@ from tests.doubles.fake_openai import FakeOpenAI
 from tests.doubles.fake_realtime import FakeRealtime
 
 PG_ADMIN_URL = os.environ.get("OPENDEEP_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def _pg_url_for(database: str) -> str:
@@ -145,3 +143,70 @@ async def fake_openai():
 def llm_settings(settings, fake_openai):
     """Settings whose LLM is the fake OpenAI server."""
     return dataclasses.replace(settings, openai_base_url=fake_openai.base_url, llm_timeout_seconds=5.0)
+
+
+# ---------------------------------------------------------------- a real Asterisk 22 (tests/asterisk/)
+
+REQUIRE_ASTERISK = os.environ.get("OPENDEEP_REQUIRE_ASTERISK", "") not in ("", "0", "false")
+
+
+def pytest_report_header(config):
+    from tests.asterisk.instance import asterisk_version, find_asterisk
+
+    binary, reason = find_asterisk()
+    if binary is None:
+        return [f"real Asterisk: none, its tests are skipped ({reason}). To run them: install Asterisk >= 22 and "
+                f"set ASTERISK_BIN, or put the source tarball at ../shared/asterisk/ (or ASTERISK_TARBALL)"]
+    return [f"real Asterisk: {binary} ({asterisk_version(binary)})"]
+
+
+@pytest.fixture(scope="session")
+def asterisk_instance(tmp_path_factory):
+    """A private Asterisk for the whole test session (tests/asterisk/instance.py)."""
+    from tests.asterisk.instance import AsteriskInstance, find_asterisk
+
+    binary, reason = find_asterisk()
+    if binary is None:
+        if REQUIRE_ASTERISK:
+            pytest.fail(f"OPENDEEP_REQUIRE_ASTERISK is set but there is no Asterisk: {reason}")
+        pytest.skip(f"no real Asterisk: {reason}")
+    instance = AsteriskInstance(binary, tmp_path_factory.mktemp("asterisk"))
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+class AsteriskUnderTest:
+    """The session's Asterisk as one test sees it: `expect_log(pattern, why)` names a WARNING / ERROR line this
+    test provokes on purpose; any other one fails the test."""
+
+    def __init__(self, instance) -> None:
+        self.instance = instance
+        self.expected: list[tuple[str, str]] = []
+        self.mark = instance.log_mark()
+
+    def __getattr__(self, name):
+        return getattr(self.instance, name)
+
+    def expect_log(self, pattern: str, why: str) -> None:
+        self.expected.append((pattern, why))
+
+    def unexpected_problems(self) -> list[str]:
+        import re
+
+        return [line for line in self.instance.problems_since(self.mark)
+                if not any(re.search(pattern, line) for pattern, _ in self.expected)]
+
+
+@pytest.fixture
+def asterisk(asterisk_instance, request):
+    """The real Asterisk for one test; a WARNING or ERROR it logs during the test fails the test."""
+    if not asterisk_instance.running:   # a test before this one killed it on purpose
+        asterisk_instance.start()
+    under_test = AsteriskUnderTest(asterisk_instance)
+    yield under_test
+    problems = under_test.unexpected_problems()
+    if problems:
+        pytest.fail("Asterisk logged WARNING/ERROR lines this test did not expect:\n" + "\n".join(problems)
+                    + f"\n--- last lines of {asterisk_instance.logdir / 'full'}:\n" + asterisk_instance.log_tail(60),
+                    pytrace=False)

@@ -210,11 +210,12 @@ async def campaign_create(request: Request) -> Response:
 
 
 async def campaign_get(request: Request) -> Response:
-    async with _runtime(request).sessions() as session:
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
         detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"))
     if detail is None:
         raise not_found("campaign")
-    return JSONResponse(detail)
+    return JSONResponse({**detail, "asterisk": views.asterisk_state(runtime.ami)})
 
 
 async def _run_control(run, action_name: str) -> Response:

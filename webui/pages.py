@@ -230,11 +230,12 @@ async def campaign_list(request: Request) -> Response:
 
 
 async def _detail(request: Request) -> dict[str, Any]:
-    async with _runtime(request).sessions() as session:
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
         detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"))
     if detail is None:
         raise not_found("campaign")
-    return detail
+    return {**detail, "asterisk": views.asterisk_state(runtime.ami)}
 
 
 async def campaign_page(request: Request) -> Response:

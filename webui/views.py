@@ -110,6 +110,14 @@ async def list_campaigns(session: AsyncSession, user_id: int) -> list[dict[str, 
     return [campaign_dict(c, counts.get(c.id, {})) for c in campaigns]
 
 
+def asterisk_state(ami: Any) -> dict[str, Any] | None:
+    """Whether calls can be placed now: {"connected", "address"} of the AMI controller, None where this process
+    does not run it (`serve --only web`)."""
+    if ami is None:
+        return None
+    return {"connected": bool(ami.connected), "address": ami.address}
+
+
 async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int) -> dict[str, Any] | None:
     """The campaign with every task, each task's calls (transcript and events) and decisions; None if not theirs."""
     campaign = await repo.get_campaign(session, user_id, campaign_id)
@@ -131,7 +139,7 @@ async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int)
             transcripts[line.call_id].append(transcript_dict(line))
         for event in await session.scalars(
                 select(CallEvent).where(CallEvent.user_id == user_id, CallEvent.call_id.in_(call_ids))
-                .order_by(CallEvent.id)):
+                .order_by(CallEvent.at, CallEvent.id)):
             call_events[event.call_id].append({"type": event.type, "payload": event.payload, "at": _iso(event.at)})
     if task_ids:
         for event in await session.scalars(

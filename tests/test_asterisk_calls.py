@@ -1,0 +1,184 @@
+"""The product's call path against a real Asterisk 22: `opendeep serve` (a subprocess with real sockets), the
+dialplan and AMI user that `opendeep dialplan render` wrote, #included by the private Asterisk as an admin would,
+Local-channel callees (tests/asterisk/extensions_test.conf) and the fake OpenAI server the real SDK connects to.
+Every WARNING or ERROR Asterisk logs fails the test unless the test names it (the `asterisk` fixture).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from db.models import CallOutcome, CallStatus, Speaker
+from tests.asterisk import audio_match
+from tests.asterisk.stack import (
+    ANSWERING_MACHINE,
+    ANSWERS,
+    BUSY,
+    CONGESTED,
+    HANGS_UP_FIRST,
+    IVR,
+    NO_ANSWER,
+    PERSON,
+    RealStack,
+)
+from tests.doubles.ami_helpers import eventually
+
+pytestmark = pytest.mark.asterisk
+
+ANSWER = "Tuesday at 10:00 please."
+
+
+@pytest.fixture
+async def stack(asterisk, tmp_path):
+    stack = RealStack(asterisk, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
+    await stack.start()
+    try:
+        yield stack
+    finally:
+        code = await stack.stop()
+    log = stack.serve.log_text()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+
+
+def _prompt_audio(asterisk, name: str, tmp_path) -> bytes:
+    """A stock prompt as signed linear audio, converted by Asterisk itself (`file convert`)."""
+    out = tmp_path / f"{name}.sln"
+    asterisk.rx(f"file convert {asterisk.workdir / 'data' / 'sounds' / 'en' / name}.gsm {out}")
+    return out.read_bytes()
+
+
+async def test_chat_campaign_call_is_answered_talks_both_ways_asks_the_user_and_ends(stack, asterisk, tmp_path):
+    """chat -> plan -> confirm -> Originate -> call-start -> ring -> answer -> call-answered -> AudioSocket <-> model
+    (audio checked on the Asterisk side both ways) -> HITL question answered -> end_call -> h call-end ->
+    analyzer -> summary."""
+    http, headers = stack.http, {"x-csrf-token": stack.csrf}
+    chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
+    turn = await http.post(f"/api/chats/{chat_id}/messages", headers=headers,
+                           json={"text": "Call the test callee and book me a cleaning."})
+    assert turn.status_code == 200, turn.text
+    confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
+                                json={"source_key": turn.json()["chat"]["source_key"]})
+    assert confirmed.status_code == 201, confirmed.text
+    campaign_id, [task_id] = confirmed.json()["campaign_id"], confirmed.json()["task_ids"]
+
+    answered = await stack.observer.wait_event("UserEvent", 30, UserEvent="OpenDeepTestCallee")
+    session = await stack.fake.realtime.wait_for_connection(timeout=15)
+    pending = await eventually(lambda: _pending(stack), 20, 0.2, what="the HITL question")
+    reply = await stack.api("POST", f"/api/feedback/{pending[0]['request_id']}/answer", json={"answer": ANSWER})
+    assert reply.status_code == 200, reply.text
+    task = await stack.wait_task(task_id, "completed", timeout=60)
+    summary = await eventually(lambda: _summary(stack, campaign_id), 30, 0.2, what="the campaign summary")
+    assert summary["rows"][0][summary["columns"].index("status")] == "completed"
+    assert task["calls"][0]["outcome"] == "answered"
+
+    (call, events, lines), = await stack.call_rows(task_id)
+    assert (call.status, call.outcome, call.dial_status, call.hangup_cause) == (
+        CallStatus.ENDED, CallOutcome.ANSWERED, "ANSWER", 16)
+    assert call.channel.startswith(f"Local/{ANSWERS}@opendeep-outbound-") and call.channel.endswith(";1")
+    assert call.bridged_to_ai and call.analysis["outcome"] == "success"
+    types = [event.type for event in events]
+    for expected in ("ami.originate_response", "agi.call_start", "agi.call_answered", "audiosocket.connected",
+                     "ai.connected", "ai.feedback_asked", "ai.end_call", "audiosocket.ended"):
+        assert expected in types, (expected, types)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    ended = next(e for e in events if e.type == "audiosocket.ended")
+    assert ended.payload["reason"] == "ai_ended"
+    assert [line.speaker for line in lines][:2] == [Speaker.AGENT, Speaker.CALLEE]
+
+    # What the callee heard (MixMonitor r() on its channel) holds the model's speech.
+    heard = audio_match.read_wav(asterisk.recordings / f"heard-{answered['Uniqueid']}.wav")
+    spoken = audio_match.trim_silence(audio_match.mulaw_to_slin(stack.models.speech))
+    offset, score = audio_match.find(spoken, heard)
+    assert score > 0.9, (offset, score)
+    # The model received the callee's prompt, from its first word.
+    prompt = audio_match.trim_silence(_prompt_audio(asterisk, "hello-world", tmp_path))
+    received = audio_match.mulaw_to_slin(bytes(session.audio_in))
+    offset, score = audio_match.find(prompt, received)
+    assert score > 0.9, (offset, score)
+
+
+async def _pending(stack):
+    return (await stack.api("GET", "/api/feedback")).json()["pending"]
+
+
+async def _summary(stack, campaign_id):
+    summary = (await stack.api("GET", f"/api/campaigns/{campaign_id}/summary")).json()
+    return summary if summary.get("summarized_at") else None
+
+
+@pytest.mark.parametrize(("number", "outcome", "dial_status"), [
+    (BUSY, "busy", "BUSY"),
+    (NO_ANSWER, "no_answer", "NOANSWER"),
+    (CONGESTED, "congestion", "CONGESTION"),
+])
+async def test_unanswered_calls_end_as_asterisk_reports_them_and_never_reach_the_ai(
+        stack, number, outcome, dial_status):
+    _, [task_id] = await stack.import_campaign([("Callee", number)])
+    task = await stack.wait_task(task_id, "failed", timeout=40)
+    (call, events, _), = await stack.call_rows(task_id)
+    assert (call.outcome.value, call.dial_status) == (outcome, dial_status), [e.payload for e in events]
+    assert call.answered_at is None and not call.bridged_to_ai
+    response = next(e for e in events if e.type == "ami.originate_response")
+    assert response.payload["response"] == "Failure"   # nothing answered before the callee did
+    assert stack.fake.realtime.connections == []
+    assert task["calls"][0]["outcome"] == outcome
+
+
+def _say(stack, *steps):
+    """The call AI's script: each step is (transcript, function call or None), spoken as the model's speech."""
+    from tests.doubles.fake_realtime import FakeResponse
+
+    def script(conn, index):
+        if index >= len(steps):
+            return None
+        transcript, function_call = steps[index]
+        return FakeResponse(audio=stack.models.speech, transcript=transcript, chunk_interval=0.1,
+                            function_call=function_call)
+    stack.fake.realtime.script = script
+
+
+async def test_the_ai_presses_keys_the_ivr_reads_them_then_transfers_the_callee_to_a_person(stack, asterisk):
+    """send_dtmf -> AMI PlayDTMF on the ;1 half -> the callee's Read() gets the digits; transfer_to_human -> AMI
+    Redirect of the ;1 half into [opendeep-transfer] -> the person answers and is bridged with the callee."""
+    _say(stack, ("Pressing four two.", ("send_dtmf", {"digits": "42#"})),
+         ("Putting you through.", ("transfer_to_human", {"extension": PERSON})))
+    _, [task_id] = await stack.import_campaign([("IVR", IVR)])
+    digits = await stack.observer.wait_event("UserEvent", 40, UserEvent="OpenDeepTestDigits")
+    assert (digits["Digits"], digits["Status"]) == ("42", "OK")
+    person = await stack.observer.wait_event("UserEvent", 30, UserEvent="OpenDeepTestPerson")
+    (call, _, _), = await stack.call_rows(task_id)
+    # The person's channel and OpenDeep's ;1 half (the callee on its far side) are in one bridge.
+    bridge_of = {}
+    for event in stack.observer.events("BridgeEnter"):
+        bridge_of.setdefault(event["Channel"], set()).add(event["BridgeUniqueid"])
+    person_peer = person["Channel"].replace(";2", ";1")
+    assert bridge_of[call.channel] & bridge_of[person_peer], (call.channel, person_peer, bridge_of)
+    await stack.wait_task(task_id, "completed", timeout=60)
+    (call, events, _), = await stack.call_rows(task_id)
+    tools = [(e.payload["name"], e.payload["result"]["ok"]) for e in events if e.type == "ai.tool"]
+    assert tools == [("send_dtmf", True), ("transfer_to_human", True)]
+    ended = next(e for e in events if e.type == "audiosocket.ended")
+    assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", PERSON)
+    assert (call.outcome, call.dial_status) == (CallOutcome.ANSWERED, "ANSWER")
+
+
+async def test_a_callee_who_hangs_up_first_ends_the_call_cleanly(stack, asterisk):
+    _say(stack, ("Hello, this is an AI assistant.", None))
+    _, [task_id] = await stack.import_campaign([("Hangs up", HANGS_UP_FIRST)])
+    await stack.wait_task(task_id, "completed", timeout=40)
+    (call, events, _), = await stack.call_rows(task_id)
+    ended = next(e for e in events if e.type == "audiosocket.ended")
+    assert ended.payload["reason"] == "caller_hung_up"
+    assert (call.outcome, call.dial_status, call.hangup_cause) == (CallOutcome.ANSWERED, "ANSWER", 16)
+
+
+async def test_amd_hangs_up_on_an_answering_machine_and_records_voicemail(stack, asterisk):
+    await stack.install_dialplan("--amd")
+    _, [task_id] = await stack.import_campaign([("Machine", ANSWERING_MACHINE)])
+    await stack.wait_task(task_id, "completed", "failed", "retry_scheduled", timeout=60)
+    (call, events, _), = await stack.call_rows(task_id)
+    amd = next(e for e in events if e.type == "agi.amd")
+    assert (amd.payload["amd_status"], amd.payload["action"]) == ("MACHINE", "hangup"), amd.payload
+    assert call.outcome is CallOutcome.VOICEMAIL
+    assert stack.fake.realtime.connections == []   # the AI never spoke to the machine
