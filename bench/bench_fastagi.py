@@ -48,8 +48,9 @@ from fastagi_server.protocol import AgiEnvironment, quote_argument, split_script
 from fastagi_server.routes import CallRoutes, CallStartDecision  # noqa: E402
 from fastagi_server.server import FastAgiServer  # noqa: E402
 from opendeep.settings import load_settings  # noqa: E402
+from tests.doubles.captures import CAPTURES  # noqa: E402
 
-ENVIRONMENT = (ROOT.parent / "shared" / "asterisk" / "agi-env-answered.raw").read_bytes()
+ENVIRONMENT = (CAPTURES / "agi-env-answered.raw").read_bytes()
 SERVERS = {"ours": "ours (fastagi_server)", "panoramisk": "panoramisk fast_agi.Application"}
 
 

@@ -11,7 +11,8 @@ from panoramisk import Manager
 
 from ami_controller.manager import AmiController, AmiError, AmiNotConnected, AmiRefused, WireAction
 from db.models import Call
-from tests.doubles.ami_helpers import CAPTURES, ami_settings, eventually
+from tests.doubles.ami_helpers import ami_settings, eventually
+from tests.doubles.captures import CAPTURES
 from tests.doubles.fake_ami import FakeAmi, pairs_all, pairs_get
 
 RAW = (CAPTURES / "ami-originate-local.raw").read_bytes()

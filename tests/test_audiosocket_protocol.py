@@ -1,4 +1,4 @@
-"""The AudioSocket wire, checked against the bytes a real Asterisk 22 sent (../shared/asterisk)."""
+"""The AudioSocket wire, checked against the bytes a real Asterisk 22 sent (tests/captures)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from audiosocket.protocol import (
     encode_dtmf,
     encode_uuid,
 )
-from tests.conftest import SHARED
+from tests.doubles.captures import CAPTURES
 
-CAPTURE = SHARED / "asterisk" / "audiosocket-session.txt"
+CAPTURE = CAPTURES / "audiosocket-session.txt"
 LINE = re.compile(r"\s*([\d.]+) kind=0x([0-9a-f]{2}) len=(\d+) head=([0-9a-f]+)")
 
 

@@ -24,11 +24,11 @@ from fastagi_server.protocol import (
 from tests.doubles.agi_client import (
     ENV_ANSWERED,
     ENV_H_EXTENSION,
-    SHARED,
     FakeAsteriskAgi,
     build_environment,
     parse_args,
 )
+from tests.doubles.captures import CAPTURES
 
 
 def test_captured_answered_environment_parses_with_script_query_and_arguments():
@@ -64,7 +64,7 @@ def test_a_line_that_is_not_an_agi_key_is_refused():
 def _captured_replies() -> list[str]:
     lines = []
     for name in ("agi-dialog-answered.txt", "agi-dialog-h-extension.txt"):
-        for line in (SHARED / name).read_text().splitlines():
+        for line in (CAPTURES / name).read_text().splitlines():
             if line.startswith("<<< "):
                 lines.append(eval(line[4:]).decode())  # the capture writes Python bytes literals
     return lines

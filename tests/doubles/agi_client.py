@@ -1,6 +1,6 @@
 """A FastAGI client that behaves like Asterisk 22's AGI(agi://...) application.
 
-It sends the environment captured from a real Asterisk 22.10.1 (../shared/asterisk/agi-env-*.raw), byte for
+It sends the environment captured from a real Asterisk 22.10.1 (tests/captures/agi-env-*.raw), byte for
 byte, with only the script, the AGI() arguments and chosen keys substituted; then it answers commands the way
 agi-dialog-*.txt shows: GET VARIABLE from a dict (`200 result=1 (v)` / `200 result=0`), SET VARIABLE into it,
 GET FULL VARIABLE with ${...} substitution, `511` for CHANNEL STATUS on a dead channel (the `h` extension),
@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "asterisk"
-ENV_ANSWERED = SHARED / "agi-env-answered.raw"
-ENV_H_EXTENSION = SHARED / "agi-env-h-extension.raw"
+from tests.doubles.captures import CAPTURES
+
+ENV_ANSWERED = CAPTURES / "agi-env-answered.raw"
+ENV_H_EXTENSION = CAPTURES / "agi-env-h-extension.raw"
 
 REPLY_510 = b"510 Invalid or unknown command\n"
 REPLY_511 = b"511 Command Not Permitted on a dead channel or intercept routine\n"

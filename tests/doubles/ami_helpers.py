@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import UTC, datetime, time, timedelta
-from pathlib import Path
 
 from db import repo
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings
 
-CAPTURES = Path(__file__).resolve().parents[2].parent / "shared" / "asterisk"
 ALL_DAY = CallingWindow(time(0, 0), time(23, 59, 59, 999999))
 
 

@@ -1,6 +1,6 @@
 """Asterisk 22 for a real `opendeep serve`: AMI, the shipped dialplan, FastAGI and AudioSocket, over real sockets.
 
-It composes the protocol doubles, each byte-faithful to the captures in ../shared/asterisk/:
+It composes the protocol doubles, each byte-faithful to the captures in tests/captures/:
   FakeAmi (fake_ami.py)              the AMI login, the Originate action and every event Asterisk emits
   dialplan_interpreter.py            runs the SHIPPED dialplan/extensions_opendeep.conf, rendered for `settings`
   FakeAsteriskAgi (agi_client.py)    each AGI() of the dialplan: a TCP session to the app's FastAGI server

@@ -1,6 +1,6 @@
 """A test client that behaves like Asterisk 22's AudioSocket() application, byte for byte.
 
-From ../shared/asterisk/audiosocket-session.txt and smoke-logs/*.as.log: it sends the 0x01 UUID frame (16 raw
+From tests/captures/audiosocket-session.txt and smoke-logs/*.as.log: it sends the 0x01 UUID frame (16 raw
 bytes) at once, DTMF as 0x03 frames of one ASCII byte, audio as 0x10 frames of 320 bytes (20 ms slin 8 kHz,
 little-endian samples) on a steady 20 ms clock; on the server's `00 00 00` it closes the socket at once.
 It records every frame the server sends with its arrival time, so tests can check framing and pacing.

@@ -1,6 +1,6 @@
 """A fake Asterisk Manager Interface server that speaks the bytes of a real Asterisk 22.
 
-Modelled on ../shared/asterisk/ami-originate-local.raw and smoke-logs/*.ami.log: the banner
+Modelled on tests/captures/ami-originate-local.raw and smoke-logs/*.ami.log: the banner
 `Asterisk Call Manager/11.0.0`, CRLF line ends, a blank line after each message, an async Originate answered
 first by `Response: Success / Originate successfully queued` and later by `Event: OriginateResponse` (which
 also carries a `Response:` header), and the call's events with the captured headers in the captured order.
