@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system-installed
-# Debian packages the tests need: a browser for the one real-browser test.
-TEST_DEBS := chromium
+# Debian packages the tests need: a browser for the one real-browser test; what building Asterisk needs and the
+# stock prompts the real-Asterisk tests play (tests/asterisk/).
+ASTERISK_BUILD_DEBS := build-essential pkg-config libjansson-dev libxml2-dev libsqlite3-dev uuid-dev libedit-dev \
+	libssl-dev libncurses-dev
+TEST_DEBS := chromium asterisk-core-sounds-en-gsm $(ASTERISK_BUILD_DEBS)
 
-.PHONY: install install-system run test test-fast bench lint demo clean
+.PHONY: install install-system asterisk run test test-fast bench lint demo clean
 
 install: $(STAMP)
 
@@ -34,7 +37,16 @@ run: install
 	$(BIN)/opendeep db upgrade
 	$(BIN)/opendeep serve
 
-test: install install-system
+# A real Asterisk for the tests: ASTERISK_BIN or `asterisk` on PATH (>= 22), else built once from the source
+# tarball (ASTERISK_TARBALL, default ../shared/asterisk/asterisk-22.10.1.tar.gz) into ~/.cache/opendeep.
+# Without either, the real-Asterisk tests are skipped with the reason (CI: OPENDEEP_REQUIRE_ASTERISK=1 fails them).
+asterisk: install-system
+	@if [ -n "$$ASTERISK_BIN" ] || command -v asterisk >/dev/null 2>&1; then exit 0; fi; \
+	tests/asterisk/build_asterisk.sh >/dev/null; code=$$?; \
+	if [ $$code -eq 3 ]; then echo "no Asterisk source tarball: the real-Asterisk tests will be skipped"; \
+	elif [ $$code -ne 0 ]; then exit $$code; fi
+
+test: install install-system asterisk
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Without the browser test, for a quick loop.

@@ -462,6 +462,9 @@ class AmiController:
         if name == "Newchannel":
             if _header(message, "Uniqueid") == two:
                 track.saw_dialplan_half = True
+            elif _header(message, "Uniqueid") == one:
+                # The ;1 half: what PlayDTMF, Redirect and Hangup act on (a cancelled ringing call included).
+                await self._set_channel(call_id, _header(message, "Channel"))
         elif name == "DialBegin" and callee_dial:
             await self._advance(call_id, CallStatus.RINGING, "ami.dial_begin",
                                 {"dest_channel": _header(message, "DestChannel") or None})
@@ -501,8 +504,12 @@ class AmiController:
             # dialplan answers before). The call's end comes from the `h` extension and the Hangup event.
             await self._advance(call.id, CallStatus.ANSWERED, None, {})
             return
-        if _int_or_none(reason) == 1 and track.saw_dialplan_half:
-            # "Hung up" says little; the dialplan's `h` extension reports DIALSTATUS (busy, no answer...).
+        if track.dial_status:
+            # The ;2 half's DialEnd said what became of the callee; the Originate of a Local channel only says
+            # Reason 0 or 1 whatever it was (tests/test_asterisk_calls.py, real Asterisk 22).
+            outcome = map_dial_status(track.dial_status, None)
+        if track.saw_dialplan_half:
+            # The dialplan ran: its `h` extension reports DIALSTATUS and HANGUPCAUSE; give it the first word.
             self._finish_later(call.id, outcome, "ami.originate_response")
         else:
             await self._finish(call.id, outcome, "ami.originate_response")
@@ -538,8 +545,14 @@ class AmiController:
         if done:
             log.info("call %s finished from AMI (%s): %s", call_id, source, outcome.value)
 
-    async def _advance(self, call_id: int, status: CallStatus, event_type: str | None, payload: dict[str, Any],
-                       channel: str | None = None) -> None:
+    async def _set_channel(self, call_id: int, channel: str) -> None:
+        async with self.sessions() as session:
+            await session.execute(update(Call).where(Call.id == call_id, Call.channel.is_(None))
+                                  .values(channel=channel[:128]))
+            await session.commit()
+
+    async def _advance(self, call_id: int, status: CallStatus, event_type: str | None,
+                       payload: dict[str, Any]) -> None:
         """Move a call forward to `status` (never backwards); record the event either way."""
         earlier = _STATUS_ORDER[: _STATUS_ORDER.index(status)]
         async with self.sessions() as session:
@@ -549,8 +562,6 @@ class AmiController:
             values: dict[str, Any] = {"status": status}
             if status is CallStatus.ANSWERED and call.answered_at is None:
                 values["answered_at"] = utcnow()
-            if channel and not call.channel:
-                values["channel"] = channel
             result = await session.execute(
                 update(Call).where(Call.id == call_id, Call.status.in_(earlier)).values(**values))
             if event_type:

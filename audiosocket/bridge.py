@@ -192,7 +192,7 @@ class CallBridge:
                 log.warning("call %s: AudioSocket protocol error: %s", self.call.call_id, cut)
                 self._end(EndReason.PROTOCOL_ERROR, f"{cut} ({exc!r})")
                 return
-            self._end(EndReason.CALLER_HUNG_UP, f"socket: {exc!r}")
+            self._socket_closed(f"socket: {exc!r}")
         except Exception as exc:
             log.exception("call %s: unexpected error", self.call.call_id)
             self._end(EndReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
@@ -207,7 +207,7 @@ class CallBridge:
             if not data:
                 self._caller_gone.set()
                 self.frames.finish()          # raises ProtocolError if a frame was cut off
-                self._end(EndReason.CALLER_HUNG_UP, "EOF from Asterisk")
+                self._socket_closed("EOF from Asterisk")
                 return
             if not await self._on_caller_frames(self.frames.feed(data), self._loop.time()):
                 return
@@ -268,6 +268,14 @@ class CallBridge:
                 self._held_read_at = []
             else:
                 stats.inbound.append(now - read_at)
+
+    def _socket_closed(self, detail: str) -> None:
+        """Asterisk closed the socket: the callee hung up, or our transfer's Redirect took the call away (which
+        may close it before the AMI answers the Redirect)."""
+        if self.tools.transferring:
+            self._end(EndReason.TRANSFERRED, self.tools.transferring)
+        else:
+            self._end(EndReason.CALLER_HUNG_UP, detail)
 
     def _on_caller_control(self, frame: Frame) -> bool:
         """A frame from Asterisk that is not audio; False when it ends the caller's side."""

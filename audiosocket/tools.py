@@ -89,6 +89,7 @@ class CallTools:
         self.user_name = user_name
         self.poll_seconds = poll_seconds
         self.pending = 0   # tools running now: the silence timeout waits while the AI waits for an answer
+        self.transferring = ""   # the extension a transfer is under way to
 
     async def run(self, name: str, arguments: str) -> dict[str, Any]:
         """Run one tool call from the model; never raises (errors go back to the model as results)."""
@@ -236,9 +237,11 @@ class CallTools:
         channel, error = await self._live_channel()
         if error:
             return error
+        self.transferring = extension   # Asterisk may close the AudioSocket before the Redirect's reply
         try:
             await self.runtime.ami.redirect(channel, TRANSFER_CONTEXT, extension)
         except AmiError as exc:
+            self.transferring = ""
             return {"ok": False, "error": str(exc)}
         self.on_transfer(extension)
         return {"ok": True, "status": f"transferred to {extension}"}

@@ -98,7 +98,7 @@ async def test_panoramisk_alone_swallows_the_originate_response(fake):
     await manager.connect()
     await asyncio.wait_for(manager.authenticated_future, 5)
     future = manager.send_action({"Action": "Originate", "ActionID": "plain-1",
-                                  "Channel": "Local/100@opendeep-outbound/n", "Context": "opendeep-originator",
+                                  "Channel": "Local/100@opendeep-outbound/n", "Context": "opendeep-connected",
                                   "Exten": "s", "Priority": "1", "Async": "true",
                                   "Variable": ["OPENDEEP_CALL_ID=1", "OPENDEEP_TASK_ID=2"]})
     sent = await fake.wait_for_action("Originate")
@@ -126,9 +126,10 @@ async def test_originate_sends_each_variable_as_its_own_header(fake, settings, s
     assert pairs_get(sent, "Channel") == "Local/+14155550123@opendeep-outbound/n"
     assert (pairs_get(sent, "ChannelId"), pairs_get(sent, "OtherChannelId")) == ("opendeep-42", "opendeep-42-b")
     assert (pairs_get(sent, "Context"), pairs_get(sent, "Exten"), pairs_get(sent, "Priority")) == \
-        ("opendeep-originator", "s", "1")
+        ("opendeep-connected", "s", "1")
     assert pairs_get(sent, "Async") == "true"
-    assert pairs_get(sent, "Timeout") == str(settings.originate_timeout_seconds * 1000)
+    # Ring time plus a margin for call-start: Dial's own timeout, not the Originate's, ends an unanswered call.
+    assert pairs_get(sent, "Timeout") == str((settings.originate_timeout_seconds + 15) * 1000)
     assert pairs_get(sent, "CallerID") == '"Acme" <+15551234>'
     assert pairs_all(sent, "Variable") == ["OPENDEEP_CALL_ID=42", "OPENDEEP_TASK_ID=7", "OPENDEEP_USER_ID=3",
                                            "OPENDEEP_NUMBER=+14155550123"]

@@ -98,6 +98,11 @@ async def test_chat_campaign_call_is_answered_talks_both_ways_asks_the_user_and_
     assert score > 0.9, (offset, score)
 
 
+async def _event(stack, task_id, type_):
+    (_, events, _), = await stack.call_rows(task_id)
+    return next((e for e in events if e.type == type_), None)
+
+
 async def _pending(stack):
     return (await stack.api("GET", "/api/feedback")).json()["pending"]
 
@@ -119,8 +124,11 @@ async def test_unanswered_calls_end_as_asterisk_reports_them_and_never_reach_the
     (call, events, _), = await stack.call_rows(task_id)
     assert (call.outcome.value, call.dial_status) == (outcome, dial_status), [e.payload for e in events]
     assert call.answered_at is None and not call.bridged_to_ai
-    response = next(e for e in events if e.type == "ami.originate_response")
-    assert response.payload["response"] == "Failure"   # nothing answered before the callee did
+    response = await eventually(lambda: _event(stack, task_id, "ami.originate_response"), 10, 0.2,
+                                what="the OriginateResponse, which comes after the `h` extension's call-end")
+    # Nothing answered before the callee did. On a Local channel Asterisk gives Reason 0 whatever the cause:
+    # the ;2 half's DialEnd and the `h` extension's DIALSTATUS say what happened.
+    assert (response.payload["response"], response.payload["reason"]) == ("Failure", "0")
     assert stack.fake.realtime.connections == []
     assert task["calls"][0]["outcome"] == outcome
 
@@ -182,3 +190,21 @@ async def test_amd_hangs_up_on_an_answering_machine_and_records_voicemail(stack,
     assert (amd.payload["amd_status"], amd.payload["action"]) == ("MACHINE", "hangup"), amd.payload
     assert call.outcome is CallOutcome.VOICEMAIL
     assert stack.fake.realtime.connections == []   # the AI never spoke to the machine
+
+
+async def test_every_context_the_code_originates_or_redirects_into_exists_in_asterisk(asterisk, settings):
+    """Asked of Asterisk itself (`dialplan show`), with the files `opendeep dialplan render` writes."""
+    from ami_controller.manager import CONNECTED_CONTEXT, OUTBOUND_CONTEXT
+    from audiosocket.tools import TRANSFER_CONTEXT
+    from dialplan.render import render_dialplan
+
+    asterisk.install_opendeep(render_dialplan(settings))
+    # The Originate: Channel Local/<number>@opendeep-outbound, then Context/Exten/Priority opendeep-connected,s,1.
+    outbound = asterisk.rx(f"dialplan show +14155550123@{OUTBOUND_CONTEXT}")
+    assert "'_[+0-9].' =>     1. NoOp(" in outbound and "Dial(${OPENDEEP_DIAL},${OPENDEEP_RING_SECONDS})" in outbound
+    connected = asterisk.rx(f"dialplan show s@{CONNECTED_CONTEXT}")
+    assert "'s' =>            1. NoOp(" in connected and "Dial(AudioSocket/" in connected
+    # The transfer: Redirect to opendeep-transfer,<E.164 number>,1.
+    transfer = asterisk.rx(f"dialplan show +14155550106@{TRANSFER_CONTEXT}")
+    assert "'_[+0-9].' =>     1. NoOp(" in transfer
+    assert "-= 1 extension" in outbound and "-= 1 extension" in connected and "-= 1 extension" in transfer

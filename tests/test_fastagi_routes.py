@@ -75,13 +75,10 @@ async def test_call_start_sets_what_the_dialplan_needs_and_stores_the_audiosocke
     assert run.commands[:2] == ["GET VARIABLE OPENDEEP_CALL_ID", "GET VARIABLE OPENDEEP_USER_ID"]
     assert run.commands[-1] == "SET VARIABLE OPENDEEP_DIAL PJSIP/14155550123@opendeep-trunk"  # the go signal last
     variables = run.variables
-    assert variables["OPENDEEP_AS_ADDR"] == "10.0.0.5:9092"
-    assert variables["OPENDEEP_BRIDGE"] == "1"
-    assert variables["OPENDEEP_RING_SECONDS"] == "45" and variables["OPENDEEP_MAX_SECONDS"] == "600"
-    assert "OPENDEEP_ABORT" not in variables
-    assert str(uuid.UUID(variables["OPENDEEP_AS_UUID"])) == variables["OPENDEEP_AS_UUID"]
+    assert variables["OPENDEEP_RING_SECONDS"] == "45"
+    assert "OPENDEEP_ABORT" not in variables and "OPENDEEP_AS_UUID" not in variables   # the AI: once answered
     call, task, events = await _load(sessions, user_id, call_id, task_id)
-    assert call.audiosocket_uuid == variables["OPENDEEP_AS_UUID"]
+    assert str(uuid.UUID(call.audiosocket_uuid)) == call.audiosocket_uuid
     assert call.status is CallStatus.RINGING and call.started_at is not None
     assert call.asterisk_other_uniqueid == "opendeep-call-42-b"  # agi_uniqueid of the captured ;2 channel
     assert events == ["agi.call_start"]
@@ -93,12 +90,13 @@ async def test_without_a_realtime_model_the_call_rings_unbridged_and_says_why(en
         user_id, task_id, call_id = await _call(sessions)
         run = await FakeAsteriskAgi(component.port, script="call-start",
                                     variables=_originate_variables(call_id, user_id)).run()
+        answered = await _answer(component.port, call_id, user_id)
     finally:
         await component.stop()
-    assert run.variables["OPENDEEP_BRIDGE"] == "0"
     assert run.variables["OPENDEEP_DIAL"] == f"PJSIP/{NUMBER}@opendeep-trunk"  # default template
+    assert answered.variables["OPENDEEP_BRIDGE"] == "0"   # the callee hears the prompt, not the AI
     async with sessions() as db:
-        (event,) = await repo.list_call_events(db, user_id, call_id)
+        event, _ = await repo.list_call_events(db, user_id, call_id)
     assert event.payload["bridge"] is False and "OPENAI_API_KEY" in event.payload["bridge_reason"]
 
 
@@ -206,10 +204,14 @@ async def test_hangup_during_call_start_leaves_no_dial(agi, sessions):
     assert run.agi_status == "HANGUP" and "OPENDEEP_DIAL" not in run.variables
 
 
-async def _answer(port, call_id, user_id, channel="PJSIP/opendeep-trunk-0000002a"):
-    """call-answered as Dial's U() subroutine runs it on the callee's channel: ids as AGI() arguments."""
+LOCAL_ONE = f"Local/{NUMBER}@opendeep-outbound-0000002a;1"
+
+
+async def _answer(port, call_id, user_id, channel=LOCAL_ONE):
+    """call-answered as [opendeep-connected] runs it on the Local ;1 half once the callee answered: ids as AGI()
+    arguments."""
     return await FakeAsteriskAgi(port, script="call-answered", args=(str(call_id), str(user_id)),
-                                 overrides={"agi_channel": channel, "agi_context": "opendeep-answered",
+                                 overrides={"agi_channel": channel, "agi_context": "opendeep-connected",
                                             "agi_extension": "s"}).run()
 
 
@@ -224,14 +226,18 @@ async def test_answered_call_records_the_callee_channel_then_ends_awaiting_analy
     user_id, task_id, call_id = await _call(sessions)
     start = await FakeAsteriskAgi(agi.port, script="call-start",
                                   variables=_originate_variables(call_id, user_id)).run()
+    assert start.agi_status == "SUCCESS"
     answered = await _answer(agi.port, call_id, user_id)
-    assert answered.commands == []  # the ids came as arguments: nothing to ask
+    # The ids came as arguments: nothing to ask. The UUID goes last: without it the dialplan connects nothing.
+    assert [command.split()[2] for command in answered.commands] == [
+        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_AS_UUID"]
     call, _, _ = await _load(sessions, user_id, call_id, task_id)
-    assert (call.status, call.channel) == (CallStatus.ANSWERED, "PJSIP/opendeep-trunk-0000002a")
+    assert answered.variables == {"OPENDEEP_AS_ADDR": "10.0.0.5:9092", "OPENDEEP_BRIDGE": "1",
+                                  "OPENDEEP_MAX_SECONDS": "600", "OPENDEEP_AS_UUID": call.audiosocket_uuid}
+    assert (call.status, call.channel) == (CallStatus.ANSWERED, LOCAL_ONE)
     assert call.answered_at is not None
 
-    end = await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16",
-                         OPENDEEP_BRIDGE=start.variables["OPENDEEP_BRIDGE"])
+    end = await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16")
     assert "CHANNEL STATUS" not in end.commands
     call, task, events = await _load(sessions, user_id, call_id, task_id)
     assert (call.status, call.outcome, call.dial_status, call.hangup_cause) == (
@@ -264,22 +270,37 @@ async def test_call_end_twice_ends_the_call_once(agi, sessions):
     assert call.outcome is CallOutcome.CONGESTION and events.count("call.ended") == 1
 
 
-async def test_answered_without_the_ai_ends_as_failed_ai(agi, sessions):
-    user_id, task_id, call_id = await _call(sessions)
-    await _answer(agi.port, call_id, user_id)
-    await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16", OPENDEEP_BRIDGE="0")
+async def test_answered_without_the_ai_ends_as_failed_ai(engine, sessions, settings):
+    component = await _fastagi(engine, sessions, settings)  # no realtime model configured
+    try:
+        user_id, task_id, call_id = await _call(sessions)
+        await FakeAsteriskAgi(component.port, script="call-start", args=(str(call_id), str(user_id))).run()
+        await _answer(component.port, call_id, user_id)
+        await _hang_up(component.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16")
+    finally:
+        await component.stop()
     call, _, _ = await _load(sessions, user_id, call_id, task_id)
     assert call.outcome is CallOutcome.FAILED_AI
+
+
+async def test_call_answered_for_a_call_that_never_started_connects_nothing(agi, sessions):
+    """No call-start (so no AudioSocket UUID): the dialplan sees no OPENDEEP_AS_UUID and hangs up."""
+    user_id, task_id, call_id = await _call(sessions)
+    answered = await _answer(agi.port, call_id, user_id)
+    assert answered.agi_status == "SUCCESS" and answered.variables == {}
+    call, _, events = await _load(sessions, user_id, call_id, task_id)
+    assert call.channel is None and events == []
 
 
 async def test_the_call_ai_losing_its_model_keeps_failed_ai_at_call_end(agi, sessions):
     """The AudioSocket bridge marks calls.outcome failed_ai when the model connection drops; the h extension
     then reports a normal answered hangup, which must not turn it back into a plain answer."""
     user_id, task_id, call_id = await _call(sessions)
+    await FakeAsteriskAgi(agi.port, script="call-start", args=(str(call_id), str(user_id))).run()
     await _answer(agi.port, call_id, user_id)
     async with sessions() as db, db.begin():
         (await repo.get_call(db, user_id, call_id)).outcome = CallOutcome.FAILED_AI
-    await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16", OPENDEEP_BRIDGE="1")
+    await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16")
     call, task, _ = await _load(sessions, user_id, call_id, task_id)
     assert (call.status, call.outcome) == (CallStatus.ENDED, CallOutcome.FAILED_AI)
     assert task.status_reason == "awaiting analysis"
@@ -295,16 +316,17 @@ async def test_call_start_never_ran_then_call_end_records_a_failure(agi, session
 
 async def test_answering_machine_becomes_a_voicemail_outcome(agi, sessions):
     user_id, task_id, call_id = await _call(sessions)
+    await FakeAsteriskAgi(agi.port, script="call-start", args=(str(call_id), str(user_id))).run()
     await _answer(agi.port, call_id, user_id)
     amd = await FakeAsteriskAgi(agi.port, script="amd", args=(str(call_id), str(user_id)),
                                 variables={"AMDSTATUS": "MACHINE", "AMDCAUSE": "INITIALSILENCE-2500-2500"}).run()
     assert amd.variables["OPENDEEP_AMD_ACTION"] == "hangup"
-    await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16", OPENDEEP_BRIDGE="1")
+    await _hang_up(agi.port, call_id, user_id, DIALSTATUS="ANSWER", HANGUPCAUSE="16")
     call, task, events = await _load(sessions, user_id, call_id, task_id)
     assert call.outcome is CallOutcome.VOICEMAIL
-    assert events == ["agi.call_answered", "agi.amd", "call.ended"]
+    assert events == ["agi.call_start", "agi.call_answered", "agi.amd", "call.ended"]
     async with sessions() as db:
-        amd_event = (await repo.list_call_events(db, user_id, call_id))[1]
+        amd_event = (await repo.list_call_events(db, user_id, call_id))[2]
     assert amd_event.payload == {"amd_status": "MACHINE", "amd_cause": "INITIALSILENCE-2500-2500",
                                  "action": "hangup"}
 
@@ -400,6 +422,4 @@ async def test_ids_given_as_agi_arguments_save_the_round_trips(agi, sessions):
     user_id, _, call_id = await _call(sessions)
     run = await FakeAsteriskAgi(agi.port, script="call-start", args=(str(call_id), str(user_id))).run()
     assert not any(command.startswith("GET VARIABLE") for command in run.commands)
-    assert [command.split()[2] for command in run.commands] == [
-        "OPENDEEP_AS_UUID", "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_RING_SECONDS", "OPENDEEP_MAX_SECONDS",
-        "OPENDEEP_DIAL"]
+    assert [command.split()[2] for command in run.commands] == ["OPENDEEP_RING_SECONDS", "OPENDEEP_DIAL"]

@@ -145,6 +145,7 @@ problems => warning,error
 enabled = yes
 bindaddr = 127.0.0.1
 port = {self.ami_port}
+timestampevents = yes
 
 ; The tests' own observer (UserEvents from the test callees, channel listings).
 [{TEST_AMI_USER}]

@@ -26,6 +26,7 @@ import base64
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ class FakeRealtimeConnection:
         self.model = model
         self.received: list[dict[str, Any]] = []
         self.audio_in = bytearray()            # every appended mu-law byte, in order
+        self.append_times: list[tuple[float, int]] = []   # (wall clock, offset in audio_in) of each append
         self.append_count = 0
         self.closed = asyncio.Event()
         self._arrived = asyncio.Condition()
@@ -145,6 +147,7 @@ class FakeRealtimeConnection:
         if type_ == "input_audio_buffer.append":
             audio = base64.b64decode(event.get("audio", ""))
             self.append_count += 1
+            self.append_times.append((time.time(), len(self.audio_in)))
             if self.server.echo:
                 # Echo model for the benchmark: each appended chunk comes straight back as output audio.
                 await self.send({"type": "response.output_audio.delta", "response_id": "resp_echo",
