@@ -113,6 +113,21 @@ class User(Base):
     profile: Mapped[dict[str, Any]] = mapped_column(default=dict)
     preferences: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped by logout and password change: a session cookie of an older version is refused.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class TransferTarget(Base):
+    """Someone the user allows the call AI to hand a callee to, by name (the model never sees a free number)."""
+
+    __tablename__ = "transfer_targets"
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_transfer_targets_user_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    phone_number: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Campaign(Base):
@@ -189,6 +204,8 @@ class Call(Base):
     asterisk_linkedid: Mapped[str | None] = mapped_column(String(64))
     ami_action_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     audiosocket_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
+    audiosocket_claimed_at: Mapped[datetime | None] = mapped_column()   # its first connection: the only one
+    transfer_number: Mapped[str | None] = mapped_column(String(20))     # the transfer OpenDeep allowed, if any
     bridged_to_ai: Mapped[bool] = mapped_column(Boolean, default=False)
     dial_status: Mapped[str | None] = mapped_column(String(32))
     hangup_cause: Mapped[int | None] = mapped_column(Integer)
