@@ -49,6 +49,7 @@ log = logging.getLogger("opendeep.ami")
 
 OUTBOUND_CONTEXT = "opendeep-outbound"          # dialplan/extensions_opendeep.conf: the ;2 half dials the callee
 CONNECTED_CONTEXT = "opendeep-connected"        # where the ;1 half goes once the callee answered (the AI)
+TRANSFER_CONTEXT = "opendeep-transfer"          # where a transfer's Redirect sends the ;1 half
 # The Originate waits for the callee to answer: call-start's AGI round trip, then Dial's ring time
 # (ORIGINATE_TIMEOUT_SECONDS). This margin keeps Asterisk's Dial, not the Originate, the one that times out,
 # so an unanswered call ends as DIALSTATUS=NOANSWER.
@@ -181,7 +182,7 @@ class _CallTrack:
 
 
 class AmiController:
-    """One AMI connection for the process. `originate`, `play_dtmf`, `hangup` and `redirect` raise AmiError
+    """One AMI connection for the process. `originate`, `play_dtmf`, `hangup` and `transfer` raise AmiError
     (AmiNotConnected when Asterisk is not reachable: nothing was sent)."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], events: EventHub | None,
@@ -388,10 +389,11 @@ class AmiController:
         await self.send([("Action", "Hangup"), ("ActionID", _next_id("hangup")), ("Channel", channel),
                          ("Cause", str(int(cause)))])
 
-    async def redirect(self, channel: str, context: str, exten: str, priority: int = 1) -> None:
-        """Send a live channel to another place in the dialplan (e.g. a transfer extension)."""
-        await self.send([("Action", "Redirect"), ("ActionID", _next_id("redirect")), ("Channel", channel),
-                         ("Context", context), ("Exten", exten), ("Priority", str(int(priority)))])
+    async def transfer(self, channel: str) -> None:
+        """Send a live call's ;1 half to [opendeep-transfer]: it leaves the AI, and the dialplan asks FastAGI
+        (route `transfer`) for the one number OpenDeep allowed this call. No number travels in this action."""
+        await self.send([("Action", "Redirect"), ("ActionID", _next_id("transfer")), ("Channel", channel),
+                         ("Context", TRANSFER_CONTEXT), ("Exten", "s"), ("Priority", "1")])
 
     # ------------------------------------------------------------------ re-sync after (re)connecting
 

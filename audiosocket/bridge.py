@@ -54,6 +54,7 @@ CATCH_UP_FRAMES = 0
 # The callee's audio from the moment of answer is held while the model session connects ("Hello?" is often said
 # before it is ready), then sent in order. 10 s of it at most; a model that takes longer ends the call anyway.
 EARLY_AUDIO_FRAMES = 500
+EARLY_AUDIO_CHUNK = 50   # held frames per append when they are sent: 1 s, one WebSocket message
 
 
 class EndReason(enum.StrEnum):
@@ -95,12 +96,13 @@ class CallBridge:
                  writer: asyncio.StreamWriter, *, instructions: str, connect_model: ConnectModel,
                  limits: BridgeLimits, records: RecordWriter, frame_reader: FrameReader | None = None,
                  initial_frames: Iterable[Frame] = (), user_name: str = "the user",
-                 stats: BridgeStats | None = None) -> None:
+                 stats: BridgeStats | None = None, tools: list[dict[str, Any]] | None = None) -> None:
         self.runtime = runtime
         self.call = call
         self.reader = reader
         self.writer = writer
         self.instructions = instructions
+        self.tool_definitions = TOOL_DEFINITIONS if tools is None else tools
         self.connect_model = connect_model
         self.limits = limits
         self.frames = frame_reader or FrameReader()
@@ -297,12 +299,13 @@ class CallBridge:
     # ------------------------------------------------------------------ model -> caller
 
     async def _from_model(self) -> None:
-        self.model = await self.connect_model(self.instructions, TOOL_DEFINITIONS)
+        self.model = await self.connect_model(self.instructions, self.tool_definitions)
         if self._ending:
             return
         early = len(self._early_audio)
         while self._early_audio:   # what the callee said while we connected, in order; more may arrive meanwhile
-            await self.model.append_audio(self._early_audio.popleft())
+            chunk = [self._early_audio.popleft() for _ in range(min(EARLY_AUDIO_CHUNK, len(self._early_audio)))]
+            await self.model.append_audio(b"".join(chunk))
         self._model_ready = True   # no await since the buffer was empty: later frames go straight to the model
         self.recorder.event("ai.connected", {"model": self.model.model, "early_audio_ms": early * 20})
         await self.model.create_response()   # the greeting: the callee answered and waits for us

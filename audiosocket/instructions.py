@@ -44,7 +44,7 @@ def _render(value: Any) -> str:
 
 
 def build_instructions(*, task: Task, user: User, campaign: Campaign | None = None,
-                       earlier_attempts: str | None = None) -> str:
+                       earlier_attempts: str | None = None, transfer_targets: list[str] | None = None) -> str:
     """The realtime session's instructions for one call."""
     name = user_display_name(user)
     language = language_name(task.language)
@@ -69,8 +69,10 @@ def build_instructions(*, task: Task, user: User, campaign: Campaign | None = No
     sections.append(
         "Tools: use send_dtmf to navigate phone menus (IVR) by pressing keys; request_user_feedback when you "
         f"need a decision or information only {name} has (tell the callee you are checking, and keep them "
-        "informed while you wait); transfer_to_human only if the callee asks for a human and an extension is "
-        "known; record_note for facts worth keeping; end_call when the objective is reached, refused or "
+        "informed while you wait); "
+        + (f"transfer_to_human only if the callee asks to speak to {name}'s people, naming one of: "
+           f"{', '.join(transfer_targets)}; " if transfer_targets else "")
+        + "record_note for facts worth keeping; end_call when the objective is reached, refused or "
         "impossible, after saying a polite goodbye. Do not promise anything the context does not allow."
     )
     return "\n\n".join(sections)

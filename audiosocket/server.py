@@ -13,17 +13,20 @@ import logging
 from typing import Any
 
 import openai
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from audiosocket.bridge import BridgeLimits, BridgeStats, CallBridge, ConnectModel, EndReason
 from audiosocket.instructions import build_instructions, user_display_name
 from audiosocket.protocol import DEFAULT_MAX_PAYLOAD, HANGUP_FRAME, Frame, FrameReader, Kind, ProtocolError
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession
 from audiosocket.recorder import CallRef, RecordWriter
-from db import repo
+from audiosocket.tools import tool_definitions
+from db import repo, transfers
 from db.models import Call, CallStatus
+from db.types import utcnow
 from opendeep.llm import LlmNotConfigured, realtime_client
 from opendeep.runtime import Runtime
+from opendeep.settings import peer_allowed
 
 log = logging.getLogger("opendeep.audiosocket")
 
@@ -113,6 +116,11 @@ class AudioSocketServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                 peer: Any) -> None:
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        if not peer_allowed(self.runtime.settings, host):
+            log.warning("AudioSocket connection from %s refused: the address is not in ASTERISK_ALLOWED_PEERS", peer)
+            self.refused += 1
+            return
         frames = FrameReader(self.max_payload)
         try:
             first, rest = await asyncio.wait_for(self._first_frames(reader, frames), self.uuid_timeout)
@@ -132,11 +140,11 @@ class AudioSocketServer:
         as_uuid = first.uuid()
         found = await self._load_call(as_uuid)
         if found is None:
-            log.warning("AudioSocket refused: UUID %s from %s matches no live call (calls.audiosocket_uuid)",
-                        as_uuid, peer)
+            log.warning("AudioSocket refused: UUID %s from %s matches no live call, or its call is already "
+                        "connected (a UUID is good for one connection)", as_uuid, peer)
             self._refuse(writer)
             return
-        ref, instructions, user_name = found
+        ref, instructions, user_name, tools = found
         stats = BridgeStats() if self.collect_stats else None
         if stats is not None:
             self.stats.append(stats)
@@ -144,7 +152,7 @@ class AudioSocketServer:
         bridge = CallBridge(self.runtime, ref, reader, writer, instructions=instructions,
                             connect_model=self.connect_model, frame_reader=frames, initial_frames=rest,
                             limits=BridgeLimits(settings.max_call_seconds, settings.silence_timeout_seconds),
-                            records=self.records, user_name=user_name, stats=stats)
+                            records=self.records, user_name=user_name, stats=stats, tools=tools)
         log.info("AudioSocket %s from %s: call %s (user %s)", as_uuid, peer, ref.call_id, ref.user_id)
         self.bridges.add(bridge)
         try:
@@ -168,20 +176,26 @@ class AudioSocketServer:
         with contextlib.suppress(Exception):
             writer.write(HANGUP_FRAME)
 
-    async def _load_call(self, as_uuid: str) -> tuple[CallRef, str, str] | None:
-        """The live call with this AudioSocket UUID, and its instructions. The UUID is the only key Asterisk
-        gives us, so this one lookup is not tenant-scoped; everything after it is (CallRef.user_id)."""
-        async with self.runtime.sessions() as db:
-            call = await db.scalar(select(Call).where(Call.audiosocket_uuid == as_uuid))
-            if call is None or call.status is CallStatus.ENDED:
+    async def _load_call(self, as_uuid: str) -> tuple[CallRef, str, str, list[dict[str, Any]]] | None:
+        """Claim the live call with this AudioSocket UUID; its instructions and tools. The UUID is the only key
+        Asterisk gives us, so this one lookup is not tenant-scoped; everything after it is (CallRef.user_id).
+        The first connection claims it (one conditional UPDATE); any later one with the same UUID gets None."""
+        async with self.runtime.sessions() as db, db.begin():
+            claimed = await db.execute(
+                update(Call).where(Call.audiosocket_uuid == as_uuid, Call.audiosocket_claimed_at.is_(None),
+                                   Call.status != CallStatus.ENDED).values(audiosocket_claimed_at=utcnow()))
+            if claimed.rowcount != 1:
                 return None
+            call = await db.scalar(select(Call).where(Call.audiosocket_uuid == as_uuid))
             task = await repo.get_task(db, call.user_id, call.task_id)
             user = await repo.get_user(db, call.user_id)
             if task is None or user is None:
                 return None
             campaign = await repo.get_campaign(db, call.user_id, task.campaign_id)
-            instructions = build_instructions(task=task, user=user, campaign=campaign)
-            return CallRef(call.user_id, call.id, task.id), instructions, user_display_name(user)
+            targets = [t.name for t in await transfers.list_transfer_targets(db, call.user_id)]
+            instructions = build_instructions(task=task, user=user, campaign=campaign, transfer_targets=targets)
+            return (CallRef(call.user_id, call.id, task.id), instructions, user_display_name(user),
+                    tool_definitions(targets))
 
     async def _connect_realtime(self, instructions: str, tools: list[dict[str, Any]]) -> RealtimeSession:
         if self._client is None:

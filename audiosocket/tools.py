@@ -20,17 +20,15 @@ from sqlalchemy import update
 
 from ami_controller.manager import AmiError
 from audiosocket.recorder import CallRecorder, CallRef
-from db import repo
+from db import repo, transfers
 from db.models import Call, CallOutcome, CallStatus, FeedbackStatus
 from db.types import utcnow
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.audiosocket.tools")
 
-TRANSFER_CONTEXT = "opendeep-transfer"   # dialplan/extensions_opendeep.conf: where transfers land
 HITL_POLL_SECONDS = 0.5                  # other processes answer through the DB: poll it this often
 _DTMF = re.compile(r"[0-9A-Da-d*#]{1,32}")
-_EXTENSION = re.compile(r"[0-9A-Za-z*#+_.-]{1,40}")
 
 
 class ToolName(enum.StrEnum):
@@ -58,6 +56,17 @@ def _function(name: ToolName, description: str, properties: dict[str, Any], requ
             "parameters": {"type": "object", "properties": properties, "required": required}}
 
 
+def tool_definitions(transfer_targets: list[str]) -> list[dict[str, Any]]:
+    """The tools of one call: transfer_to_human only when the user has transfer targets, and then only with
+    their names to choose from."""
+    tools = [tool for tool in TOOL_DEFINITIONS if tool["name"] != ToolName.TRANSFER_TO_HUMAN]
+    if transfer_targets:
+        tools.append(_function(ToolName.TRANSFER_TO_HUMAN, TRANSFER_DESCRIPTION,
+                               {"target": {"type": "string", "enum": list(transfer_targets)}}, ["target"]))
+    return tools
+
+
+TRANSFER_DESCRIPTION = "Hand the callee to one of the user's people (by name) and leave the call."
 TOOL_DEFINITIONS: list[dict[str, Any]] = [
     _function(ToolName.SEND_DTMF, "Press keys on the phone keypad, e.g. to choose options in a phone menu.",
               {"digits": {"type": "string", "description": "keys to press: 0-9, * and #"}}, ["digits"]),
@@ -68,8 +77,9 @@ TOOL_DEFINITIONS: list[dict[str, Any]] = [
     _function(ToolName.REQUEST_USER_FEEDBACK,
               "Ask the person you are calling for a question only they can answer; waits for their answer.",
               {"question": {"type": "string"}}, ["question"]),
-    _function(ToolName.TRANSFER_TO_HUMAN, "Transfer the callee to a human at an extension.",
-              {"extension": {"type": "string"}}, ["extension"]),
+    _function(ToolName.TRANSFER_TO_HUMAN, TRANSFER_DESCRIPTION,
+              {"target": {"type": "string", "description": "a name from the list of transfer targets"}},
+              ["target"]),
     _function(ToolName.RECORD_NOTE, "Write down a fact worth keeping for later calls and the summary.",
               {"text": {"type": "string"}}, ["text"]),
 ]
@@ -124,7 +134,7 @@ class CallTools:
         if tool is ToolName.REQUEST_USER_FEEDBACK:
             return await self.request_user_feedback(str(args.get("question", "")))
         if tool is ToolName.TRANSFER_TO_HUMAN:
-            return await self.transfer_to_human(str(args.get("extension", "")))
+            return await self.transfer_to_human(str(args.get("target", "")))
         return await self.record_note(str(args.get("text", "")))
 
     # ------------------------------------------------------------------ the tools
@@ -229,22 +239,35 @@ class CallTools:
             return FeedbackStatus.CANCELLED, None
         return row.status, row.answer
 
-    async def transfer_to_human(self, extension: str) -> dict[str, Any]:
-        """Redirect the callee's channel to `opendeep-transfer,<extension>,1`."""
-        extension = extension.strip()
-        if not _EXTENSION.fullmatch(extension):
-            return {"ok": False, "error": f"{extension!r} is not an extension"}
+    async def transfer_to_human(self, target: str) -> dict[str, Any]:
+        """Hand the callee to one of the user's transfer targets, named as the user named it. The number comes
+        from the user's list, never from the model; it is checked like any outbound number (DND, test mode),
+        stored as the one transfer this call may make, and the ;1 half is redirected to [opendeep-transfer],
+        whose AGI asks for that number."""
         channel, error = await self._live_channel()
         if error:
             return error
-        self.transferring = extension   # Asterisk may close the AudioSocket before the Redirect's reply
+        async with self.runtime.sessions() as db, db.begin():
+            allowed = await transfers.find_transfer_target(db, self.call.user_id, target)
+            if allowed is None:
+                names = [t.name for t in await transfers.list_transfer_targets(db, self.call.user_id)]
+                return {"ok": False, "error": f"{target!r} is not one of the user's transfer targets "
+                                              f"({', '.join(names) or 'there are none'})"}
+            refusal = await transfers.transfer_refusal(db, self.runtime.settings, self.call.user_id,
+                                                       allowed.phone_number)
+            if refusal is None:
+                await db.execute(update(Call).where(Call.id == self.call.call_id, Call.user_id == self.call.user_id)
+                                 .values(transfer_number=allowed.phone_number))
+        if refusal is not None:
+            return {"ok": False, "error": f"cannot transfer to {allowed.name}: {refusal}"}
+        self.transferring = allowed.name   # Asterisk may close the AudioSocket before the Redirect's reply
         try:
-            await self.runtime.ami.redirect(channel, TRANSFER_CONTEXT, extension)
+            await self.runtime.ami.transfer(channel)
         except AmiError as exc:
             self.transferring = ""
             return {"ok": False, "error": str(exc)}
-        self.on_transfer(extension)
-        return {"ok": True, "status": f"transferred to {extension}"}
+        self.on_transfer(allowed.name)
+        return {"ok": True, "status": f"transferring to {allowed.name}"}
 
     async def record_note(self, text: str) -> dict[str, Any]:
         text = text.strip()

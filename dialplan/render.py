@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from pathlib import Path
 
+from fastagi_server.secret import fastagi_secret
 from opendeep.settings import Settings
 
 EXTENSIONS = "extensions_opendeep.conf"
 MANAGER = "manager_opendeep.conf"
 DEFAULT_FASTAGI = "127.0.0.1:4573"
-DEFAULT_TRANSFER_DIAL = "PJSIP/${EXTEN}@opendeep-trunk"
+PLACEHOLDER_SECRET = "CHANGE_ME"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
@@ -24,22 +26,21 @@ def shipped(name: str) -> str:
     return resources.files("dialplan").joinpath(name).read_text(encoding="utf-8")
 
 
-def render_dialplan(settings: Settings, *, amd: bool = False) -> dict[str, str]:
-    """{file name: text} for /etc/asterisk, with FastAGI's address, the transfer trunk and the AMI user.
+def render_dialplan(settings: Settings, *, amd: bool = False, directory: Path = Path(".")) -> dict[str, str]:
+    """{file name: text} for /etc/asterisk, with FastAGI's address and secret (fastagi_server/secret.py; its
+    file is looked for in `directory`) and the AMI user.
 
-    `amd=True` turns answering-machine detection on in [opendeep-answered]. Raises ValueError for an
+    `amd=True` turns answering-machine detection on in [opendeep-connected]. Raises ValueError for an
     address that would not be a valid `agi://host:port` in the dialplan.
     """
     fastagi = settings.fastagi_address
     if not _HOST_PORT.match(fastagi):
         raise ValueError(f"FASTAGI_ADVERTISE/FASTAGI_BIND {fastagi!r}: expected HOST:PORT that Asterisk can reach")
-    extensions = shipped(EXTENSIONS).replace(DEFAULT_FASTAGI, fastagi)
     if any(char in settings.dial_string_template for char in ",;()\n\r"):
         raise ValueError(f"DIAL_STRING_TEMPLATE {settings.dial_string_template!r}: a dial string cannot contain "
                          "',', ';', parentheses or line breaks in the dialplan")
-    transfer_dial = (settings.dial_string_template
-                     .replace("{number}", "${EXTEN}").replace("{digits}", "${FILTER(0-9,${EXTEN})}"))
-    extensions = extensions.replace(f"Dial({DEFAULT_TRANSFER_DIAL},", f"Dial({transfer_dial},")
+    extensions = (shipped(EXTENSIONS).replace(DEFAULT_FASTAGI, fastagi)
+                  .replace(f"?secret={PLACEHOLDER_SECRET},", f"?secret={fastagi_secret(settings, directory)},"))
     if amd:
         extensions = extensions.replace("same => n,Set(OPENDEEP_AMD=0)", "same => n,Set(OPENDEEP_AMD=1)")
 

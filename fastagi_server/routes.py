@@ -10,9 +10,11 @@
                    ami_controller.outcomes.finish_call (calls row, call_events, task moved on).
 
 The call's identity (call id, user id) comes as the AGI() arguments: the shipped dialplan passes
-${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID}, which the AMI Originate set on both Local halves. Without arguments the route asks for the
-OPENDEEP_CALL_ID / OPENDEEP_USER_ID variables (GET VARIABLE). Every query is scoped by that user: a call id of
-another tenant is simply unknown.
+${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID}, which the AMI Originate set on both Local halves. Without arguments the
+route asks for the OPENDEEP_CALL_ID / OPENDEEP_USER_ID variables (GET VARIABLE). Every query is scoped by that
+user: a call id of another tenant is simply unknown. And the session must come from the channel our Originate
+made for that call: `agi_uniqueid` is the Uniqueid the Originate pre-assigned to that half (`opendeep-<id>` for
+;1, `opendeep-<id>-b` for ;2), so a forged session cannot speak for another call's channel.
 
 call-start decisions of sessions that arrive together share one transaction (GroupCommit): on SQLite the
 transaction, not the decision, is what costs (see bench/bench_fastagi.py).
@@ -32,7 +34,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami_controller.outcomes import finish_call, map_dial_status
-from db import repo
+from db import repo, transfers
 from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus
 from db.types import utcnow
 from fastagi_server.protocol import AgiError, AgiSession
@@ -115,13 +117,14 @@ class CallRoutes:
             "call-answered": self.call_answered,
             "call-end": self.call_end,
             "amd": self.amd,
+            "transfer": self.transfer,
         }
 
     # ------------------------------------------------------------ call-start
 
     async def call_start(self, agi: AgiSession) -> None:
         """Decide whether and how the call rings; the dialplan dials only when OPENDEEP_DIAL is set."""
-        call_id, user_id = await _identity(agi)
+        call_id, user_id = await _identity(agi, LOCAL_TWO)
         if call_id is None or user_id is None:
             log.warning("call-start on %s without valid OPENDEEP_CALL_ID/OPENDEEP_USER_ID: not dialing",
                         agi.env.channel)
@@ -246,7 +249,7 @@ class CallRoutes:
         """The callee answered: remember the channel live-call commands target (the Local ;1 half, bridged to
         the callee) and the time, and tell the dialplan where the AI is. Without OPENDEEP_AS_UUID the dialplan
         hangs up."""
-        call_id, user_id = await _identity(agi)
+        call_id, user_id = await _identity(agi, LOCAL_ONE)
         if call_id is None or user_id is None:
             log.warning("call-answered on %s without a call id: nothing recorded", agi.env.channel)
             return
@@ -258,6 +261,10 @@ class CallRoutes:
                 return
             if call.status is CallStatus.ENDED or not call.audiosocket_uuid:
                 log.info("call-answered: call %s already ended or never started; hanging up %s", call_id, channel)
+                return
+            if call.channel and call.channel != channel:
+                log.warning("call-answered for call %s from %s, but AMI saw its ;1 half as %s: refused",
+                            call_id, channel, call.channel)
                 return
             call.channel = channel[:128]
             call.answered_at = call.answered_at or utcnow()
@@ -278,7 +285,7 @@ class CallRoutes:
     async def amd(self, agi: AgiSession) -> None:
         """After AMD(): MACHINE -> voicemail (hint kept on the call, the dialplan hangs up); HUMAN and
         NOTSURE -> talk (human first: a person hung up on costs more than an AI greeting a mailbox)."""
-        call_id, user_id = await _identity(agi)
+        call_id, user_id = await _identity(agi, LOCAL_ONE)
         status = (await agi.get_variable("AMDSTATUS") or "").upper()
         cause = await agi.get_variable("AMDCAUSE") or ""
         action = AmdAction.HANGUP if status in ("MACHINE", "HANGUP") else AmdAction.TALK
@@ -294,11 +301,35 @@ class CallRoutes:
                                                          "action": action.value}))
         await agi.set_variable("OPENDEEP_AMD_ACTION", action)
 
+    # ------------------------------------------------------------ transfer
+
+    async def transfer(self, agi: AgiSession) -> None:
+        """[opendeep-transfer] on the ;1 half, after the call AI's transfer_to_human: the one number OpenDeep
+        allowed this call (a target the user listed), used once and checked again (DND, test mode). Without
+        OPENDEEP_TRANSFER_DIAL the dialplan dials nothing."""
+        call_id, user_id = await _identity(agi, LOCAL_ONE)
+        if call_id is None or user_id is None:
+            return
+        async with self.sessions() as db, db.begin():
+            call = await repo.get_call(db, user_id, call_id)
+            number = call.transfer_number if call is not None and call.status is not CallStatus.ENDED else None
+            if not number:
+                log.warning("transfer: call %s of user %s has no transfer allowed; nothing dialed", call_id, user_id)
+                return
+            call.transfer_number = None   # one transfer per permission
+            refusal = await transfers.transfer_refusal(db, self.settings, user_id, number)
+            db.add(_call_event(call, "agi.transfer", {"number": number, "refused": refusal}))
+        if refusal is not None:
+            log.warning("transfer of call %s to %s refused: %s", call_id, number, refusal)
+            return
+        await agi.set_variable("OPENDEEP_TRANSFER_DIAL", self.settings.dial_string_template.format(
+            number=number, digits=number.lstrip("+")))
+
     # ------------------------------------------------------------ call-end
 
     async def call_end(self, agi: AgiSession) -> None:
         """The Local channel hung up (`h` extension): end the call and move its task on (idempotent)."""
-        call_id, user_id = await _identity(agi)
+        call_id, user_id = await _identity(agi, LOCAL_TWO)
         # CHANNEL STATUS would answer 511 here; variables are still readable.
         dial_status = await agi.get_variable("DIALSTATUS") or ""
         hangup_cause = _int_or_none(await agi.get_variable("HANGUPCAUSE"))
@@ -331,14 +362,23 @@ class CallRoutes:
             self.events.publish(user_id, kind, payload)
 
 
-async def _identity(agi: AgiSession) -> tuple[int | None, int | None]:
-    """(call id, user id): from AGI(...,<call id>,<user id>) arguments when given (the callee's channel),
-    else from the OPENDEEP_CALL_ID / OPENDEEP_USER_ID variables the Originate set on the Local channel."""
+LOCAL_ONE, LOCAL_TWO = "", "-b"   # suffixes of the Uniqueids our Originate pre-assigns: opendeep-<id>, opendeep-<id>-b
+
+
+async def _identity(agi: AgiSession, half: str) -> tuple[int | None, int | None]:
+    """(call id, user id): from AGI(...,<call id>,<user id>) arguments when given, else from the OPENDEEP_CALL_ID
+    / OPENDEEP_USER_ID variables the Originate set on the Local channel. (None, None) unless the session runs on
+    that call's own `half` of the Local channel (its pre-assigned agi_uniqueid)."""
     if len(agi.env.args) >= 2 and agi.env.args[0] and agi.env.args[1]:
-        return _int_or_none(agi.env.args[0]), _int_or_none(agi.env.args[1])
-    call_id = await agi.get_variable("OPENDEEP_CALL_ID")
-    user_id = await agi.get_variable("OPENDEEP_USER_ID")
-    return _int_or_none(call_id), _int_or_none(user_id)
+        call_id, user_id = _int_or_none(agi.env.args[0]), _int_or_none(agi.env.args[1])
+    else:
+        call_id = _int_or_none(await agi.get_variable("OPENDEEP_CALL_ID"))
+        user_id = _int_or_none(await agi.get_variable("OPENDEEP_USER_ID"))
+    if call_id is not None and agi.env.uniqueid != f"opendeep-{call_id}{half}":
+        log.warning("FastAGI %s for call %s refused: it runs on %s (Uniqueid %r), not on the call's own channel",
+                    agi.env.script, call_id, agi.env.channel, agi.env.uniqueid)
+        return None, None
+    return call_id, user_id
 
 
 class GroupCommit:

@@ -12,6 +12,7 @@ itself. Every failure is logged with the peer and the channel, the socket is clo
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -45,8 +46,14 @@ class FastAgiServer:
 
     def __init__(self, routes: Mapping[str, Route], host: str = "127.0.0.1", port: int = 4573, *,
                  header_timeout: float = HEADER_TIMEOUT_SECONDS, max_header_bytes: int = MAX_HEADER_BYTES,
-                 session_timeout: float = SESSION_TIMEOUT_SECONDS):
+                 session_timeout: float = SESSION_TIMEOUT_SECONDS, secret: str | None = None,
+                 peer_allowed: Callable[[str | None], bool] | None = None):
         self.routes = dict(routes)
+        # Who may speak AGI to us: the secret in the AGI URL (`?secret=`) and the peer's address. None: no check
+        # (protocol tests and benches of the bare server); `opendeep serve` always sets both.
+        self.secret = secret
+        self.peer_allowed = peer_allowed
+        self.refused_sessions = 0
         self.host = host
         self.port = port
         self.header_timeout = header_timeout
@@ -111,6 +118,10 @@ class FastAgiServer:
 
     def _environment_received(self, connection: AgiConnection, env: AgiEnvironment) -> None:
         self._connecting.discard(connection)
+        if not self._trusted(connection, env):
+            self.refused_sessions += 1
+            connection.close()
+            return
         route = self.routes.get(env.script)
         if route is None:
             log.error("FastAGI: no route %r (from %s on %s); known routes: %s. Check the "
@@ -121,6 +132,22 @@ class FastAgiServer:
         task = asyncio.get_running_loop().create_task(self._serve_session(route, connection, env))
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
+
+    def _trusted(self, connection: AgiConnection, env: AgiEnvironment) -> bool:
+        """Asterisk, not someone who found the port: an allowed address and the secret (never logged)."""
+        peer = connection.peer
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        if self.peer_allowed is not None and not self.peer_allowed(host):
+            log.warning("FastAGI %s from %s refused: the address is not in ASTERISK_ALLOWED_PEERS", env.script, peer)
+            return False
+        if self.secret is not None:
+            given = (env.query_value("secret") or "").encode()
+            if not hmac.compare_digest(given, self.secret.encode()):
+                log.warning("FastAGI %s from %s on %s refused: %s secret (the dialplan must be the one `opendeep "
+                            "dialplan render` wrote with this FASTAGI_SECRET)", env.script, peer, env.channel,
+                            "wrong" if given else "no")
+                return False
+        return True
 
     async def _serve_session(self, route: Route, connection: AgiConnection, env: AgiEnvironment) -> None:
         try:

@@ -7,6 +7,7 @@ turns it into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 
 class SettingsError(ValueError):
@@ -70,6 +72,27 @@ def parse_window(raw: str) -> CallingWindow:
     return CallingWindow(start, end)
 
 
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        networks = tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"expected comma-separated addresses or CIDR networks ({exc})") from None
+    if not networks:
+        raise ValueError("list at least one address (Asterisk's)")
+    return networks
+
+
+def peer_allowed(settings: Settings, host: str | None) -> bool:
+    """Whether a connection from `host` may speak FastAGI / AudioSocket (ASTERISK_ALLOWED_PEERS)."""
+    try:
+        address = ipaddress.ip_address((host or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in settings.asterisk_allowed_peers)
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -91,16 +114,57 @@ def _fraction(raw: str) -> float:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a number above 0")
+    return value
+
+
 def _database_url(raw: str) -> str:
+    # The messages never quote the URL: it may carry the database password.
     if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        raise ValueError("expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        raise ValueError("expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST[:PORT]/DB")
+    try:
+        port = urlsplit(raw).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port after HOST: must be a number from 1 to 65535")
     return raw
+
+
+def _url_passwords(url: str) -> set[str]:
+    """What may be the password in scheme://user:password@host/...: up to the first and up to the last '@'
+    (an unencoded '@' or '/' in a password makes the split ambiguous), as written and percent-decoded."""
+    _, scheme_sep, rest = url.partition("://")
+    found = set()
+    for userinfo in (rest.partition("@")[0], rest.rpartition("@")[0]):
+        user, colon, password = userinfo.partition(":")
+        if scheme_sep and colon and password:
+            found |= {password, unquote(password)}
+    return found
+
+
+def hide_url_password(text: str, url: str) -> str:
+    """`text` with the password of `url` replaced by ***, wherever it appears: for every message that may quote
+    the URL (DATABASE_URL) or a driver's error about it."""
+    for password in sorted(_url_passwords(url), key=len, reverse=True):
+        text = text.replace(password, "***")
+    return text
 
 
 def _e164_or_empty(raw: str) -> str:
     if raw and not re.fullmatch(r"\+[1-9]\d{6,14}", raw):
         raise ValueError("expected an E.164 number such as +14155550123")
     return raw
+
+
+def _proxy_networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"expected comma-separated addresses or CIDR networks ({exc})") from None
 
 
 def _log_level(raw: str) -> str:
@@ -136,6 +200,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FASTAGI_BIND", "fastagi_bind", "127.0.0.1:4573", parse_host_port, "FastAGI server listen address"),
     Setting("FASTAGI_ADVERTISE", "fastagi_advertise", "", str,
             "HOST:PORT Asterisk uses to reach FastAGI (dialplan render); empty = FASTAGI_BIND"),
+    Setting("FASTAGI_SECRET", "fastagi_secret", "", str,
+            "shared secret in every AGI URL of the rendered dialplan; empty = one kept in ./fastagi.secret",
+            secret=True),
+    Setting("ASTERISK_ALLOWED_PEERS", "asterisk_allowed_peers", "127.0.0.1/32,::1/128", _networks,
+            "addresses (CIDR, comma-separated) allowed to connect to the FastAGI and AudioSocket ports"),
     Setting("AUDIOSOCKET_BIND", "audiosocket_bind", "127.0.0.1:9092", parse_host_port,
             "AudioSocket server listen address"),
     Setting("AUDIOSOCKET_ADVERTISE", "audiosocket_advertise", "", str,
@@ -198,6 +267,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STUCK_TASK_SECONDS", "stuck_task_seconds", "900", _positive_int,
             "a queued / in-progress task with no live call for this long is recovered"),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    Setting("WEB_HEADER_TIMEOUT_SECONDS", "web_header_timeout_seconds", "10", _positive_float,
+            "a web client must send a whole request head this soon after connecting (or after the last answer)"),
+    Setting("WEB_BODY_TIMEOUT_SECONDS", "web_body_timeout_seconds", "60", _positive_float,
+            "a web client must send a whole request body this soon after its head (5 MiB in 60 s is 0.7 Mbit/s)"),
+    Setting("WEB_MAX_CONNECTIONS", "web_max_connections", "500", _positive_int,
+            "open web connections at most; at the limit a new one replaces the longest-waiting one that has "
+            "not sent a request yet"),
+    Setting("TRUSTED_PROXIES", "trusted_proxies", "", _proxy_networks,
+            "addresses (CIDR, comma-separated) of reverse proxies whose X-Forwarded-For names the web client; "
+            "empty = none"),
+    Setting("SESSION_COOKIE_SECURE", "session_cookie_secure", "false", parse_bool,
+            "send the session cookie over HTTPS only: set true when the web UI is behind TLS"),
 )
 
 
@@ -213,6 +294,8 @@ class Settings:
     ami_reconnect_max_seconds: float
     fastagi_bind: HostPort
     fastagi_advertise: str
+    fastagi_secret: str
+    asterisk_allowed_peers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     audiosocket_bind: HostPort
     audiosocket_advertise: str
     web_bind: HostPort
@@ -249,6 +332,11 @@ class Settings:
     lifecycle_interval_seconds: float
     stuck_task_seconds: int
     log_level: str
+    web_header_timeout_seconds: float
+    web_body_timeout_seconds: float
+    web_max_connections: int
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    session_cookie_secure: bool
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -301,8 +389,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         try:
             values[setting.attr] = setting.parse(raw)
         except ValueError as exc:
-            shown = "***" if setting.secret else repr(raw)
-            raise SettingsError(f"{setting.env}={shown}: {exc}") from None
+            shown = "***" if setting.secret else repr(hide_url_password(raw, raw))
+            raise SettingsError(f"{setting.env}={shown}: {hide_url_password(str(exc), raw)}") from None
     return Settings(**values)
 
 

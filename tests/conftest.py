@@ -103,7 +103,10 @@ def sessions(engine):
 @pytest.fixture
 def settings_env(database_url):
     """Environment for load_settings() in tests: the test database, no .env, nothing external."""
-    return {"DATABASE_URL": database_url, "SECRET_KEY": "test-secret", "RETRY_JITTER": "0"}
+    from tests.doubles.agi_client import TEST_FASTAGI_SECRET
+
+    return {"DATABASE_URL": database_url, "SECRET_KEY": "test-secret", "RETRY_JITTER": "0",
+            "FASTAGI_SECRET": TEST_FASTAGI_SECRET}
 
 
 @pytest.fixture

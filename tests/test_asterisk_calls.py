@@ -147,10 +147,13 @@ def _say(stack, *steps):
 
 
 async def test_the_ai_presses_keys_the_ivr_reads_them_then_transfers_the_callee_to_a_person(stack, asterisk):
-    """send_dtmf -> AMI PlayDTMF on the ;1 half -> the callee's Read() gets the digits; transfer_to_human -> AMI
-    Redirect of the ;1 half into [opendeep-transfer] -> the person answers and is bridged with the callee."""
+    """send_dtmf -> AMI PlayDTMF on the ;1 half -> the callee's Read() gets the digits; transfer_to_human (a
+    target the user listed, by name) -> AMI Redirect of the ;1 half into [opendeep-transfer] -> its AGI gives the
+    number -> the person answers and is bridged with the callee."""
     _say(stack, ("Pressing four two.", ("send_dtmf", {"digits": "42#"})),
-         ("Putting you through.", ("transfer_to_human", {"extension": PERSON})))
+         ("Putting you through.", ("transfer_to_human", {"target": "Front desk"})))
+    added = await stack.api("POST", "/api/transfer-targets", json={"name": "Front desk", "phone_number": PERSON})
+    assert added.status_code == 201, added.text
     _, [task_id] = await stack.import_campaign([("IVR", IVR)])
     digits = await stack.observer.wait_event("UserEvent", 40, UserEvent="OpenDeepTestDigits")
     assert (digits["Digits"], digits["Status"]) == ("42", "OK")
@@ -167,7 +170,10 @@ async def test_the_ai_presses_keys_the_ivr_reads_them_then_transfers_the_callee_
     tools = [(e.payload["name"], e.payload["result"]["ok"]) for e in events if e.type == "ai.tool"]
     assert tools == [("send_dtmf", True), ("transfer_to_human", True)]
     ended = next(e for e in events if e.type == "audiosocket.ended")
-    assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", PERSON)
+    assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", "Front desk")
+    transfer = next(e for e in events if e.type == "agi.transfer")
+    assert (transfer.payload["number"], transfer.payload["refused"]) == (PERSON, None)
+    assert call.transfer_number is None   # the permission was used up
     assert (call.outcome, call.dial_status) == (CallOutcome.ANSWERED, "ANSWER")
 
 
@@ -192,19 +198,18 @@ async def test_amd_hangs_up_on_an_answering_machine_and_records_voicemail(stack,
     assert stack.fake.realtime.connections == []   # the AI never spoke to the machine
 
 
-async def test_every_context_the_code_originates_or_redirects_into_exists_in_asterisk(asterisk, settings):
+async def test_every_context_the_code_originates_or_redirects_into_exists_in_asterisk(asterisk, settings, tmp_path):
     """Asked of Asterisk itself (`dialplan show`), with the files `opendeep dialplan render` writes."""
-    from ami_controller.manager import CONNECTED_CONTEXT, OUTBOUND_CONTEXT
-    from audiosocket.tools import TRANSFER_CONTEXT
+    from ami_controller.manager import CONNECTED_CONTEXT, OUTBOUND_CONTEXT, TRANSFER_CONTEXT
     from dialplan.render import render_dialplan
 
-    asterisk.install_opendeep(render_dialplan(settings))
+    asterisk.install_opendeep(render_dialplan(settings, directory=tmp_path))
     # The Originate: Channel Local/<number>@opendeep-outbound, then Context/Exten/Priority opendeep-connected,s,1.
     outbound = asterisk.rx(f"dialplan show +14155550123@{OUTBOUND_CONTEXT}")
     assert "'_[+0-9].' =>     1. NoOp(" in outbound and "Dial(${OPENDEEP_DIAL},${OPENDEEP_RING_SECONDS})" in outbound
     connected = asterisk.rx(f"dialplan show s@{CONNECTED_CONTEXT}")
     assert "'s' =>            1. NoOp(" in connected and "Dial(AudioSocket/" in connected
-    # The transfer: Redirect to opendeep-transfer,<E.164 number>,1.
-    transfer = asterisk.rx(f"dialplan show +14155550106@{TRANSFER_CONTEXT}")
-    assert "'_[+0-9].' =>     1. NoOp(" in transfer
+    # The transfer: Redirect to opendeep-transfer,s,1 (no number travels in it).
+    transfer = asterisk.rx(f"dialplan show s@{TRANSFER_CONTEXT}")
+    assert "'s' =>            1. NoOp(" in transfer and "Dial(${OPENDEEP_TRANSFER_DIAL},30)" in transfer
     assert "-= 1 extension" in outbound and "-= 1 extension" in connected and "-= 1 extension" in transfer

@@ -68,8 +68,9 @@ async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     assert config["audio"]["input"]["transcription"] == {"model": "whisper-1"}
     assert config["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     assert config["audio"]["input"]["turn_detection"]["threshold"] == 0.7
+    # No transfer targets listed by the user: no transfer tool (tests/security/ shows it with targets).
     assert {t["name"] for t in config["tools"]} == {"send_dtmf", "end_call", "request_user_feedback",
-                                                    "transfer_to_human", "record_note"}
+                                                    "record_note"}
     assert "AI assistant calling on behalf of Alice Example" in config["instructions"]
     assert "call after 10 am" in config["instructions"]
     assert model.model == "gpt-realtime"
@@ -233,3 +234,26 @@ async def test_silence_timeout_ends_the_call(scene, sessions, realtime):
         await asterisk.wait_hangup(timeout=4)
     ended = await wait_event(sessions, seeded, "audiosocket.ended")
     assert ended[0].payload["reason"] == "silence_timeout"
+
+
+async def test_what_the_callee_says_while_the_model_connects_reaches_it_in_order(scene, sessions, realtime):
+    """The callee's 'Hello?' right after the answer, before the model session is ready: held, then sent
+    first, byte for byte, before anything said later."""
+    seeded = await seed_call(sessions)
+    runtime = scene()
+    hello, later = speech_like(0.6, seed=11), speech_like(0.4, seed=12)
+    async with audiosocket_server(runtime) as server:
+        real_connect = server.connect_model
+
+        async def slow_model(instructions, tools):   # a model session that takes 0.5 s to be ready
+            await asyncio.sleep(0.5)
+            return await real_connect(instructions, tools)
+        server.connect_model = slow_model
+        async with asterisk_call(server, seeded.as_uuid) as asterisk:
+            asterisk.play(hello + later, keep_sending=False)
+            model = await realtime.wait_for_connection(timeout=5)
+            await asyncio.sleep(1.5)
+    expected = mulaw(hello + later)
+    assert bytes(model.audio_in[:len(expected)]) == expected
+    (connected,) = await wait_event(sessions, seeded, "ai.connected")
+    assert connected.payload["early_audio_ms"] >= 400

@@ -71,9 +71,10 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 async def test_bad_input_closes_cleanly_without_leaks(case, runtime, sessions, realtime):
     seeded = await seed_call(sessions)
+    warm_call = await seed_call(sessions, username="warm")   # an AudioSocket UUID is good for one connection
     async with audiosocket_server(runtime) as server:
         # One call first, so that the SDK client and the DB pool exist before we count.
-        warm = AsteriskAudioSocket(server.port, seeded.as_uuid)
+        warm = AsteriskAudioSocket(server.port, warm_call.as_uuid)
         await warm.connect()
         warm_model = await realtime.wait_for_connection(0)
         await warm.close()

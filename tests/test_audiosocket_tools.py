@@ -9,7 +9,7 @@ import json
 import warnings
 
 from ami_controller.manager import AmiController
-from db import repo
+from db import repo, transfers
 from db.models import CallOutcome, FeedbackStatus
 from tests.doubles.audiosocket_calls import CALLEE_CHANNEL, asterisk_call, audiosocket_server, make_runtime, seed_call
 from tests.doubles.audiosocket_client import tone
@@ -161,7 +161,7 @@ async def test_dtmf_and_transfer_go_through_ami_on_the_callee_channel(settings_e
     fake_ami = FakeAmi(username="opendeep", secret="secret")
     ami_port = await fake_ami.start()
     realtime.greeting = FakeResponse(function_call=("send_dtmf", {"digits": "1#"}))
-    realtime.responses = [FakeResponse(function_call=("transfer_to_human", {"extension": "200"}))]
+    realtime.responses = [FakeResponse(function_call=("transfer_to_human", {"target": "Front desk"}))]
     runtime = make_runtime(settings_env, engine, sessions, realtime.base_url, AMI_HOST="127.0.0.1",
                            AMI_PORT=str(ami_port), AMI_SECRET="secret")
     ami = AmiController(runtime.settings, sessions, runtime.events)
@@ -171,6 +171,8 @@ async def test_dtmf_and_transfer_go_through_ami_on_the_callee_channel(settings_e
         await ami.wait_connected(5)
         # Seeded after the login re-sync, which would finish a live call the fake Asterisk does not know.
         seeded = await seed_call(sessions)
+        async with sessions() as db, db.begin():
+            await transfers.add_transfer_target(db, seeded.user_id, "Front desk", "+4930999000")
         async with audiosocket_server(runtime) as server, asterisk_call(server, seeded.as_uuid) as asterisk:
             model = await realtime.wait_for_connection()
             first = await fake_ami.wait_for_action("PlayDTMF", timeout=5)
@@ -181,8 +183,9 @@ async def test_dtmf_and_transfer_go_through_ami_on_the_callee_channel(settings_e
         assert [pairs_get(a, "Digit") for a in dtmf] == ["1", "#"]
         assert {pairs_get(a, "Channel") for a in dtmf} == {CALLEE_CHANNEL}
         assert pairs_get(first, "Channel") == CALLEE_CHANNEL
+        # The Redirect names no number: [opendeep-transfer] asks FastAGI for the one this call was allowed.
         assert (pairs_get(redirect, "Channel"), pairs_get(redirect, "Context"), pairs_get(redirect, "Exten"),
-                pairs_get(redirect, "Priority")) == (CALLEE_CHANNEL, "opendeep-transfer", "200", "1")
+                pairs_get(redirect, "Priority")) == (CALLEE_CHANNEL, "opendeep-transfer", "s", "1")
         # DTMF never travels as an AudioSocket frame: Asterisk would drop the call.
         assert {f.kind for f in asterisk_frames} <= {0x10, 0x00}
     finally:
@@ -190,6 +193,8 @@ async def test_dtmf_and_transfer_go_through_ami_on_the_callee_channel(settings_e
         await fake_ami.stop()
     ended = await events_of(sessions, seeded, "audiosocket.ended")
     assert ended[0].payload["reason"] == "transferred"
+    async with sessions() as db:
+        assert (await repo.get_call(db, seeded.user_id, seeded.call_id)).transfer_number == "+4930999000"
 
 
 async def test_dtmf_without_ami_tells_the_model_why(scene, sessions, realtime):

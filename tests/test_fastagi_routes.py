@@ -80,7 +80,7 @@ async def test_call_start_sets_what_the_dialplan_needs_and_stores_the_audiosocke
     call, task, events = await _load(sessions, user_id, call_id, task_id)
     assert str(uuid.UUID(call.audiosocket_uuid)) == call.audiosocket_uuid
     assert call.status is CallStatus.RINGING and call.started_at is not None
-    assert call.asterisk_other_uniqueid == "opendeep-call-42-b"  # agi_uniqueid of the captured ;2 channel
+    assert call.asterisk_other_uniqueid == f"opendeep-{call_id}-b"  # agi_uniqueid: the ;2 half our Originate named
     assert events == ["agi.call_start"]
 
 

@@ -191,7 +191,7 @@ async def test_a_crashing_route_and_an_unknown_route_end_the_agi_cleanly(server)
 
 async def test_route_gets_query_arguments_and_agi_args(server):
     run = await FakeAsteriskAgi(server.port, script="call-start?campaign=7&mode=test", args=("a,b", "c"),
-                                variables={"OPENDEEP_CALL_ID": "9"}).run()
+                                variables={"OPENDEEP_CALL_ID": "9"}, secret=None).run()
     assert run.variables["OPENDEEP_DIAL"] == "PJSIP/+14155550123@opendeep-trunk"
     assert server.recorder.seen == [("call-start", {"campaign": ["7"], "mode": ["test"]}, ("a,b", "c"), "9")]
 

@@ -62,6 +62,10 @@ def parse_args(line: str) -> list[str]:
     return words
 
 
+TEST_FASTAGI_SECRET = "test-fastagi-secret-0123456789"   # FASTAGI_SECRET of the tests' settings (conftest.py)
+LOCAL_TWO_ROUTES = ("call-start", "call-end")              # the routes the dialplan runs on the Local ;2 half
+
+
 def build_environment(template: Path | bytes = ENV_ANSWERED, *, script: str, args: tuple[str, ...] = (),
                       agi_host: str = "127.0.0.1:4573", overrides: dict[str, str] | None = None) -> bytes:
     """The captured environment with `agi_network_script`/`agi_request` pointing at `script`, the AGI()
@@ -108,8 +112,15 @@ class FakeAsteriskAgi:
     def __init__(self, port: int, *, script: str, variables: dict[str, str] | None = None,
                  args: tuple[str, ...] = (), template: Path | bytes = ENV_ANSWERED, host: str = "127.0.0.1",
                  overrides: dict[str, str] | None = None, dead: bool = False, hangup_after: int | None = None,
-                 hangup_close: bool = True, timeout: float = 5.0):
+                 hangup_close: bool = True, timeout: float = 5.0, secret: str | None = TEST_FASTAGI_SECRET):
         self.host, self.port = host, port
+        overrides = dict(overrides or {})
+        call_id = args[0] if args else (variables or {}).get("OPENDEEP_CALL_ID")
+        if call_id and "agi_uniqueid" not in overrides:
+            # The Uniqueid our Originate pre-assigns to the half this route runs on, as on a real Asterisk.
+            overrides["agi_uniqueid"] = f"opendeep-{call_id}" + ("-b" if script in LOCAL_TWO_ROUTES else "")
+        if secret is not None:
+            script = f"{script}?secret={secret}"   # as the rendered dialplan's AGI(agi://.../<route>?secret=...)
         self.environment = build_environment(template, script=script, args=args, agi_host=f"{host}:{port}",
                                              overrides=overrides)
         self.variables = dict(variables or {})

@@ -1,0 +1,1 @@
+"""Attacks on OpenDeep over the real wire (HTTP, FastAGI, AudioSocket, AMI): the threat model in SECURITY.md."""
