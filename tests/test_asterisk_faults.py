@@ -36,7 +36,8 @@ async def test_with_fastagi_unreachable_the_dialplan_never_dials(make_stack, ast
     """AGISTATUS=FAILURE: the shipped dialplan logs why and hangs up; the callee's phone never rings."""
     stack = await make_stack(FASTAGI_ADVERTISE=f"127.0.0.1:{free_port()}")   # nobody listens there
     for line in (r"Connecting to '127\.0\.0\.1:\d+' failed for url "
-                 r"'agi://127\.0\.0\.1:\d+/call-(start|end)\?secret=[^']+': Connection refused", r"Couldn't connect to any host\.  FastAGI failed\."):
+                 r"'agi://127\.0\.0\.1:\d+/call-(start|end)\?secret=[^']+': Connection refused",
+                 r"Couldn't connect to any host\.  FastAGI failed\."):
         asterisk.expect_log(line, "this test points the dialplan's AGI() at a closed port")
     asterisk.expect_log(r"not dialed: no call-start decision \(AGISTATUS=FAILURE\)",
                         "the shipped dialplan's own warning for the admin")
