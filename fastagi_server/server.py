@@ -177,11 +177,16 @@ class FastAgiComponent:
 
     def __init__(self, runtime, *, host: str | None = None, port: int | None = None):
         from fastagi_server.routes import CallRoutes  # routes import the DB layer; keep this module light
+        from fastagi_server.secret import fastagi_secret
+        from opendeep.settings import peer_allowed
 
+        settings = runtime.settings
         self.runtime = runtime
-        self.routes = CallRoutes(runtime.settings, runtime.sessions, runtime.events)
-        bind = runtime.settings.fastagi_bind
-        self.server = FastAgiServer(self.routes.table(), host or bind.host, bind.port if port is None else port)
+        self.routes = CallRoutes(settings, runtime.sessions, runtime.events)
+        bind = settings.fastagi_bind
+        self.server = FastAgiServer(self.routes.table(), host or bind.host, bind.port if port is None else port,
+                                    secret=fastagi_secret(settings),
+                                    peer_allowed=lambda host: peer_allowed(settings, host))
 
     @property
     def port(self) -> int:
