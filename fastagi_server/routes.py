@@ -312,12 +312,12 @@ class CallRoutes:
             return
         async with self.sessions() as db, db.begin():
             call = await repo.get_call(db, user_id, call_id)
-            number = call.transfer_number if call is not None and call.status is not CallStatus.ENDED else None
-            if not number:
-                log.warning("transfer: call %s of user %s has no transfer allowed; nothing dialed", call_id, user_id)
+            if call is None:
                 return
+            number = call.transfer_number if call.status is not CallStatus.ENDED else None
             call.transfer_number = None   # one transfer per permission
-            refusal = await transfers.transfer_refusal(db, self.settings, user_id, number)
+            refusal = (await transfers.transfer_refusal(db, self.settings, user_id, number) if number
+                       else "no transfer was allowed for this call")
             db.add(_call_event(call, "agi.transfer", {"number": number, "refused": refusal}))
         if refusal is not None:
             log.warning("transfer of call %s to %s refused: %s", call_id, number, refusal)
