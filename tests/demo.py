@@ -2,13 +2,17 @@
 
     .venv/bin/python -m tests.demo [--port 8000]
 
-It starts the Asterisk simulator (tests/doubles/asterisk_sim.py: AMI, the shipped dialplan, FastAGI and
-AudioSocket sessions with generated speech) and the scripted OpenAI server (tests/doubles/fake_openai.py: the
-assistant, the call AI over the Realtime WebSocket, the analyzer, the summarizer), migrates ./demo.db, creates
-the user `demo` (password `demo-password`) if missing, and runs `opendeep serve` pointed at both. Log in, ask
-the assistant for anything ("call these two dentists and book me a cleaning"), confirm the plan, and watch the
-two calls run live; each call AI asks you a question mid-call (answer it in the page) and ends the call once it
-has your answer. Ctrl-C stops everything. The app's log goes to ./demo-serve.log.
+It starts the Asterisk simulator (tests/doubles/asterisk_sim.py: AMI, the shipped dialplan with its FastAGI calls,
+and the AudioSocket channel, whose callee says generated speech) and the scripted OpenAI server
+(tests/doubles/fake_openai.py: the assistant, the call AI over the Realtime WebSocket, the analyzer, the
+summarizer), migrates ./demo.db, creates the user `demo` (password `demo-password`) if missing, and runs
+`opendeep serve` pointed at both. Log in, ask the assistant for anything ("call these two dentists and book me
+a cleaning"), confirm the plan, and watch the two calls run live; each call AI asks you a question mid-call
+(answer it in the page) and ends the call once it has your answer. Ctrl-C stops everything. The app's log goes
+to ./demo-serve.log.
+
+The simulator plays Asterisk the way tests/test_asterisk_calls.py shows a real Asterisk 22 does (see
+tests/doubles/README.md); with a real Asterisk, `make run` and the dialplan README are the way.
 """
 
 from __future__ import annotations

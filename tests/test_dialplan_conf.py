@@ -1,6 +1,8 @@
-"""The shipped Asterisk files, read the way Asterisk 22 reads them (we have no Asterisk here; see the limits in
-dialplan/README.md): syntax, applications and their arguments, Goto/U() targets, comments for the admin,
-the AMI user's rights, and `render_dialplan` filling in this installation's addresses."""
+"""The shipped Asterisk files, read statically the way Asterisk 22 reads them: syntax, applications and their
+arguments, Goto/U() targets and AudioSocket dial strings, the contexts OpenDeep's AMI actions send calls to,
+comments for the admin, the AMI user's rights, and `render_dialplan` filling in this installation's addresses.
+That a real Asterisk loads the rendered files and runs them is tests/test_asterisk_calls.py's and
+tests/test_asterisk_faults.py's to show."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import re
 
 import pytest
 
+from ami_controller.manager import CONNECTED_CONTEXT, OUTBOUND_CONTEXT
+from audiosocket.tools import TRANSFER_CONTEXT
 from dialplan.render import EXTENSIONS, MANAGER, render_dialplan, shipped
 from fastagi_server.routes import AbortReason, CallRoutes
 from opendeep.settings import load_settings
-from tests.doubles.dialplan_interpreter import DialplanError, parse, split_args
+from tests.doubles.dialplan_interpreter import DialplanError, match_extension, parse, split_args
 
 
 @pytest.fixture
@@ -21,8 +25,16 @@ def plain_settings():
 
 def test_the_shipped_dialplan_parses_cleanly():
     plan = parse(shipped(EXTENSIONS))
-    assert set(plan.contexts) == {"opendeep-outbound", "opendeep-answered", "opendeep-transfer"}
+    assert set(plan.contexts) == {"opendeep-outbound", "opendeep-connected", "opendeep-transfer"}
     assert set(plan.contexts["opendeep-outbound"]) == {"_[+0-9].", "h"}
+
+
+def test_every_context_the_code_sends_a_call_to_exists_with_its_extension():
+    """The AMI Originate's Local channel (;2) and Context/Exten (;1), and the transfer's Redirect."""
+    plan = parse(shipped(EXTENSIONS))
+    for context, exten in ((OUTBOUND_CONTEXT, "+14155550123"), (CONNECTED_CONTEXT, "s"),
+                           (TRANSFER_CONTEXT, "+14155550999")):
+        assert match_extension(plan, context, exten)[0].priority == 1, (context, exten)
 
 
 def test_every_context_opens_with_a_comment_for_the_admin():
@@ -57,12 +69,28 @@ def test_every_opendeep_variable_is_explained_in_the_readme():
     assert {"OPENDEEP_DIAL", "OPENDEEP_AS_UUID", "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_ABORT"} <= used
 
 
-def test_dial_rings_the_decided_string_with_the_answered_subroutine():
+def test_the_outbound_half_answers_nothing_and_rings_the_decided_string():
+    """Nothing answers before the callee does, so the Originate reports busy / no answer / congestion."""
     plan = parse(shipped(EXTENSIONS))
-    (dial,) = [step for step in plan.contexts["opendeep-outbound"]["_[+0-9]."] if step.app == "Dial"]
-    args = split_args(dial.data)
-    assert args[0] == "${OPENDEEP_DIAL}" and args[1] == "${OPENDEEP_RING_SECONDS}"
-    assert args[2].startswith("U(opendeep-answered^${OPENDEEP_CALL_ID}^${OPENDEEP_USER_ID}^${OPENDEEP_AS_UUID}")
+    steps = plan.contexts[OUTBOUND_CONTEXT]["_[+0-9]."]
+    assert "Answer" not in [step.app for step in steps]
+    (dial,) = [step for step in steps if step.app == "Dial"]
+    assert split_args(dial.data) == ["${OPENDEEP_DIAL}", "${OPENDEEP_RING_SECONDS}"]
+
+
+def test_the_connected_half_asks_for_the_ai_then_dials_the_audiosocket_channel():
+    plan = parse(shipped(EXTENSIONS))
+    steps = plan.contexts[CONNECTED_CONTEXT]["s"]
+    apps = [step.app for step in steps]
+    assert "Answer" not in apps   # the ;1 half is up because the callee answered
+    call_answered = next(i for i, step in enumerate(steps) if step.app == "AGI" and "/call-answered," in step.data)
+    (dial,) = [step for step in steps if step.app == "Dial"]
+    assert steps.index(dial) > call_answered
+    assert split_args(dial.data) == ["AudioSocket/${OPENDEEP_AS_ADDR}/${OPENDEEP_AS_UUID}/c(slin)"]
+    # The hard limit is set from what call-answered said, before the conversation.
+    (limit,) = [step for step in steps if step.data.startswith("TIMEOUT(absolute)=")]
+    assert limit.data == "TIMEOUT(absolute)=${OPENDEEP_MAX_SECONDS}"
+    assert call_answered < steps.index(limit) < steps.index(dial)
 
 
 @pytest.mark.parametrize("broken,message", [
@@ -74,6 +102,10 @@ def test_dial_rings_the_decided_string_with_the_answered_subroutine():
     ("same => n,NoOp()\n", "before any 'exten"),
     ("exten => s,1,Dial(PJSIP/1,30,U(no-such-context))\n", "needs context"),
     ("exten => s,1,AudioSocket(only-uuid)\n", "takes 2..2 arguments"),
+    ("exten => s,1,Dial(AudioSocket/127.0.0.1/${OPENDEEP_AS_UUID})\n", "needs host:port"),
+    ("exten => s,1,Dial(AudioSocket/127.0.0.1:9092/not-a-uuid)\n", "not a UUID"),
+    ("exten => s,1,Dial(AudioSocket/${A}/${B}/c(opus))\n", "slin codec"),
+    ("exten => s,1,Dial(AudioSocket/${A})\n", "AudioSocket/<host:port>/<uuid>"),
     ("exten => s,1,Log(LOUD,hi)\n", "Log level"),
     ('exten => s,1,Set(X="a)\n', "double quote"),
 ])

@@ -1,11 +1,17 @@
-"""The whole path in one run, as a user and Asterisk see it: `opendeep serve` is a subprocess with its real
-sockets (web, FastAGI, AudioSocket), AMI goes to the Asterisk simulator (which runs the shipped dialplan, the
-AGI sessions and the AudioSocket call), and every model is the scripted fake OpenAI server (chat + realtime on
-one base_url).
+"""`make demo`'s stand-in for Asterisk still runs the shipped dialplan end to end: `opendeep serve` is a subprocess
+with its real sockets (web, FastAGI, AudioSocket), AMI goes to the Asterisk simulator (tests/doubles/asterisk_sim.py:
+the shipped dialplan, its AGI sessions and the AudioSocket channel), and every model is the scripted fake OpenAI
+server (chat + realtime on one base_url).
 
-log in -> chat -> plan -> confirm -> Originate -> call-start AGI -> Dial -> call-answered AGI -> AudioSocket ->
-the call AI asks the user -> the user answers through the JSON API -> the answer reaches the model -> end_call
--> the `h` extension's call-end AGI -> the analyzer completes the task -> the campaign summary exists.
+This is not where Asterisk's behaviour is tested: tests/test_asterisk_calls.py runs the same path against a real
+Asterisk 22. What these tests say about Asterisk (the ;1 half is the call's channel, busy never reaches the AI,
+DTMF and the transfer act on ;1) is each also asserted there; the rest is OpenDeep's side -- what it sends to
+Asterisk and what it answers to the dialplan's AGI calls -- and the simulator following the shipped file.
+
+log in -> chat -> plan -> confirm -> Originate -> call-start AGI (;2) -> Dial -> the callee answers -> call-answered
+AGI (;1) -> Dial(AudioSocket/...) -> the call AI asks the user -> the user answers through the JSON API -> the answer
+reaches the model -> end_call -> hangup frame -> the `h` extension's call-end AGI -> the analyzer completes the task
+-> the campaign summary exists.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ami_controller.manager import CONNECTED_CONTEXT, OUTBOUND_CONTEXT
 from db.engine import create_engine
 from db.models import (
     Call,
@@ -102,7 +109,8 @@ async def _db_rows(database_url: str, campaign_id: int):
         await engine.dispose()
 
 
-async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_call_ai(stack):
+async def test_the_demo_simulator_runs_the_shipped_dialplan_from_chat_to_summary(stack):
+    """What `make demo` does, checked: one chat campaign through the simulator's run of the shipped dialplan."""
     serve, sim, fake, models = stack
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
         csrf = await _login(http)
@@ -121,10 +129,12 @@ async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_cal
         assert confirmed.status_code == 201, confirmed.text
         campaign_id, [task_id] = confirmed.json()["campaign_id"], confirmed.json()["task_ids"]
 
-        # The scheduler places the call: one Originate with the four variables as separate headers.
+        # The scheduler places the call: one Originate with the four variables as separate headers; the ;1 half
+        # goes to [opendeep-connected] once the callee answers.
         call = await sim.wait_for_call(timeout=15)
         originate = call.originate
-        assert pairs_get(originate, "Channel") == f"Local/{NUMBER}@opendeep-outbound/n"
+        assert pairs_get(originate, "Channel") == f"Local/{NUMBER}@{OUTBOUND_CONTEXT}/n"
+        assert [pairs_get(originate, h) for h in ("Context", "Exten", "Priority")] == [CONNECTED_CONTEXT, "s", "1"]
         variables = pairs_all(originate, "Variable")
         assert len(variables) == 4
         assert {v.split("=", 1)[0] for v in variables} == {"OPENDEEP_CALL_ID", "OPENDEEP_TASK_ID",
@@ -154,32 +164,30 @@ async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_cal
         assert summary["summary_text"] and "booked" in summary["summary_text"]
         assert summary["rows"] and summary["rows"][0][summary["columns"].index("status")] == "completed"
 
-    # ---- the wire, as Asterisk saw it
+    # ---- OpenDeep's side of the wire, as the simulator saw it run the shipped dialplan
     assert call.error is None
     assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
-    start = call.agi_run("call-start")
-    assert start.agi_status == "SUCCESS"
+    start, answered, end = (call.agi_run(name) for name in ("call-start", "call-answered", "call-end"))
+    assert start.agi_status == answered.agi_status == "SUCCESS"
+    # call-start (on ;2) answers what Dial() rings; call-answered (on ;1) where the AI is, UUID last.
     assert call.local.variables["OPENDEEP_DIAL"] == f"PJSIP/{NUMBER}@opendeep-trunk"
-    assert any(c.startswith("SET VARIABLE OPENDEEP_AS_UUID") for c in start.commands)
-    assert call.dialed[0][0] == f"PJSIP/{NUMBER}@opendeep-trunk"
-    assert call.callee.variables["TIMEOUT(absolute)"] == "600"
-    end = call.agi_run("call-end")
+    assert call.dialed == [[f"PJSIP/{NUMBER}@opendeep-trunk", "10"]]
+    assert [c.split()[2] for c in answered.commands if c.startswith("SET VARIABLE")] == [
+        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_AS_UUID"]
+    connected = call.connected
+    assert connected.name == call.fake.one.name and connected.name.endswith(";1")
+    assert connected.variables["TIMEOUT(absolute)"] == "600"
+    as_uuid = connected.variables["OPENDEEP_AS_UUID"]
+    assert ("Dial", f"AudioSocket/{connected.variables['OPENDEEP_AS_ADDR']}/{as_uuid}/c(slin)") in connected.executed
     assert any("DIALSTATUS" in c for c in end.commands) and any("HANGUPCAUSE" in c for c in end.commands)
     assert call.local.variables["DIALSTATUS"] == "ANSWER"
+    # The app ended the call with the hangup frame, after speaking 20 ms frames of slin to the callee.
     audio = call.audio
-    assert call.app_hung_up, "the app ends the call with the AudioSocket hangup frame"
-    assert audio.received[-1].kind == 0x00
+    assert call.app_hung_up and audio.received[-1].kind == 0x00
     frames = audio.audio_frames()
     assert len(frames) > 50 and all(len(f.payload) == 320 for f in frames)
     assert any(not f.silent for f in frames), "the callee heard the AI"
     assert audio.sent_audio_frames > 50
-    names = call.event_names()
-    assert names[:2] == ["Newchannel", "Newchannel"]
-    assert names.index("OriginateResponse") < names.index("DialEnd", names.index("OriginateResponse"))
-    response = next(e for e in call.events if pairs_get(e, "Event") == "OriginateResponse")
-    assert (pairs_get(response, "Response"), pairs_get(response, "Reason")) == ("Success", "4")
-    hangups = [e for e in call.events if pairs_get(e, "Event") == "Hangup"]
-    assert [pairs_get(e, "Uniqueid") for e in hangups][-1] == f"opendeep-{call_id}"
 
     # ---- the realtime wire, as the model saw it
     config = session.session_config()
@@ -194,15 +202,17 @@ async def test_a_campaign_runs_from_chat_to_summary_through_asterisk_and_the_cal
     assert (task_row.status, task_row.attempt_count) == (TaskStatus.COMPLETED, 1)
     assert (call_row.status, call_row.outcome) == (CallStatus.ENDED, CallOutcome.ANSWERED)
     assert (call_row.dial_status, call_row.hangup_cause) == ("ANSWER", 16)
-    assert call_row.channel == call.callee.name and call_row.bridged_to_ai
-    assert call_row.audiosocket_uuid == call.local.variables["OPENDEEP_AS_UUID"]
+    assert call_row.channel == connected.name and call_row.bridged_to_ai   # the ;1 half (real test: same)
+    assert call_row.audiosocket_uuid == as_uuid
     assert call_row.answered_at is not None and call_row.ended_at is not None
     assert call_row.analysis["outcome"] == "success"
     (question,) = questions
     assert (question.status, question.answer) == (FeedbackStatus.ANSWERED, ANSWER)
     types = [e.type for e in events]
-    for expected in ("ami.originate", "ai.connected", "ai.feedback_asked", "ai.end_call", "audiosocket.ended"):
+    for expected in ("ami.originate", "ami.originate_response", "agi.call_start", "agi.call_answered",
+                     "audiosocket.connected", "ai.connected", "ai.feedback_asked", "ai.end_call", "audiosocket.ended"):
         assert expected in types, (expected, types)
+    assert next(e for e in events if e.type == "audiosocket.ended").payload["reason"] == "ai_ended"
     end_call = next(e for e in events if e.type == "ai.end_call")
     assert end_call.payload["outcome"] == "objective_met" and ANSWER in end_call.payload["summary"]
     agent = [line.text for line in lines if line.speaker is Speaker.AGENT]
@@ -244,25 +254,32 @@ async def _summary(http: httpx.AsyncClient, campaign_id: int):
     return summary if summary.get("summarized_at") else None
 
 
-async def test_a_busy_callee_is_never_bridged_and_the_call_ends_busy(stack):
+async def test_the_simulator_reports_a_busy_callee_as_the_real_asterisk_does(stack):
+    """The simulator's unanswered path (tests/test_asterisk_calls.py::test_unanswered_calls_end_as_asterisk_reports
+    _them_and_never_reach_the_ai asserts the same of a real Asterisk): the Originate fails, the call ends busy and
+    the AI is never connected."""
     serve, sim, fake, _ = stack
     sim.script_number(NUMBER, Callee("busy"))
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
-        _, task_id = await _confirm_one_call(http)
+        campaign_id, task_id = await _confirm_one_call(http)
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=15)
         task = await eventually(lambda: _task_if(http, task_id, "failed"), 15, 0.1,
                                 what="the task to fail (one attempt, busy)")
-    assert task["calls"][0]["outcome"] == "busy" and task["calls"][0]["dial_status"] == "BUSY"
-    assert call.agi_scripts() == ["call-start", "call-end"] and call.audio is None
-    dial_end = [e for e in call.events if pairs_get(e, "Event") == "DialEnd" and pairs_get(e, "Channel")]
-    assert [pairs_get(e, "DialStatus") for e in dial_end] == ["BUSY"]
-    assert call.local.variables["HANGUPCAUSE"] == "17"
-    assert fake.realtime.connections == []   # nobody answered: the call AI was never connected
+    assert task["calls"][0]["outcome"] == "busy"
+    assert call.agi_scripts() == ["call-start", "call-end"] and call.connected is None and call.audio is None
+    _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
+    assert (call_row.outcome, call_row.dial_status) == (CallOutcome.BUSY, "BUSY")
+    assert call_row.answered_at is None and not call_row.bridged_to_ai
+    response = next(e for e in events if e.type == "ami.originate_response")
+    assert response.payload["response"] == "Failure"
+    assert fake.realtime.connections == []
 
 
-async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_to_a_person(stack):
-    """send_dtmf -> AMI PlayDTMF per digit on the callee's channel -> the callee hears them; transfer_to_human ->
-    AMI Redirect -> the callee's channel leaves AudioSocket() and [opendeep-transfer] rings the person."""
+async def test_the_simulator_takes_dtmf_and_the_transfer_on_the_connected_half(stack):
+    """send_dtmf -> AMI PlayDTMF per digit on the ;1 half -> the callee hears them; transfer_to_human -> AMI
+    Redirect of ;1 into [opendeep-transfer] -> ;1 leaves Dial(AudioSocket) (the socket closes, no hangup frame)
+    and rings the person. tests/test_asterisk_calls.py::test_the_ai_presses_keys_the_ivr_reads_them_then_transfers
+    _the_callee_to_a_person shows the same on a real Asterisk."""
     serve, sim, fake, models = stack
     person = "+14155550999"
     speech = models.speech
@@ -281,19 +298,20 @@ async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_t
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=30)
         await eventually(lambda: _task_if(http, task_id, "completed"), 20, 0.1, what="the task to be completed")
 
+    one = call.connected.name
+    assert one == call.fake.one.name and one.endswith(";1")
     assert call.dtmf_heard == ["1", "#"]
     dtmf = sim.ami.actions_named("PlayDTMF")
-    assert [(pairs_get(a, "Channel"), pairs_get(a, "Digit")) for a in dtmf] == [(call.callee.name, "1"),
-                                                                               (call.callee.name, "#")]
+    assert [(pairs_get(a, "Channel"), pairs_get(a, "Digit")) for a in dtmf] == [(one, "1"), (one, "#")]
     (redirect,) = sim.ami.actions_named("Redirect")
     assert [(k, v) for k, v in redirect if k in ("Channel", "Context", "Exten", "Priority")] == [
-        ("Channel", call.callee.name), ("Context", "opendeep-transfer"), ("Exten", person), ("Priority", "1")]
-    # The callee's channel left AudioSocket() for the transfer: the app did not hang it up, Asterisk closed the
-    # socket, and the shipped [opendeep-transfer] rang the person through the trunk.
+        ("Channel", one), ("Context", "opendeep-transfer"), ("Exten", person), ("Priority", "1")]
+    # ;1 left Dial(AudioSocket) for the transfer: the app sent no hangup frame, and the shipped
+    # [opendeep-transfer] rang the person through the trunk.
     assert not call.app_hung_up and call.audio.received[-1].kind != 0x00
-    assert ("Redirect", f"opendeep-transfer,{person},1") in call.callee.executed
+    assert ("Redirect", f"opendeep-transfer,{person},1") in call.connected.executed
     assert call.transfer_dialed == [[f"PJSIP/{person}@opendeep-trunk", "30"]]
-    assert call.callee.variables["DIALSTATUS"] == "ANSWER"
+    assert call.connected.variables["DIALSTATUS"] == "ANSWER"
     assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
 
     _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
@@ -301,4 +319,5 @@ async def test_the_call_ai_navigates_an_ivr_with_dtmf_and_transfers_the_callee_t
     assert tools == [("send_dtmf", True), ("transfer_to_human", True)]
     ended = next(e for e in events if e.type == "audiosocket.ended")
     assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", person)
-    assert (call_row.status, call_row.outcome) == (CallStatus.ENDED, CallOutcome.ANSWERED)
+    assert (call_row.status, call_row.outcome, call_row.dial_status) == (CallStatus.ENDED, CallOutcome.ANSWERED,
+                                                                         "ANSWER")

@@ -5,6 +5,9 @@ transcript row lost or given to the wrong call.
 Each call's model says three things (one per turn, the turns chained by record_note tool calls, the last one
 ending the call) and hears the callee say three things (input transcriptions, as the Realtime API reports the
 callee's speech). Every line carries the call's own tag, so a row written to the wrong call shows up too.
+
+The simulator, not a real Asterisk: a hundred scripted callees answering at once is load on OpenDeep, which a real
+Asterisk cannot be set up to give on demand here (tests/test_asterisk_faults.py runs twenty real calls at once).
 """
 
 from __future__ import annotations

@@ -1,15 +1,20 @@
 """A strict reader and a small interpreter for extensions_opendeep.conf -- not Asterisk, but as close to its
-rules as this file needs, so the tests can check that the dialplan loads cleanly and does what it says.
+rules as this file needs. The real check of the shipped file is a real Asterisk 22 (tests/test_asterisk_calls.py,
+tests/test_asterisk_faults.py); this module is what the Asterisk simulator (asterisk_sim.py, for `make demo` and the
+load tests) runs the shipped file with, and what tests/test_dialplan_conf.py reads it with.
 
 Reader (what `dialplan reload` would complain about): `[context]` headers, `exten => ext,prio(label),App(args)`
 and `same => n(label),App(args)` lines, balanced parentheses / ${...} / $[...] / quotes, applications that exist
-in Asterisk 22 with an argument count they accept, Goto/GotoIf labels and U() contexts that exist.
+in Asterisk 22 with an argument count they accept, Goto/GotoIf labels and U() contexts that exist, and Dial()
+strings of the AudioSocket channel driver (`AudioSocket/<host:port>/<uuid>[/c(<codec>)]`, as
+channels/chan_audiosocket.c parses them).
 
 Interpreter: runs one extension from priority 1 with ${VAR} substitution, $[...] expressions (=, !=, &, |),
 Set, GotoIf, Goto, NoOp/Verbose/Log, Answer, Hangup, Return, and hands AGI, Dial, AudioSocket, AMD and
-Playback to callbacks, so a test can connect AGI() to the real FastAGI server. A callback that raises
-Redirected (an AMI Redirect arrived while its application ran) moves the channel to that place, as Asterisk's
-async goto does.
+Playback to callbacks, so a caller can connect AGI() to the real FastAGI server. A callback may hang the channel
+up (`channel.hung_up = True`: e.g. Dial() without the g option, whose answered callee hung up); the extension
+then stops and the context's `h` extension runs, as in Asterisk. A callback that raises Redirected (an AMI
+Redirect arrived while its application ran) moves the channel to that place, as Asterisk's async goto does.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ APPLICATIONS: dict[str, tuple[int, int]] = {
 FUNCTIONS = {"TIMEOUT", "FILTER", "CHANNEL", "LOCAL"}
 LOG_LEVELS = {"ERROR", "WARNING", "NOTICE", "DEBUG", "VERBOSE", "DTMF"}
 DIAL_OPTION_WITH_ARG = set("ADFGLMSUbr")
+# Codecs chan_audiosocket's c() option takes here (ast_format_cache_get names; AudioSocket speaks slin).
+AUDIOSOCKET_CODECS = {"slin", "slin12", "slin16", "slin24", "slin32", "slin44", "slin48", "slin96", "slin192"}
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_VARIABLE = re.compile(r"\$\{[A-Z_]+\}")
 
 
 class Redirected(Exception):  # noqa: N818 - a jump, not an error
@@ -221,8 +230,35 @@ def _check_target(plan, context, exten, labels, target, where) -> None:
         raise DialplanError(f"{where}: Goto target {target!r} does not exist")
 
 
+def parse_audiosocket_dial(target: str) -> tuple[str, str, str]:
+    """`AudioSocket/<host:port>/<uuid>[/c(<codec>)]` -> (host:port, uuid, codec), checked the way
+    chan_audiosocket.c's audiosocket_request() checks it (port required, a UUID, a known codec). ${VAR}s are
+    accepted unexpanded (the reader sees the file before any call). Raises DialplanError."""
+    tech, _, rest = target.partition("/")
+    parts = rest.split("/")
+    if tech != "AudioSocket" or len(parts) not in (2, 3):
+        raise DialplanError(f"AudioSocket dial string {target!r} is not AudioSocket/<host:port>/<uuid>[/c(codec)]")
+    address, call_uuid = parts[0], parts[1]
+    codec = "slin"
+    if not _VARIABLE.fullmatch(address) and not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):\d+", address):
+        raise DialplanError(f"AudioSocket destination {address!r} needs host:port")
+    if not _VARIABLE.fullmatch(call_uuid) and not _UUID.fullmatch(call_uuid):
+        raise DialplanError(f"AudioSocket id {call_uuid!r} is not a UUID")
+    if len(parts) == 3:
+        match = re.fullmatch(r"c\(([a-z0-9]+)\)", parts[2])
+        if not match or match[1] not in AUDIOSOCKET_CODECS:
+            raise DialplanError(f"AudioSocket options {parts[2]!r}: only c(<slin codec>) is known")
+        codec = match[1]
+    return address, call_uuid, codec
+
+
 def _check_dial(plan: Dialplan, step: Step, where: str) -> None:
     args = split_args(step.data)
+    if args and args[0].startswith("AudioSocket/"):
+        try:
+            parse_audiosocket_dial(args[0])
+        except DialplanError as exc:
+            raise DialplanError(f"{where}: {exc}") from None
     if len(args) > 1 and args[1] and not re.fullmatch(r"\d+|\$\{[A-Z_]+\}", args[1]):
         raise DialplanError(f"{where}: Dial timeout {args[1]!r} is not a number of seconds")
     options = args[2] if len(args) > 2 else ""
@@ -314,7 +350,7 @@ class Channel:
 async def run(plan: Dialplan, context: str, exten: str, channel: Channel, handlers: dict[str, Handler],
               max_steps: int = 200) -> None:
     """Run `exten` of `context` on `channel` until Hangup/Return/the end; then its `h` extension if any."""
-    steps = _match(plan, context, exten)
+    steps = match_extension(plan, context, exten)
     channel.variables.setdefault("EXTEN", exten)
     index = 0
     for _ in range(max_steps):
@@ -347,7 +383,8 @@ async def run(plan: Dialplan, context: str, exten: str, channel: Channel, handle
             except Redirected as jump:
                 channel.executed.append(("Redirect", str(jump)))
                 channel.variables["EXTEN"] = jump.exten
-                steps, index, context, exten = _match(plan, jump.context, jump.exten), 0, jump.context, jump.exten
+                context, exten, index = jump.context, jump.exten, 0
+                steps = match_extension(plan, context, exten)
                 if jump.priority != "1":
                     index = _label_index(steps, jump.priority)
     if channel.hung_up or index >= len(steps):
@@ -359,10 +396,14 @@ async def run(plan: Dialplan, context: str, exten: str, channel: Channel, handle
             channel.hung_up = True
 
 
-def _match(plan: Dialplan, context: str, exten: str) -> list[Step]:
-    for name, steps in plan.contexts[context].items():
-        if name == exten:
-            return steps
+def match_extension(plan: Dialplan, context: str, exten: str) -> list[Step]:
+    """The steps Asterisk runs for `exten` in `context`: an extension of that exact name, else a matching _pattern."""
+    extensions = plan.contexts.get(context)
+    if extensions is None:
+        raise DialplanError(f"no context [{context}]")
+    if exten in extensions:
+        return extensions[exten]
+    for name, steps in extensions.items():
         if name.startswith("_") and re.fullmatch(_pattern_to_regex(name[1:]), exten):
             return steps
     raise DialplanError(f"no extension {exten!r} in [{context}]")

@@ -21,7 +21,8 @@ A driver can take over what an Originate does (tests/doubles/asterisk_sim.py run
     fake.call_driver = async_fn              # async_fn(call: FakeCall, action: Pairs, outcome: str), spawned
                                              # by the caller of the hook; announce_local() emits the start
     fake.channel_driver = fn                 # fn(action_name: str, action: Pairs), after the Success reply to
-                                             # a PlayDTMF or Redirect on a live channel
+                                             # a PlayDTMF, Redirect or Hangup on a live channel (with a driver,
+                                             # the driver does the Hangup)
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ class FakeAmi:
         # Called (not awaited) instead of the built-in call script on each accepted Originate; it must start
         # its own task. None: the built-in script (_run_call) runs.
         self.call_driver: Callable[[FakeCall, Pairs, str], Awaitable[None] | None] | None = None
-        # Called after a PlayDTMF or Redirect on a live channel was answered with Success.
+        # Called after a PlayDTMF, Redirect or Hangup on a live channel was answered with Success (a Hangup is
+        # then the driver's to carry out).
         self.channel_driver: Callable[[str, Pairs], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -328,8 +330,10 @@ class FakeAmi:
                 self._reply(client, [("Response", "Error"), *id_pairs, ("Message", "No such channel")])
             else:
                 self._reply(client, [("Response", "Success"), *id_pairs, ("Message", "Channel Hungup")])
-                cause = pairs_get(action, "Cause") or "16"
-                self._spawn(self._hang_up(channel, cause))
+                if self.channel_driver is not None:
+                    self.channel_driver("Hangup", action)   # the driver hangs the channel up its own way
+                else:
+                    self._spawn(self._hang_up(channel, pairs_get(action, "Cause") or "16"))
         elif name == "playdtmf":
             if self._is_dead(pairs_get(action, "Channel") or ""):
                 self._reply(client, [("Response", "Error"), *id_pairs, ("Message", "Channel not found")])
