@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from opendeep.settings import Settings, SettingsError, load_settings
+from sqlalchemy.exc import SQLAlchemyError
+
+from opendeep.settings import Settings, SettingsError, hide_url_password, load_settings
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -89,20 +92,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     if args.command == "serve":
         return await _serve(settings, args.only)
-    if args.command == "db":
-        from db.migrate import upgrade
-        await upgrade(settings.database_url)
-        print("database is at the latest schema")
-        return 0
-    if args.command == "user":
-        return await _user_add(settings, args.name, args.password_stdin, args.admin)
     if args.command == "dialplan":
         return _dialplan_render(settings, args.out, args.amd)
-    if args.command == "dnd":
-        return await _dnd(settings, args)
-    if args.command == "tasks":
-        return await _tasks_import(settings, args)
+    with _database_errors(settings.database_url):
+        if args.command == "db":
+            from db.migrate import upgrade
+            await upgrade(settings.database_url)
+            print("database is at the latest schema")
+            return 0
+        if args.command == "user":
+            return await _user_add(settings, args.name, args.password_stdin, args.admin)
+        if args.command == "dnd":
+            return await _dnd(settings, args)
+        if args.command == "tasks":
+            return await _tasks_import(settings, args)
     raise CliError(f"unknown command {args.command}", EXIT_USAGE)  # pragma: no cover - argparse prevents it
+
+
+@contextlib.contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be reached or used becomes one line naming it, with its password hidden (the
+    driver's own message may quote it too)."""
+    try:
+        yield
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        message = f"cannot use the database at {url}: {reason[0] if reason else type(exc).__name__}"
+        raise CliError(hide_url_password(message, url) + " (check DATABASE_URL)") from None
 
 
 async def _serve(settings: Settings, only: str | None) -> int:

@@ -135,15 +135,12 @@ def _database_url(raw: str) -> str:
 
 
 def _url_passwords(url: str) -> set[str]:
-    """What may be the password in scheme://user:password@host/...: up to the first and up to the last '@'
-    (an unencoded '@' or '/' in a password makes the split ambiguous), as written and percent-decoded."""
+    """The password in scheme://user:password@host/..., as written and percent-decoded. It is taken up to the
+    last '@': an unencoded '@' in a password (or one in the query) then hides too much, never too little."""
     _, scheme_sep, rest = url.partition("://")
-    found = set()
-    for userinfo in (rest.partition("@")[0], rest.rpartition("@")[0]):
-        user, colon, password = userinfo.partition(":")
-        if scheme_sep and colon and password:
-            found |= {password, unquote(password)}
-    return found
+    userinfo, at, _ = rest.rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    return {password, unquote(password)} - {""} if scheme_sep and at and colon else set()
 
 
 def hide_url_password(text: str, url: str) -> str:
