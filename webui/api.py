@@ -35,7 +35,7 @@ from webui.csv_import import (
 from webui.live import FeedbackError, answer_feedback
 from webui.orchestrator import MAX_SOURCE_KEY, PlanRejected, chat_source_key, confirm_plan
 from webui.plan import plan_fingerprint, validate_plan
-from webui.routing import HttpError, api, json_body, not_found
+from webui.routing import MAX_ID, HttpError, api, json_body, not_found
 
 
 def _runtime(request: Request) -> Runtime:
@@ -395,6 +395,8 @@ async def notifications(request: Request) -> Response:
         after = int(request.query_params.get("after", "0"))
     except ValueError:
         raise HttpError(400, "invalid_field", "'after' must be a notification id") from None
+    if not 0 <= after <= MAX_ID:
+        raise HttpError(400, "invalid_field", f"'after' must be a notification id from 0 to {MAX_ID}")
     async with _runtime(request).sessions() as session:
         notes = await repo.list_notifications(session, request.state.user_id, after_id=after)
     return JSONResponse({"notifications": [{"id": n.id, "kind": n.kind, "message": n.message,

@@ -6,6 +6,7 @@ the CSRF token on every POST. Every lookup is by (user_id, id), so another user'
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,6 +37,11 @@ from webui.plan import plan_fingerprint
 from webui.routing import HttpError, form_data, not_found, page
 
 MAX_CSV_BYTES = 5 * 1024 * 1024
+# Flashes travel in the session cookie, and browsers drop a cookie over 4 KB: the first few messages, each
+# shortened, at most FLASH_BUDGET bytes of JSON together (base64 makes that about 2 KB of cookie).
+MAX_FLASHES = 5
+MAX_FLASH_CHARS = 300
+FLASH_BUDGET = 1500
 
 
 def _runtime(request: Request) -> Runtime:
@@ -48,7 +54,16 @@ def _render(request: Request, template: str, context: dict[str, Any] | None = No
 
 
 def _flash(request: Request, message: str, kind: str = "info") -> None:
-    request.session.setdefault("flash", []).append({"kind": kind, "message": message})
+    """A message for the next page; beyond MAX_FLASHES or FLASH_BUDGET it is left out (the first ones say most)."""
+    flashes = request.session.get("flash", [])
+    if len(flashes) >= MAX_FLASHES:
+        return
+    message = message if len(message) <= MAX_FLASH_CHARS else message[:MAX_FLASH_CHARS - 1] + "…"
+    room = FLASH_BUDGET - len(json.dumps(flashes))
+    while message and len(json.dumps({"kind": kind, "message": message})) + 2 > room:
+        message = message[:len(message) // 2]   # non-ASCII text grows up to 12 bytes a character in the cookie
+    if message:
+        request.session["flash"] = [*flashes, {"kind": kind, "message": message}]
 
 
 def _redirect(path: str) -> RedirectResponse:

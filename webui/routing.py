@@ -24,6 +24,8 @@ from webui.auth import CSRF_FIELD, CSRF_HEADER, csrf_matches, session_user_id
 Endpoint = Callable[[Request], Awaitable[Response]]
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Ids are INTEGER columns, 32-bit on PostgreSQL: a larger number names no row, and would overflow the driver.
+MAX_ID = 2**31 - 1
 
 
 class HttpError(Exception):
@@ -71,6 +73,8 @@ async def json_body(request: Request) -> dict:
         body = json.loads(await request.body() or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise HttpError(400, "invalid_json", "the body nests arrays or objects too deeply") from None
     if not isinstance(body, dict):
         raise HttpError(400, "invalid_json", "the body must be a JSON object")
     return body
@@ -95,6 +99,9 @@ def _guard(endpoint: Endpoint, *, auth: bool, api: bool) -> Endpoint:
                 raise HttpError(401, "not_authenticated", "log in first (POST /api/login)")
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+        for name, value in request.path_params.items():
+            if isinstance(value, int) and value > MAX_ID:
+                raise not_found(name.removesuffix("_id").replace("_", " "))
         if request.method not in SAFE_METHODS:
             await _check_csrf(request)
         request.state.user_id = user_id
