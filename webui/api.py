@@ -21,7 +21,18 @@ from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.runtime import Runtime
 from webui import views
-from webui.auth import LoginRateLimiter, SignupError, authenticate, csrf_token, end_session, sign_up, start_session
+from webui.auth import (
+    PasswordChangeError,
+    SignupError,
+    TooManyLogins,
+    change_password,
+    checked_login,
+    client_address,
+    csrf_token,
+    end_every_session,
+    sign_up,
+    start_session,
+)
 from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
 from webui.csv_import import (
     CsvImportError,
@@ -82,27 +93,48 @@ async def session_info(request: Request) -> Response:
                          "llm_configured": runtime.settings.llm_configured})
 
 
+def _client_address(request: Request) -> str:
+    return client_address(request, _runtime(request).settings.trusted_proxies)
+
+
+def _too_many(exc: TooManyLogins) -> HttpError:
+    return HttpError(429, "too_many_logins", str(exc), headers={"retry-after": str(exc.seconds)})
+
+
 async def login(request: Request) -> Response:
     body = await json_body(request)
     username, password = _str(body, "username", limit=64), _str(body, "password", limit=1024)
-    limiter: LoginRateLimiter = request.app.state.rate_limiter
-    keys = limiter.keys(request.client.host if request.client else "unknown", username)
-    wait = limiter.retry_after(keys)
-    if wait is not None:
-        raise HttpError(429, "too_many_logins", f"too many failed logins; try again in {int(wait) + 1} s",
-                        headers={"retry-after": str(int(wait) + 1)})
-    user = await authenticate(_runtime(request).sessions, username, password)
+    try:
+        user = await checked_login(request.app.state.rate_limiter, _runtime(request).sessions,
+                                   _client_address(request), username, password)
+    except TooManyLogins as exc:
+        raise _too_many(exc) from None
     if user is None:
-        limiter.record_failure(keys)
         raise HttpError(401, "wrong_credentials", "wrong username or password")
-    limiter.record_success(keys)
     start_session(request, user)
     return JSONResponse({"user": {"id": user.id, "username": user.username}, "csrf_token": csrf_token(request)})
 
 
 async def logout(request: Request) -> Response:
-    end_session(request)
+    """Ends every session of the user, not only this one."""
+    await end_every_session(_runtime(request).sessions, request)
     return JSONResponse({"logged_out": True})
+
+
+async def account_password(request: Request) -> Response:
+    """{"current_password": ..., "new_password": ...}: every session of the user ends; the answer carries the
+    new session's CSRF token (its cookie is set on this response)."""
+    body = await json_body(request)
+    try:
+        user = await change_password(_runtime(request).sessions, request.app.state.rate_limiter,
+                                     _client_address(request), request.state.user_id,
+                                     _str(body, "current_password", limit=1024), _str(body, "new_password", limit=1024))
+    except TooManyLogins as exc:
+        raise _too_many(exc) from None
+    except PasswordChangeError as exc:
+        raise HttpError(403 if exc.code == "wrong_password" else 400, exc.code, str(exc)) from None
+    start_session(request, user)
+    return JSONResponse({"password_changed": True, "csrf_token": csrf_token(request)})
 
 
 async def signup(request: Request) -> Response:
@@ -417,6 +449,7 @@ def routes() -> list[Route]:
         api("/api/login", login, ["POST"], auth=False),
         api("/api/logout", logout, ["POST"]),
         api("/api/signup", signup, ["POST"], auth=False),
+        api("/api/account/password", account_password, ["POST"]),
         api("/api/chats", chat_list),
         api("/api/chats", chat_create, ["POST"]),
         api("/api/chats/{chat_id:int}", chat_get),

@@ -20,7 +20,17 @@ from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.runtime import Runtime
 from webui import views
-from webui.auth import LoginRateLimiter, SignupError, authenticate, end_session, sign_up, start_session
+from webui.auth import (
+    PasswordChangeError,
+    SignupError,
+    TooManyLogins,
+    change_password,
+    checked_login,
+    client_address,
+    end_every_session,
+    sign_up,
+    start_session,
+)
 from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
 from webui.csv_import import (
     CsvImportError,
@@ -78,7 +88,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_address(request, _runtime(request).settings.trusted_proxies)
 
 
 def _int(request: Request, name: str) -> int:
@@ -121,26 +131,45 @@ async def login(request: Request) -> Response:
     username = await _text_field(form, "username")
     password = await _text_field(form, "password")
     next_path = _safe_next(await _text_field(form, "next"))
-    limiter: LoginRateLimiter = request.app.state.rate_limiter
-    keys = limiter.keys(_client_ip(request), username)
-    wait = limiter.retry_after(keys)
-    if wait is not None:
+    try:
+        user = await checked_login(request.app.state.rate_limiter, _runtime(request).sessions, _client_ip(request),
+                                   username, password)
+    except TooManyLogins as exc:
         return _render(request, "login.html", {"next": next_path, "username": username,
-                                               "error": f"Too many failed logins. Try again in {int(wait) + 1} s."},
+                                               "error": f"Too many failed logins. Try again in {exc.seconds} s."},
                        status_code=429)
-    user = await authenticate(_runtime(request).sessions, username, password)
     if user is None:
-        limiter.record_failure(keys)
         return _render(request, "login.html", {"next": next_path, "username": username,
                                                "error": "Wrong username or password."}, status_code=401)
-    limiter.record_success(keys)
     start_session(request, user)
     return _redirect(next_path)
 
 
 async def logout(request: Request) -> Response:
-    end_session(request)
+    await end_every_session(_runtime(request).sessions, request)
     return _redirect("/login")
+
+
+async def account_password(request: Request) -> Response:
+    """Change the password (GET: the form). Every other session of the user ends; this one starts afresh."""
+    if request.method == "GET":
+        return _render(request, "account_password.html")
+    form = await form_data(request)
+    new_password = await _text_field(form, "new_password")
+    if new_password != await _text_field(form, "new_password_again"):
+        return _render(request, "account_password.html", {"error": "The two new passwords differ."}, 400)
+    try:
+        user = await change_password(_runtime(request).sessions, request.app.state.rate_limiter, _client_ip(request),
+                                     request.state.user_id, await _text_field(form, "current_password"),
+                                     new_password)
+    except TooManyLogins as exc:
+        return _render(request, "account_password.html",
+                       {"error": f"Too many wrong passwords. Try again in {exc.seconds} s."}, 429)
+    except PasswordChangeError as exc:
+        return _render(request, "account_password.html", {"error": str(exc)[0].upper() + str(exc)[1:] + "."}, 400)
+    start_session(request, user)
+    _flash(request, "Password changed. Every other session of your account is logged out.")
+    return _redirect("/campaigns")
 
 
 async def signup(request: Request) -> Response:
@@ -469,6 +498,7 @@ def routes() -> list[Route]:
         page("/login", login, ["GET", "POST"], auth=False),
         page("/logout", logout, ["POST"]),
         page("/signup", signup, ["GET", "POST"], auth=False),
+        page("/account/password", account_password, ["GET", "POST"]),
         page("/chat", chat_list),
         page("/chat", chat_new, ["POST"]),
         page("/chat/{chat_id:int}", chat_page),

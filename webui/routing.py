@@ -1,7 +1,8 @@
 """How every route is guarded, and how errors look: one place, so no page or API call can forget a check.
 
-`page()` / `api()` build Starlette routes whose endpoint first checks the session (pages redirect to /login,
-the API answers 401) and, for every method other than GET/HEAD, the CSRF token (403). Errors raised as
+`page()` / `api()` build Starlette routes whose endpoint first checks the session against the database (pages
+redirect to /login, the API answers 401), then that every id in the path can be a row (404 otherwise) and, for
+every method other than GET/HEAD, the CSRF token (403). Errors raised as
 `HttpError` become `{"error": {"code": ..., "message": ...}}` under /api and an error page elsewhere.
 `BodyLimit` refuses request bodies over a size (413) before a handler reads them.
 """
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from webui.auth import CSRF_FIELD, CSRF_HEADER, csrf_matches, session_user_id
+from webui.auth import CSRF_FIELD, CSRF_HEADER, csrf_matches, current_user_id
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -93,7 +94,7 @@ async def _check_csrf(request: Request) -> None:
 def _guard(endpoint: Endpoint, *, auth: bool, api: bool) -> Endpoint:
     @functools.wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        user_id = session_user_id(request)
+        user_id = await current_user_id(request, request.app.state.runtime.sessions)
         if auth and user_id is None:
             if api:
                 raise HttpError(401, "not_authenticated", "log in first (POST /api/login)")
