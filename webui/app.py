@@ -44,6 +44,7 @@ UPLOAD_PATHS = {"/campaigns/import": MAX_UPLOAD, "/dnd/import": MAX_UPLOAD, "/ap
                 "/api/campaigns/import": MAX_UPLOAD}
 SESSION_COOKIE = "opendeep_session"
 SESSION_MAX_AGE = 14 * 24 * 3600
+ACCEPT_BATCH = 128
 
 
 def _template_globals(request: Request) -> dict:
@@ -82,8 +83,8 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     """The web UI for this runtime. SECRET_KEY signs sessions; empty = a random key for this app's lifetime."""
     secret = runtime.settings.secret_key or secrets.token_urlsafe(32)
     app = Starlette(
-        routes=[*pages.routes(), *api.routes(), *transfers.routes(), Mount("/static", StaticFiles(directory=HERE / "static"),
-                                                      name="static")],
+        routes=[*pages.routes(), *api.routes(), *transfers.routes(),
+                Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(BodyLimit, default_limit=MAX_BODY, limits=UPLOAD_PATHS),
@@ -234,9 +235,11 @@ class WebComponent:
         limits = ConnectionLimits(settings.web_header_timeout_seconds, settings.web_body_timeout_seconds,
                                   settings.web_max_connections)
         # proxy_headers off: X-Forwarded-For is read only from TRUSTED_PROXIES (webui.auth.client_address).
+        # backlog: asyncio accepts up to this many sockets in one go before any is closed to make room; with
+        # uvicorn's 2048, a burst of 1,100 connections hit the 1024 file limit (EMFILE on every port).
         config = uvicorn.Config(self.app, http=functools.partial(GuardedHttpProtocol, limits=limits),
                                 log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5,
-                                proxy_headers=False)
+                                proxy_headers=False, backlog=ACCEPT_BATCH)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="web-ui")
         while not self._server.started:
