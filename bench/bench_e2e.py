@@ -81,7 +81,7 @@ async def run_once(calls: int, concurrency: int) -> dict[str, float]:
         serve = ServeProcess(workdir, database_url=f"sqlite+aiosqlite:///{db_path}", extra_env={
             "MAX_CONCURRENT_CALLS": str(concurrency), "MAX_CONCURRENT_CALLS_PER_USER": str(concurrency),
             "LOG_LEVEL": "WARNING", "HITL_TIMEOUT_SECONDS": "60"})
-        sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None),
+        sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
                           default_callee=Callee("answer", talk_seconds=60, speech_seconds=1.0))
         try:
             serve.env["OPENAI_BASE_URL"] = await fake.start()

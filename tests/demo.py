@@ -67,7 +67,7 @@ async def main(port: int) -> int:
                          log_path=workdir / "demo-serve.log",
                          extra_env={"HITL_TIMEOUT_SECONDS": "180", "SCHEDULER_POLL_SECONDS": "1",
                                     "LIFECYCLE_INTERVAL_SECONDS": "30", "SECRET_KEY": "demo-" + "s" * 40})
-    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None),
+    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
                       default_callee=Callee("answer", ring_seconds=2.0, talk_seconds=300, speech_seconds=3.0))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -55,7 +55,8 @@ class Pbx:
         run = await FakeAsteriskAgi(self.agi_port, script=script, args=tuple(args[1:]),
                                     variables=channel.variables, dead=dead,
                                     template=ENV_H_EXTENSION if dead else ENV_ANSWERED,
-                                    overrides={"agi_channel": channel.name, "agi_uniqueid": uniqueid}).run()
+                                    overrides={"agi_channel": channel.name, "agi_uniqueid": uniqueid},
+                                    secret=None).run()   # the dialplan's URL carries the FastAGI secret
         channel.variables.update(run.variables)
         channel.variables["AGISTATUS"] = run.agi_status
 

@@ -16,6 +16,7 @@ reaches the model -> end_call -> hangup frame -> the `h` extension's call-end AG
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import httpx
@@ -24,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ami_controller.manager import CONNECTED_CONTEXT, OUTBOUND_CONTEXT
+from audiosocket.realtime import mulaw_to_slin
 from db.engine import create_engine
 from db.models import (
     Call,
@@ -40,8 +42,10 @@ from db.models import (
     TaskStatus,
 )
 from opendeep.settings import load_settings
+from tests.asterisk import audio_match
 from tests.doubles.ami_helpers import eventually
 from tests.doubles.asterisk_sim import AsteriskSim, Callee
+from tests.doubles.audiosocket_client import speech_like
 from tests.doubles.fake_ami import pairs_all, pairs_get
 from tests.doubles.fake_openai import DEMO_CALLEE_OFFER, FakeOpenAI, ScriptedModels
 from tests.doubles.fake_realtime import FakeResponse
@@ -61,7 +65,7 @@ async def stack(tmp_path):
     serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}",
                          extra_env={"OPENAI_BASE_URL": base_url, "HITL_TIMEOUT_SECONDS": "30",
                                     "ORIGINATE_TIMEOUT_SECONDS": "10"})
-    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None),
+    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
                       default_callee=Callee("answer", talk_seconds=25, speech_seconds=1.0))
     serve.env["AMI_PORT"] = str(await sim.start())
     try:
@@ -192,8 +196,16 @@ async def test_the_demo_simulator_runs_the_shipped_dialplan_from_chat_to_summary
     # ---- the realtime wire, as the model saw it
     config = session.session_config()
     assert {tool["name"] for tool in config["tools"]} >= {"request_user_feedback", "end_call"}
-    # The callee's speech reached the model, 20 ms per append, until the AI ended the call.
-    assert session.append_count > 40 and len(session.audio_in) == session.append_count * 160
+    # The callee's speech reached the model from its first word: what was said while the model connected in
+    # chunks of at most 1 s, then 20 ms per append, until the AI ended the call.
+    offsets = [offset for _, offset in session.append_times] + [len(session.audio_in)]
+    sizes = [after - before for before, after in itertools.pairwise(offsets)]
+    assert len(sizes) > 40 and all(size % 160 == 0 and size <= 50 * 160 for size in sizes), sizes
+    assert sizes[-40:] == [160] * 40
+    callee = sim.default_callee
+    said = audio_match.trim_silence(speech_like(callee.speech_seconds, seed=callee.speech_seed))
+    offset_ms, score = audio_match.find(said, mulaw_to_slin(bytes(session.audio_in)))
+    assert offset_ms < 100 and score > 0.9, (offset_ms, score)
 
     # ---- the database
     campaign, tasks, calls, events, lines, questions = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
@@ -267,19 +279,26 @@ async def test_the_simulator_reports_a_busy_callee_as_the_real_asterisk_does(sta
                                 what="the task to fail (one attempt, busy)")
     assert task["calls"][0]["outcome"] == "busy"
     assert call.agi_scripts() == ["call-start", "call-end"] and call.connected is None and call.audio is None
-    _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
+    _, _, (call_row,), _, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
     assert (call_row.outcome, call_row.dial_status) == (CallOutcome.BUSY, "BUSY")
     assert call_row.answered_at is None and not call_row.bridged_to_ai
-    response = next(e for e in events if e.type == "ami.originate_response")
-    assert response.payload["response"] == "Failure"
+    response = await eventually(lambda: _event(serve, campaign_id, "ami.originate_response"), 10, 0.1,
+                                what="the OriginateResponse, which comes after the `h` extension's call-end")
+    assert (response.payload["response"], response.payload["reason"]) == ("Failure", "0")
     assert fake.realtime.connections == []
 
 
+async def _event(serve, campaign_id: int, type_: str):
+    *_, events, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
+    return next((e for e in events if e.type == type_), None)
+
+
 async def test_the_simulator_takes_dtmf_and_the_transfer_on_the_connected_half(stack):
-    """send_dtmf -> AMI PlayDTMF per digit on the ;1 half -> the callee hears them; transfer_to_human -> AMI
-    Redirect of ;1 into [opendeep-transfer] -> ;1 leaves Dial(AudioSocket) (the socket closes, no hangup frame)
-    and rings the person. tests/test_asterisk_calls.py::test_the_ai_presses_keys_the_ivr_reads_them_then_transfers
-    _the_callee_to_a_person shows the same on a real Asterisk."""
+    """send_dtmf -> AMI PlayDTMF per digit on the ;1 half -> the callee hears them; transfer_to_human (a target
+    the user listed, by name) -> AMI Redirect of ;1 into [opendeep-transfer] -> ;1 leaves Dial(AudioSocket) (the
+    socket closes, no hangup frame), its AGI transfer gives the number, Dial() rings the person.
+    tests/test_asterisk_calls.py::test_the_ai_presses_keys_the_ivr_reads_them_then_transfers_the_callee_to_a_person
+    shows the same on a real Asterisk."""
     serve, sim, fake, models = stack
     person = "+14155550999"
     speech = models.speech
@@ -289,11 +308,15 @@ async def test_the_simulator_takes_dtmf_and_the_transfer_on_the_connected_half(s
             return FakeResponse(audio=speech, transcript="Pressing 1 for appointments.",
                                 function_call=("send_dtmf", {"digits": "1#"}))
         if index == 1:
-            return FakeResponse(audio=speech, transcript="Let me put you through to the patient.",
-                                function_call=("transfer_to_human", {"extension": person}))
+            return FakeResponse(audio=speech, transcript="Let me put you through to the front desk.",
+                                function_call=("transfer_to_human", {"target": "Front desk"}))
         return None
     fake.realtime.script = ivr_then_transfer
     async with httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
+        headers = {"x-csrf-token": await _login(http)}
+        added = await http.post("/api/transfer-targets", json={"name": "Front desk", "phone_number": person},
+                                headers=headers)
+        assert added.status_code == 201, added.text
         campaign_id, task_id = await _confirm_one_call(http)
         call = await (await sim.wait_for_call(timeout=15)).wait_done(timeout=30)
         await eventually(lambda: _task_if(http, task_id, "completed"), 20, 0.1, what="the task to be completed")
@@ -305,19 +328,22 @@ async def test_the_simulator_takes_dtmf_and_the_transfer_on_the_connected_half(s
     assert [(pairs_get(a, "Channel"), pairs_get(a, "Digit")) for a in dtmf] == [(one, "1"), (one, "#")]
     (redirect,) = sim.ami.actions_named("Redirect")
     assert [(k, v) for k, v in redirect if k in ("Channel", "Context", "Exten", "Priority")] == [
-        ("Channel", one), ("Context", "opendeep-transfer"), ("Exten", person), ("Priority", "1")]
-    # ;1 left Dial(AudioSocket) for the transfer: the app sent no hangup frame, and the shipped
-    # [opendeep-transfer] rang the person through the trunk.
+        ("Channel", one), ("Context", "opendeep-transfer"), ("Exten", "s"), ("Priority", "1")]
+    # ;1 left Dial(AudioSocket) for the transfer: the app sent no hangup frame; the shipped [opendeep-transfer]
+    # asked FastAGI for the number and rang the person through the trunk.
     assert not call.app_hung_up and call.audio.received[-1].kind != 0x00
-    assert ("Redirect", f"opendeep-transfer,{person},1") in call.connected.executed
+    assert ("Redirect", "opendeep-transfer,s,1") in call.connected.executed
+    assert call.agi_scripts() == ["call-start", "call-answered", "transfer", "call-end"]
     assert call.transfer_dialed == [[f"PJSIP/{person}@opendeep-trunk", "30"]]
     assert call.connected.variables["DIALSTATUS"] == "ANSWER"
-    assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
 
     _, _, (call_row,), events, _, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
     tools = [(e.payload["name"], e.payload["result"]["ok"]) for e in events if e.type == "ai.tool"]
     assert tools == [("send_dtmf", True), ("transfer_to_human", True)]
     ended = next(e for e in events if e.type == "audiosocket.ended")
-    assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", person)
+    assert (ended.payload["reason"], ended.payload["detail"]) == ("transferred", "Front desk")
+    transfer = next(e for e in events if e.type == "agi.transfer")
+    assert (transfer.payload["number"], transfer.payload["refused"]) == (person, None)
+    assert call_row.transfer_number is None   # the permission was used up
     assert (call_row.status, call_row.outcome, call_row.dial_status) == (CallStatus.ENDED, CallOutcome.ANSWERED,
                                                                          "ANSWER")

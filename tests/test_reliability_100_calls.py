@@ -89,7 +89,7 @@ async def test_100_concurrent_calls_lose_no_transcript_row(tmp_path, engine):
         stack.env.update(OPENAI_BASE_URL=base_url, MAX_CONCURRENT_CALLS=str(CALLS),
                          MAX_CONCURRENT_CALLS_PER_USER=str(CALLS), DEFAULT_CALLING_WINDOW=window_open_now(NUMBERS[0]),
                          SCHEDULER_POLL_SECONDS="0.2", ORIGINATE_TIMEOUT_SECONDS="10", LOG_LEVEL="WARNING")
-        sim = AsteriskSim(load_settings(stack.settings_env(), dotenv=None),
+        sim = AsteriskSim(load_settings(stack.settings_env(), dotenv=None), directory=stack.workdir,
                           default_callee=Callee("answer", ring_seconds=0.05, talk_seconds=40, speech_seconds=0.4))
         stack.env["AMI_PORT"] = str(await sim.start())
         await stack.cli("db", "upgrade")

@@ -13,7 +13,9 @@ It composes the protocol doubles:
   FakeAsteriskAgi (agi_client.py)    each AGI() of the dialplan: a TCP session to the app's FastAGI server
   AsteriskAudioSocket                the AudioSocket channel: a TCP connection to the app's AudioSocket server
 
-One call (Originate of Local/<number>@opendeep-outbound/n, Context opendeep-connected, Exten s):
+One call (Originate of Local/<number>@opendeep-outbound/n, Context opendeep-connected, Exten s; every AGI() goes
+to the app's FastAGI server with its URL as the rendered dialplan writes it, the FastAGI secret included, and the
+Uniqueid the Originate pre-assigned to its half):
   the ";2" half runs [opendeep-outbound]: AGI call-start, then Dial(${OPENDEEP_DIAL},${OPENDEEP_RING_SECONDS})
   rings the callee, scripted per number. Nothing is answered before the callee:
     busy / noanswer / congestion: DialEnd <status> -> Hangup() -> the `h` extension's AGI call-end (DIALSTATUS,
@@ -31,20 +33,22 @@ One call (Originate of Local/<number>@opendeep-outbound/n, Context opendeep-conn
       closed -- Asterisk sends no hangup frame;
     AMI Hangup of ;1: the socket is closed without a hangup frame, then ;2 runs `h`.
   AMI Redirect of ;1: it leaves Dial(AudioSocket) -- the socket is closed without a hangup frame -- and runs the
-  Redirect's place, [opendeep-transfer], whose Dial() rings the person (Callee.transfer_outcome); the callee stays
-  on the line through the Local pair. AMI PlayDTMF on ;1 reaches the callee (call.dtmf_heard).
+  Redirect's place, [opendeep-transfer] (AGI transfer gives the number), whose Dial() rings the person
+  (Callee.transfer_outcome); the callee stays on the line through the Local pair. AMI PlayDTMF on ;1 reaches the
+  callee (call.dtmf_heard).
 AMI events: those OpenDeep reads (Newchannel, VarSet, LocalBridge, DialBegin, DialEnd, Newstate,
 OriginateResponse, Hangup), with the headers and in the order a real Asterisk 22.10.1 sent them for the same
 calls; the ones OpenDeep does not subscribe to (Newexten, Bridge*, SoftHangupRequest, ...) are left out.
 
-    sim = AsteriskSim(settings)                    # opendeep Settings: FASTAGI_*/AUDIOSOCKET_* say where to go
+    sim = AsteriskSim(settings, directory=workdir) # opendeep Settings: FASTAGI_*/AUDIOSOCKET_* say where to go;
+                                                   # `opendeep serve`'s folder holds its fastagi.secret
     ami_port = await sim.start()                   # AMI on 127.0.0.1:<free port> (or start(port=...))
     sim.script_number("+14155550123", Callee("busy"))        # answer / busy / noanswer / congestion
     sim.default_callee = Callee("answer", talk_seconds=30, speech_seconds=2.0)
     call = await sim.wait_for_call(timeout=10)     # the next Originate's SimCall, once it starts
     await call.wait_done(timeout=30)               # both halves have run to their end (h extension included)
     call.originate                                 # the Originate action, [(header, value), ...] in wire order
-    call.agi                                       # [(script, AgiRun)]: call-start, call-answered, call-end
+    call.agi                                       # [(script?query, AgiRun)]: call-start, call-answered, ...
     call.audio                                     # the AsteriskAudioSocket (frames received, sent count)
     call.events                                    # every AMI event emitted for this call, in order
     call.local / call.connected                    # the ;2 and ;1 halves: variables, executed applications
@@ -65,6 +69,7 @@ import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from dialplan.render import EXTENSIONS, render_dialplan
@@ -163,12 +168,15 @@ class SimCall:
 
 
 class AsteriskSim:
-    """See the module docstring. `amd=True` runs the dialplan as `opendeep dialplan render --amd` writes it."""
+    """See the module docstring. The dialplan is rendered as `opendeep dialplan render [--amd]` run in `directory`
+    writes it: give the folder `opendeep serve` runs in, where its fastagi.secret is (unless FASTAGI_SECRET is
+    set in `settings`)."""
 
     def __init__(self, settings: Settings, *, username: str | None = None, secret: str | None = None,
-                 default_callee: Callee | None = None, agi_timeout: float = 10.0, amd: bool = False) -> None:
+                 default_callee: Callee | None = None, agi_timeout: float = 10.0, amd: bool = False,
+                 directory: Path = Path(".")) -> None:
         self.settings = settings
-        self.plan = dialplan.parse(render_dialplan(settings, amd=amd)[EXTENSIONS])
+        self.plan = dialplan.parse(render_dialplan(settings, amd=amd, directory=Path(directory))[EXTENSIONS])
         self.ami = FakeAmi(username=username or settings.ami_username, secret=secret or settings.ami_secret)
         self.ami.call_driver = self._on_originate
         self.ami.channel_driver = self._on_channel_action
@@ -499,7 +507,7 @@ class AsteriskSim:
             client = FakeAsteriskAgi(url.port or 4573, host=url.hostname or "127.0.0.1", script=script,
                                      args=tuple(args[1:]), variables=chan.variables, dead=dead,
                                      template=ENV_H_EXTENSION if dead else ENV_ANSWERED, overrides=overrides,
-                                     timeout=self.agi_timeout)
+                                     timeout=self.agi_timeout, secret=None)   # the URL carries the secret
             run = await client.run()
             call.agi.append((script, run))
             chan.variables.update(run.variables)
