@@ -133,14 +133,9 @@ class FakeAmi:
     """See the module docstring. Every action received is kept in `actions` as (header, value) pairs."""
 
     def __init__(self, username: str = "opendeep", secret: str = "secret", *, hold_seconds: float = 30.0,
-                 step_seconds: float = 0.0, answer_local_first: bool = True) -> None:
+                 step_seconds: float = 0.0) -> None:
         self.username = username
         self.secret = secret
-        # True: like dialplan/extensions_opendeep.conf, the ;2 half runs Answer() and then Dial()s the callee,
-        # so the OriginateResponse is Success at once and the callee's fate shows in DialEnd / Hangup.
-        # False: the Local channel rings through, and busy / no answer / congestion come back as
-        # OriginateResponse Failure with Reason 5 / 3 / 8.
-        self.answer_local_first = answer_local_first
         self.hold_seconds = hold_seconds        # how long an answered call stays up unless hung up
         self.step_seconds = step_seconds        # pause between the events of one call
         self.actions: list[Pairs] = []
@@ -423,22 +418,19 @@ class FakeAmi:
             await self._fail(call, action)
             return
         await self.announce_local(call, action)
-        if outcome in _FAILURES and not self.answer_local_first:
-            reason, cause, cause_txt = _FAILURES[outcome]
-            await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *two.snapshot(),
-                              ("Cause", cause), ("Cause-txt", cause_txt)])
+        # The shipped dialplan: the ;2 half dials the callee; nothing answers before the callee does.
+        await self._dial_callee(call, outcome)
+        if outcome != "answer":
+            # As a real Asterisk 22 reports it (tests/test_asterisk_calls.py): the ;2 half hung up with 16, the
+            # Originate's own dial of ;1 ends NOANSWER, ;1 hangs up, and the OriginateResponse fails, Reason 0.
             await self._step([("Event", "DialEnd"), ("Privilege", "call,all"), *one.snapshot("Dest"),
-                              ("DialStatus", {"5": "BUSY", "3": "NOANSWER", "8": "CONGESTION"}[reason])])
-            await self._step(self._originate_response(call, action, "Failure", reason, one.uniqueid, one.name))
+                              ("DialStatus", "NOANSWER")])
             call.hung_up = True
             await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *one.snapshot(),
-                              ("Cause", cause), ("Cause-txt", cause_txt)])
+                              ("Cause", "16"), ("Cause-txt", "Normal Clearing")])
+            await self._step(self._originate_response(call, action, "Failure", "0", one.uniqueid, one.name))
             return
         await self.answer_local(call, action)
-        if self.answer_local_first:
-            await self._dial_callee(call, outcome)
-            if outcome != "answer":
-                return
         await asyncio.sleep(self.hold_seconds)
         if not call.hung_up:
             await self._hang_up(two, "16")
@@ -468,7 +460,7 @@ class FakeAmi:
                           ("DialString", f"{one.exten}@{one.context}/n")])
 
     async def answer_local(self, call: FakeCall, action: Pairs) -> None:
-        """The ;2 half answers (the dialplan's Answer()): both halves Up, the Originate succeeds."""
+        """The callee answered the ;2 half's Dial(): both Local halves Up, the Originate succeeds (Reason 4)."""
         one, two = call.one, call.two
         two.state = "6"
         await self._step([("Event", "Newstate"), ("Privilege", "call,all"), *two.snapshot()])
@@ -519,7 +511,8 @@ class FakeAmi:
                           *callee.snapshot("Dest"), ("DialStatus", {"17": "BUSY", "19": "NOANSWER",
                                                                     "34": "CONGESTION"}[cause])])
         call.callee = None
-        await self._hang_up(two, cause, cause_txt, request=False)
+        await self._step([("Event", "Hangup"), ("Privilege", "call,all"), *two.snapshot(),
+                          ("Cause", "16"), ("Cause-txt", "Normal Clearing")])
 
     def _originate_response(self, call: FakeCall, action: Pairs, response: str, reason: str, uniqueid: str,
                             channel: str) -> Pairs:
