@@ -27,6 +27,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import re
 import resource
 import socket
 import statistics
@@ -71,7 +72,9 @@ def _environment(port: int) -> bytes:
 
 
 def _with_ids(env: bytes, call_id: int, user_id: int) -> bytes:
-    """What the shipped dialplan sends: AGI(agi://.../call-start,${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID})."""
+    """What the shipped dialplan sends: AGI(agi://.../call-start,${OPENDEEP_CALL_ID},${OPENDEEP_USER_ID}), on the
+    ;2 half whose Uniqueid our Originate assigned (the route checks it)."""
+    env = re.sub(rb"(?m)^agi_uniqueid: .*$", b"agi_uniqueid: opendeep-%d-b" % call_id, env)
     return env + b"agi_arg_1: %d\nagi_arg_2: %d\n\n" % (call_id, user_id)
 
 

@@ -40,6 +40,7 @@ async def fake():
 
 
 async def test_fake_replays_the_captured_originate_byte_for_byte(fake):
+    fake.script_number("101", "self_answer")   # the capture's Local/101@smoke answers by itself
     reader, writer = await asyncio.open_connection("127.0.0.1", fake.port)
     writer.write(b"Action: Login\r\nActionID: login-1\r\nUsername: opendeep\r\nSecret: secret\r\n"
                  b"Events: call,agi,dialplan\r\n\r\n")
@@ -144,10 +145,10 @@ async def test_live_call_commands_reach_asterisk(fake, settings, sessions):
         digits = [await fake.wait_for_action("PlayDTMF") for _ in range(3)]
         assert [(pairs_get(a, "Channel"), pairs_get(a, "Digit")) for a in digits] == \
             [("PJSIP/trunk-00000001", "1"), ("PJSIP/trunk-00000001", "2"), ("PJSIP/trunk-00000001", "#")]
-        await controller.redirect("PJSIP/trunk-00000001", "opendeep-transfer", "s", 2)
+        await controller.transfer("PJSIP/trunk-00000001")   # a transfer's Redirect names no number
         redirect = await fake.wait_for_action("Redirect")
         assert [pairs_get(redirect, h) for h in ("Channel", "Context", "Exten", "Priority")] == \
-            ["PJSIP/trunk-00000001", "opendeep-transfer", "s", "2"]
+            ["PJSIP/trunk-00000001", "opendeep-transfer", "s", "1"]
         with pytest.raises(AmiRefused, match="No such channel"):
             await controller.hangup("PJSIP/gone-00000009")
         with pytest.raises(AmiError, match="DTMF"):

@@ -39,7 +39,8 @@ CRLF = "\r\n"
 
 Pairs = list[tuple[str, str]]
 
-OUTCOMES = ("answer", "busy", "noanswer", "congestion", "fail")
+# "self_answer": the Local extension answers by itself, without a Dial() (the dialplan of the smoke capture).
+OUTCOMES = ("answer", "busy", "noanswer", "congestion", "fail", "self_answer")
 
 # What Asterisk reports when the ;2 half of the Local channel cannot reach the callee:
 # (OriginateResponse Reason, Hangup Cause, Cause-txt) as ast_cause2str() spells them.
@@ -191,7 +192,7 @@ class FakeAmi:
     # ------------------------------------------------------------------ what tests script and read
 
     def script_number(self, number: str, outcome: str) -> None:
-        """What an Originate of `number` does: answer / busy / noanswer / congestion / fail."""
+        """What an Originate of `number` does: answer / busy / noanswer / congestion / fail / self_answer."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}; choose from {', '.join(OUTCOMES)}")
         self._scripts[number] = outcome
@@ -418,6 +419,12 @@ class FakeAmi:
             await self._fail(call, action)
             return
         await self.announce_local(call, action)
+        if outcome == "self_answer":
+            await self.answer_local(call, action)
+            await asyncio.sleep(self.hold_seconds)
+            if not call.hung_up:
+                await self._hang_up(two, "16")
+            return
         # The shipped dialplan: the ;2 half dials the callee; nothing answers before the callee does.
         await self._dial_callee(call, outcome)
         if outcome != "answer":
