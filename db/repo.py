@@ -7,10 +7,12 @@ Functions take an AsyncSession and do not commit; the caller owns the transactio
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import JSON, Row, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import (
@@ -32,7 +34,12 @@ from db.models import (
     TaskStatus,
     User,
 )
-from db.types import utcnow
+from db.types import UTCDateTime, utcnow
+
+BULK_CHUNK_ROWS = 500
+# Rows per transaction of a bulk change (an import, a campaign's pause / resume / cancel): the caller commits after
+# each chunk. SQLite has one write lock for the whole file, held from a transaction's first write to its commit; in
+# chunks of this size a 10,000-row change holds it for milliseconds at a time, and other tenants' writes go between.
 
 # ---------------------------------------------------------------- users (not tenant data: the tenants)
 
@@ -90,14 +97,17 @@ async def create_campaign(session: AsyncSession, user_id: int, *, name: str, goa
     return campaign
 
 
-async def set_campaign_status(session: AsyncSession, user_id: int, campaign_id: int,
-                              status: CampaignStatus) -> bool:
+async def set_campaign_status(session: AsyncSession, user_id: int, campaign_id: int, status: CampaignStatus,
+                              *, only_from: Iterable[CampaignStatus] | None = None) -> bool:
+    """Move a campaign to `status`; with `only_from`, only if it is currently in one of those (of two racing
+    clicks on Pause, one wins)."""
     values: dict[str, Any] = {"status": status}
     if status in (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED):
         values["finished_at"] = utcnow()
-    result = await session.execute(
-        update(Campaign).where(Campaign.id == campaign_id, Campaign.user_id == user_id).values(**values)
-    )
+    query = update(Campaign).where(Campaign.id == campaign_id, Campaign.user_id == user_id)
+    if only_from is not None:
+        query = query.where(Campaign.status.in_(list(only_from)))
+    result = await session.execute(query.values(**values))
     return result.rowcount == 1
 
 
@@ -159,6 +169,108 @@ async def list_task_events(session: AsyncSession, user_id: int, task_id: int) ->
         select(TaskEvent).where(TaskEvent.user_id == user_id, TaskEvent.task_id == task_id).order_by(TaskEvent.id)
     )
     return rows.all()
+
+
+# ---------------------------------------------------------------- tasks in bulk (imports, a whole campaign's controls)
+# Set-based statements, one chunk of at most BULK_CHUNK_ROWS rows per call: Core executemany and INSERT ... SELECT,
+# no ORM objects, so the work per row is constant and a 10,000-task campaign costs ~20 chunks of 3 statements.
+
+_TASKS = Task.__table__
+_TASK_EVENTS = TaskEvent.__table__
+
+
+async def add_tasks(session: AsyncSession, user_id: int, campaign_id: int,
+                    tasks: Sequence[dict[str, Any]]) -> list[int]:
+    """Add tasks to one of the user's campaigns in one executemany INSERT; returns their ids, ascending ([] if the
+    campaign is not theirs). Each dict has target_name and phone_number, and may have objective, context,
+    language, max_attempts and priority. Every task is pending and due now."""
+    if not tasks or await get_campaign(session, user_id, campaign_id) is None:
+        return []
+    now = utcnow()
+    rows = [{"user_id": user_id, "campaign_id": campaign_id, "target_name": task["target_name"],
+             "phone_number": task["phone_number"], "objective": task.get("objective", ""),
+             "context": task.get("context") or {}, "language": task.get("language", "en"),
+             "max_attempts": task.get("max_attempts", 3), "priority": task.get("priority", 0),
+             "status": TaskStatus.PENDING, "next_action_time": now, "created_at": now, "updated_at": now}
+            for task in tasks]
+    connection = await session.connection()
+    result = await connection.execute(insert(_TASKS).returning(_TASKS.c.id), rows)
+    return sorted(result.scalars())
+
+
+async def task_states(session: AsyncSession, user_id: int, *, campaign_id: int | None = None,
+                      task_ids: Iterable[int] | None = None, statuses: Iterable[TaskStatus] | None = None,
+                      campaign_status: CampaignStatus | None = None, after_id: int = 0,
+                      limit: int = BULK_CHUNK_ROWS) -> Sequence[Row]:
+    """One chunk of the user's tasks for a bulk change: rows of id, campaign_id, status, next_action_time,
+    context and updated_at (columns only), ordered by id, ids above `after_id`. With `campaign_status`, only while
+    their campaign is still in that status (a pause that a resume overtook stops at its next chunk)."""
+    query = (select(Task.id, Task.campaign_id, Task.status, Task.next_action_time, Task.context, Task.updated_at)
+             .where(Task.user_id == user_id, Task.id > after_id))
+    if campaign_id is not None:
+        query = query.where(Task.campaign_id == campaign_id)
+    if task_ids is not None:
+        query = query.where(Task.id.in_(list(task_ids)))
+    if statuses is not None:
+        query = query.where(Task.status.in_(list(statuses)))
+    if campaign_status is not None:
+        query = query.join(Campaign, Campaign.id == Task.campaign_id).where(Campaign.status == campaign_status)
+    return (await session.execute(query.order_by(Task.id).limit(limit))).all()
+
+
+async def count_tasks(session: AsyncSession, user_id: int, campaign_id: int, statuses: Iterable[TaskStatus]) -> int:
+    """How many of the user's tasks in this campaign are in one of these statuses."""
+    return await session.scalar(
+        select(func.count(Task.id))
+        .where(Task.user_id == user_id, Task.campaign_id == campaign_id, Task.status.in_(list(statuses)))
+    ) or 0
+
+
+@dataclass(frozen=True)
+class TaskMove:
+    """One task's move in a bulk change, decided on the task as it was when last updated at `read_at`."""
+
+    task_id: int
+    read_at: datetime          # the task's updated_at when it was read: every write of a task changes it
+    status: TaskStatus
+    next_action_time: datetime
+    context: dict[str, Any] | None = None   # the task's new context; None leaves it as it is
+
+
+async def move_tasks(session: AsyncSession, user_id: int, moves: Sequence[TaskMove], reason: str,
+                     event_type: str) -> list[int]:
+    """Move several of the user's tasks, each only if it has not changed since it was read (its updated_at: a
+    task the scheduler claimed meanwhile is left alone), and record a task_events row `event_type` for each that
+    moved. Two statements whatever the number of moves: an executemany UPDATE, then an INSERT ... SELECT of the
+    events, which returns the ids that moved (the rows now carrying this move's reason and time). All moves carry
+    a context, or none does. (The UPDATE finds each row by id and updated_at only: with the status in the WHERE,
+    PostgreSQL picks the (user_id, status) index for it on a freshly imported table, 2 ms a row.)"""
+    if not moves:
+        return []
+    at = utcnow()
+    values: dict[str, Any] = {"status": bindparam("to_status"), "next_action_time": bindparam("to_time"),
+                              "status_reason": reason, "updated_at": at}
+    if moves[0].context is not None:
+        values["context"] = bindparam("to_context")
+    statement = (
+        update(_TASKS)
+        .where(_TASKS.c.id == bindparam("b_id"), _TASKS.c.user_id == user_id,
+               _TASKS.c.updated_at == bindparam("b_read_at"))
+        .values(**values)
+    )
+    params = [{"b_id": move.task_id, "b_read_at": move.read_at, "to_status": move.status,
+               "to_time": move.next_action_time}
+              | ({"to_context": move.context} if move.context is not None else {}) for move in moves]
+    connection = await session.connection()
+    await connection.execute(statement, params)
+    moved = (
+        select(_TASKS.c.user_id, _TASKS.c.id, literal(event_type), literal(reason), literal({}, JSON()),
+               literal(at, UTCDateTime()))
+        .where(_TASKS.c.id.in_([move.task_id for move in moves]), _TASKS.c.user_id == user_id,
+               _TASKS.c.updated_at == at, _TASKS.c.status_reason == reason)
+    )
+    events = insert(_TASK_EVENTS).from_select(["user_id", "task_id", "type", "reason", "payload", "at"], moved)
+    return sorted((await connection.execute(events.returning(_TASK_EVENTS.c.task_id))).scalars())
 
 
 # ---------------------------------------------------------------- calls
@@ -260,6 +372,24 @@ async def count_dnd_tenants(session: AsyncSession, phone_number: str) -> int:
     return await session.scalar(
         select(func.count(func.distinct(DndEntry.user_id))).where(DndEntry.phone_number == phone_number)
     ) or 0
+
+
+async def add_dnd_entries(session: AsyncSession, user_id: int, entries: Sequence[tuple[str, str]]) -> int:
+    """Add (number, reason) pairs to the user's DND list in one executemany INSERT (a chunk of an import; at
+    most BULK_CHUNK_ROWS is the caller's rule); a number already on the list keeps its entry. Returns how many
+    were new."""
+    if not entries:
+        return 0
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    table = DndEntry.__table__
+    statement = (dialect.insert(table).on_conflict_do_nothing(index_elements=["user_id", "phone_number"])
+                 .returning(table.c.id))
+    now = utcnow()
+    connection = await session.connection()
+    result = await connection.execute(statement, [
+        {"user_id": user_id, "phone_number": number, "reason": reason, "created_at": now}
+        for number, reason in entries])
+    return len(result.all())
 
 
 # ---------------------------------------------------------------- human-in-the-loop questions

@@ -29,7 +29,8 @@ async def world(sessions):
         note = await repo.add_notification(session, alice.id, "checkin", "still calling")
         await session.commit()
         ids = dict(alice=alice.id, bob=bob.id, campaign=campaign.id, task=task.id, call=call.id,
-                   feedback=feedback.id, chat=chat.id, note=note.id)
+                   feedback=feedback.id, chat=chat.id, note=note.id, task_time=task.next_action_time,
+                   task_read_at=task.updated_at)
     return ids
 
 
@@ -57,6 +58,8 @@ def _reads(w):
         "list_chat_sessions": ((b,), []),
         "list_chat_messages": ((b, w["chat"]), []),
         "list_notifications": ((b,), []),
+        "task_states": ((b,), []),
+        "count_tasks": ((b, w["campaign"], [TaskStatus.PENDING]), 0),
     }
 
 
@@ -75,12 +78,16 @@ def _writes(w):
         "close_feedback_request": ((b, w["feedback"], FeedbackStatus.CANCELLED), False),
         "add_chat_message": ((b, w["chat"], ChatRole.USER, "injected"), None),
         "mark_notification_read": ((b, w["note"]), False),
+        "add_tasks": ((b, w["campaign"], [{"target_name": "x", "phone_number": "+14155550100"}]), []),
+        # A's task exactly as it was read, so only the user_id can refuse it.
+        "move_tasks": ((b, [repo.TaskMove(w["task"], w.get("task_read_at"), TaskStatus.CANCELLED, w.get("task_time"))],
+                        "injected", "task.injected"), []),
     }
 
 
 # Functions that take user_id but act on the caller's own data only (nothing of another tenant to reach).
-OWN_DATA_ONLY = {"create_campaign", "add_dnd", "create_chat_session", "add_notification", "update_user_profile",
-                 "get_user"}
+OWN_DATA_ONLY = {"create_campaign", "add_dnd", "add_dnd_entries", "create_chat_session", "add_notification",
+                 "update_user_profile", "get_user"}
 
 
 def test_every_tenant_function_is_covered():

@@ -108,13 +108,13 @@ async def test_targets_import_into_a_campaign_and_refuses_another_users_campaign
         campaign = await repo.create_campaign(session, alice, name="c", goal="default goal")
         with pytest.raises(LookupError):
             await import_targets(session, bob, campaign.id, rows)
-        tasks = await import_targets(session, alice, campaign.id, rows, default_objective="default goal")
-        await session.commit()
-    assert [(t.target_name, t.objective, t.max_attempts) for t in tasks] == [
-        ("A", "Ask", 3), ("B", "default goal", 3)]
-    async with sessions() as session:
-        assert len(await repo.list_tasks(session, alice, campaign.id)) == 2
+        task_ids = await import_targets(session, alice, campaign.id, rows, default_objective="default goal")
+    async with sessions() as session:   # committed by the import itself
+        tasks = await repo.list_tasks(session, alice, campaign.id)
         assert len(await repo.list_tasks(session, bob)) == 0
+    assert [t.id for t in tasks] == task_ids
+    assert sorted((t.target_name, t.objective, t.max_attempts) for t in tasks) == [
+        ("A", "Ask", 3), ("B", "default goal", 3)]
 
 
 async def test_dnd_csv_round_trip_and_formula_cells_are_defused(settings_env, engine, sessions):

@@ -41,6 +41,7 @@ from webui.csv_import import (
     import_targets,
     parse_dnd_csv,
     parse_targets_csv,
+    publish_imported,
     table_csv,
 )
 from webui.live import FeedbackError, answer_feedback
@@ -284,12 +285,11 @@ async def campaign_import(request: Request) -> Response:
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name[:200], goal=goal)
-        tasks = await import_targets(session, request.state.user_id, campaign.id, rows, default_objective=goal)
+        task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
+                                        default_objective=goal)
         await session.commit()
-    for task in tasks:
-        runtime.events.publish(request.state.user_id, "task.updated",
-                               {"task_id": task.id, "campaign_id": campaign.id, "status": task.status.value})
-    return JSONResponse({"campaign_id": campaign.id, "task_ids": [t.id for t in tasks]}, status_code=201)
+    publish_imported(runtime.events, request.state.user_id, campaign.id, task_ids)
+    return JSONResponse({"campaign_id": campaign.id, "task_ids": task_ids}, status_code=201)
 
 
 async def campaign_add_targets(request: Request) -> Response:
@@ -303,13 +303,11 @@ async def campaign_add_targets(request: Request) -> Response:
             rows = parse_targets_csv(await _csv_text(request))
         except CsvImportError as exc:
             raise _csv_error(exc) from None
-        tasks = await import_targets(session, request.state.user_id, campaign_id, rows,
-                                     default_objective=campaign.goal)
+        task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
+                                        default_objective=campaign.goal)
         await session.commit()
-    for task in tasks:
-        runtime.events.publish(request.state.user_id, "task.updated",
-                               {"task_id": task.id, "campaign_id": campaign_id, "status": task.status.value})
-    return JSONResponse({"campaign_id": campaign_id, "task_ids": [t.id for t in tasks]}, status_code=201)
+    publish_imported(runtime.events, request.state.user_id, campaign_id, task_ids)
+    return JSONResponse({"campaign_id": campaign_id, "task_ids": task_ids}, status_code=201)
 
 
 async def campaign_summary(request: Request) -> Response:

@@ -6,19 +6,30 @@ by status and time skips it; what it was before (status and time, e.g. a retry i
 already under way) but can be cancelled: the task is cancelled first and committed, then the live call's
 channel is hung up through the AMI controller when it runs in this process, so the call's end does not move a
 cancelled task on (`finish_call` only moves queued / in-progress tasks).
+
+A campaign's own status changes first, in a transaction of its own: from then on the scheduler claims none of
+its tasks (it only claims tasks of active campaigns). Its tasks then move in chunks of repo.BULK_CHUNK_ROWS, each
+chunk one short transaction of three statements (read the chunk, one UPDATE for all its moves, one INSERT ...
+SELECT of their task events), so pausing 10,000 tasks never holds SQLite's write lock for more than a few
+milliseconds at a time and other tenants' writes go in between. Every move is conditional on the task being
+as it was read (its updated_at): a task the scheduler claimed meanwhile is left as it is.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
-from db.models import CallStatus, CampaignStatus, Task, TaskStatus
+from db.models import CallStatus, CampaignStatus, TaskStatus
+from db.repo import TaskMove
+from db.types import utcnow
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.webui.controls")
@@ -26,6 +37,7 @@ log = logging.getLogger("opendeep.webui.controls")
 PAUSED_UNTIL = datetime(2999, 1, 1, tzinfo=UTC)   # "never due" for any scheduler comparing times
 PAUSABLE = (TaskStatus.PENDING, TaskStatus.RETRY_SCHEDULED, TaskStatus.ON_HOLD)
 LIVE = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
+NOT_FINISHED = tuple(status for status in TaskStatus if not status.is_terminal)
 
 
 class ControlAction(enum.StrEnum):
@@ -59,128 +71,164 @@ class ControlResult:
     hangup_errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What an action does to each task: which tasks it reads, how it moves one (None: not this one), the reason
+    and task event it records, and whether calls in progress are hung up."""
+
+    statuses: tuple[TaskStatus, ...]
+    move: Callable[[Row], TaskMove | None]
+    reason: str
+    event_type: str
+    ends_calls: bool = False
+
+
+def _step(action: ControlAction, by: PausedBy) -> _Step:
+    if action is ControlAction.PAUSE:
+        return _Step(PAUSABLE, lambda task: _pause_move(task, by), f"paused by {by.value}", "task.paused")
+    if action is ControlAction.RESUME:
+        only_by = PausedBy.CAMPAIGN if by is PausedBy.CAMPAIGN else None
+        return _Step((TaskStatus.ON_HOLD,), lambda task: _resume_move(task, only_by), "resumed by user",
+                     "task.resumed")
+    return _Step(NOT_FINISHED, _cancel_move, "cancelled by user", "task.cancelled", ends_calls=True)
+
+
 async def control_task(runtime: Runtime, user_id: int, task_id: int, action: ControlAction) -> ControlResult:
     """Pause, resume or cancel one of the user's tasks."""
+    step = _step(action, PausedBy.USER)
     async with runtime.sessions() as session:
-        task = await repo.get_task(session, user_id, task_id)
-        if task is None:
+        found = await repo.task_states(session, user_id, task_ids=[task_id])
+        if not found:
             raise NotFound(f"task {task_id} not found")
-        channels: list[str] = []
-        if action is ControlAction.PAUSE:
-            if task.status in LIVE:
-                raise ControlError("call_in_progress", f"task {task_id} has a call in progress; cancel the task "
-                                                       "to hang up, or pause it after the call ends")
-            if not await _pause(session, task, PausedBy.USER):
-                raise ControlError("not_pausable", f"task {task_id} is {task.status.value}; only pending, "
-                                                   "scheduled or held tasks can be paused")
-            message = f"task {task_id} paused"
-        elif action is ControlAction.RESUME:
-            if not await _resume(session, task, None):
-                raise ControlError("not_paused", f"task {task_id} is not paused")
-            message = f"task {task_id} resumed"
-        else:
-            if not await _cancel(session, task, channels):
-                raise ControlError("already_finished", f"task {task_id} is already {task.status.value}")
-            message = f"task {task_id} cancelled"
+        task = found[0]
+        if action is ControlAction.PAUSE and task.status in LIVE:
+            raise ControlError("call_in_progress", f"task {task_id} has a call in progress; cancel the task "
+                                                   "to hang up, or pause it after the call ends")
+        move = step.move(task)
+        refusal = {ControlAction.PAUSE: ("not_pausable", f"task {task_id} is {task.status.value}; only pending, "
+                                                         "scheduled or held tasks can be paused"),
+                   ControlAction.RESUME: ("not_paused", f"task {task_id} is not paused"),
+                   ControlAction.CANCEL: ("already_finished", f"task {task_id} is already {task.status.value}")}
+        if move is None:
+            raise ControlError(*refusal[action])
+        if not await repo.move_tasks(session, user_id, [move], reason=step.reason, event_type=step.event_type):
+            raise ControlError(refusal[action][0], f"task {task_id} changed meanwhile (a call may have started); "
+                                                   "look at it again and retry")
+        channels = await _live_channels(session, user_id, [task]) if step.ends_calls else []
         await session.commit()
-        _publish(runtime, [task])
-    result = ControlResult(message, [task.id])
+    _publish(runtime, user_id, task.campaign_id, [move])
+    result = ControlResult(f"task {task_id} {_DONE[action]}", [task_id])
     await _hang_up(runtime, channels, result)
     return result
+
+
+_DONE = {ControlAction.PAUSE: "paused", ControlAction.RESUME: "resumed", ControlAction.CANCEL: "cancelled"}
+# action -> (the campaign statuses it applies to, the status it sets)
+_CAMPAIGN_MOVES = {
+    ControlAction.PAUSE: ((CampaignStatus.ACTIVE,), CampaignStatus.PAUSED),
+    ControlAction.RESUME: ((CampaignStatus.PAUSED,), CampaignStatus.ACTIVE),
+    ControlAction.CANCEL: ((CampaignStatus.ACTIVE, CampaignStatus.PAUSED), CampaignStatus.CANCELLED),
+}
 
 
 async def control_campaign(runtime: Runtime, user_id: int, campaign_id: int,
                            action: ControlAction) -> ControlResult:
-    """Pause, resume or cancel one of the user's campaigns and its tasks."""
+    """Pause, resume or cancel one of the user's campaigns and its tasks (in chunks: see the module's note)."""
+    applies_to, new_status = _CAMPAIGN_MOVES[action]
     async with runtime.sessions() as session:
         campaign = await repo.get_campaign(session, user_id, campaign_id)
         if campaign is None:
             raise NotFound(f"campaign {campaign_id} not found")
-        tasks = list(await repo.list_tasks(session, user_id, campaign_id))
-        changed: list[Task] = []
-        channels: list[str] = []
-        if action is ControlAction.PAUSE:
-            if campaign.status is not CampaignStatus.ACTIVE:
-                raise ControlError("not_active", f"campaign {campaign_id} is {campaign.status.value}, not active")
-            await repo.set_campaign_status(session, user_id, campaign_id, CampaignStatus.PAUSED)
-            changed = [task for task in tasks if await _pause(session, task, PausedBy.CAMPAIGN)]
-            live = sum(task.status in LIVE for task in tasks)
-            message = f"campaign {campaign_id} paused ({len(changed)} task(s) held" + (
-                f"; {live} call(s) in progress finish first)" if live else ")")
-        elif action is ControlAction.RESUME:
-            if campaign.status is not CampaignStatus.PAUSED:
-                raise ControlError("not_paused", f"campaign {campaign_id} is {campaign.status.value}, not paused")
-            await repo.set_campaign_status(session, user_id, campaign_id, CampaignStatus.ACTIVE)
-            changed = [task for task in tasks if await _resume(session, task, PausedBy.CAMPAIGN)]
-            message = f"campaign {campaign_id} resumed ({len(changed)} task(s) due again)"
-        else:
-            if campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.COMPLETED):
+        if campaign.status not in applies_to:
+            if action is ControlAction.CANCEL:
                 raise ControlError("already_finished", f"campaign {campaign_id} is already {campaign.status.value}")
-            await repo.set_campaign_status(session, user_id, campaign_id, CampaignStatus.CANCELLED)
-            changed = [task for task in tasks if await _cancel(session, task, channels)]
-            message = f"campaign {campaign_id} cancelled ({len(changed)} task(s) cancelled)"
+            code, wanted = ("not_active", "active") if action is ControlAction.PAUSE else ("not_paused", "paused")
+            raise ControlError(code, f"campaign {campaign_id} is {campaign.status.value}, not {wanted}")
+        if not await repo.set_campaign_status(session, user_id, campaign_id, new_status,
+                                              only_from=(campaign.status,)):
+            raise ControlError("changed", f"campaign {campaign_id} changed meanwhile; look at it again and retry")
+        live = await repo.count_tasks(session, user_id, campaign_id, LIVE) if action is ControlAction.PAUSE else 0
         await session.commit()
-        _publish(runtime, changed)
+    changed, channels = await _move_campaign_tasks(runtime, user_id, campaign_id, new_status,
+                                                   _step(action, PausedBy.CAMPAIGN))
+    if action is ControlAction.PAUSE:
+        message = f"campaign {campaign_id} paused ({len(changed)} task(s) held" + (
+            f"; {live} call(s) in progress finish first)" if live else ")")
+    elif action is ControlAction.RESUME:
+        message = f"campaign {campaign_id} resumed ({len(changed)} task(s) due again)"
+    else:
+        message = f"campaign {campaign_id} cancelled ({len(changed)} task(s) cancelled)"
     runtime.events.publish(user_id, "campaign.updated", {"campaign_id": campaign_id, "action": action.value})
-    result = ControlResult(message, [task.id for task in changed])
+    result = ControlResult(message, changed)
     await _hang_up(runtime, channels, result)
     return result
 
 
-async def _pause(session: AsyncSession, task: Task, by: PausedBy) -> bool:
+async def _move_campaign_tasks(runtime: Runtime, user_id: int, campaign_id: int, campaign_status: CampaignStatus,
+                               step: _Step) -> tuple[list[int], list[str]]:
+    """Apply `step` to the campaign's tasks, one committed chunk at a time, while the campaign keeps
+    `campaign_status`; returns the ids that moved and the channels of cancelled calls in progress."""
+    changed: list[int] = []
+    channels: list[str] = []
+    after = 0
+    while True:
+        async with runtime.sessions() as session:
+            chunk = await repo.task_states(session, user_id, campaign_id=campaign_id, statuses=step.statuses,
+                                           campaign_status=campaign_status, after_id=after)
+            moves = [move for move in map(step.move, chunk) if move is not None]
+            moved = set(await repo.move_tasks(session, user_id, moves, reason=step.reason,
+                                              event_type=step.event_type))
+            if moved and step.ends_calls:
+                channels += await _live_channels(session, user_id, [task for task in chunk if task.id in moved])
+            await session.commit()
+        _publish(runtime, user_id, campaign_id, [move for move in moves if move.task_id in moved])
+        changed += sorted(moved)
+        if len(chunk) < repo.BULK_CHUNK_ROWS:
+            return changed, channels
+        after = chunk[-1].id
+
+
+def _pause_move(task: Row, by: PausedBy) -> TaskMove | None:
     if task.status not in PAUSABLE or "paused" in (task.context or {}):
-        return False
+        return None
     previous = {"status": task.status.value, "next_action_time": task.next_action_time.isoformat(),
                 "by": by.value}
-    if not await repo.set_task_status(session, task.user_id, task.id, TaskStatus.ON_HOLD,
-                                      reason=f"paused by {by.value}", next_action_time=PAUSED_UNTIL,
-                                      only_from=(task.status,)):
-        return False
-    task.context = {**(task.context or {}), "paused": previous}   # a new dict so the JSON change is saved
-    await repo.record_task_event(session, task.user_id, task.id, "task.paused", f"paused by {by.value}")
-    await session.flush()
-    await session.refresh(task)
-    return True
+    return TaskMove(task.id, task.updated_at, TaskStatus.ON_HOLD, PAUSED_UNTIL,
+                    {**(task.context or {}), "paused": previous})
 
 
-async def _resume(session: AsyncSession, task: Task, only_by: PausedBy | None) -> bool:
+def _resume_move(task: Row, only_by: PausedBy | None) -> TaskMove | None:
     paused = (task.context or {}).get("paused")
     if not paused or task.status is not TaskStatus.ON_HOLD:
-        return False
+        return None
     if only_by is not None and paused.get("by") != only_by.value:
-        return False   # paused on its own: resuming the campaign leaves it paused
+        return None   # paused on its own: resuming the campaign leaves it paused
     status = TaskStatus(paused.get("status", TaskStatus.PENDING.value))
-    when = datetime.fromisoformat(paused["next_action_time"]) if paused.get("next_action_time") else None
-    if not await repo.set_task_status(session, task.user_id, task.id, status, reason="resumed by user",
-                                      next_action_time=when, only_from=(TaskStatus.ON_HOLD,)):
-        return False
-    task.context = {key: value for key, value in task.context.items() if key != "paused"}
-    await repo.record_task_event(session, task.user_id, task.id, "task.resumed", "resumed by user")
-    await session.flush()
-    await session.refresh(task)
-    return True
+    when = datetime.fromisoformat(paused["next_action_time"]) if paused.get("next_action_time") else utcnow()
+    context = {key: value for key, value in task.context.items() if key != "paused"}
+    return TaskMove(task.id, task.updated_at, status, when, context)
 
 
-async def _cancel(session: AsyncSession, task: Task, channels: list[str]) -> bool:
+def _cancel_move(task: Row) -> TaskMove | None:
     if task.status.is_terminal:
-        return False
-    was_live = task.status in LIVE
-    if not await repo.set_task_status(session, task.user_id, task.id, TaskStatus.CANCELLED,
-                                      reason="cancelled by user", only_from=(task.status,)):
-        return False
-    await repo.record_task_event(session, task.user_id, task.id, "task.cancelled", "cancelled by user")
-    if was_live:
-        for call in await repo.list_calls(session, task.user_id, task.id):
-            if call.status is not CallStatus.ENDED and call.channel:
-                channels.append(call.channel)
-    await session.refresh(task)
-    return True
+        return None
+    return TaskMove(task.id, task.updated_at, TaskStatus.CANCELLED, task.next_action_time)
 
 
-def _publish(runtime: Runtime, tasks: list[Task]) -> None:
+async def _live_channels(session: AsyncSession, user_id: int, tasks: Sequence[Row]) -> list[str]:
+    """The channels of the calls in progress of these (just cancelled) tasks: few, as calls run in parallel."""
+    channels: list[str] = []
     for task in tasks:
-        runtime.events.publish(task.user_id, "task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
-                                                              "status": task.status.value})
+        if task.status in LIVE:
+            channels += [call.channel for call in await repo.list_calls(session, user_id, task.id)
+                         if call.status is not CallStatus.ENDED and call.channel]
+    return channels
+
+
+def _publish(runtime: Runtime, user_id: int, campaign_id: int, moves: Sequence[TaskMove]) -> None:
+    for move in moves:
+        runtime.events.publish(user_id, "task.updated", {"task_id": move.task_id, "campaign_id": campaign_id,
+                                                         "status": move.status.value})
 
 
 async def _hang_up(runtime: Runtime, channels: list[str], result: ControlResult) -> None:

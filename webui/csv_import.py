@@ -1,9 +1,17 @@
-"""Targets and do-not-call lists as CSV: parse everything first, report every bad line, import all or nothing.
+"""Targets and do-not-call lists as CSV: parse everything first, report every bad line, then import.
 
 Parsing is separate from importing: `parse_*` reads the whole text and raises `CsvImportError` (first bad line,
-plus every other one in `.errors`) before a single row touches the database, and `import_*` writes rows in the
-caller's transaction, so a bad file leaves nothing behind. The CLI (`opendeep tasks import`, `opendeep dnd
-import/export`) and the web UI both use these functions.
+plus every other one in `.errors`) before a single row touches the database, so a bad file leaves nothing
+behind. `import_*` then writes the rows in chunks of repo.BULK_CHUNK_ROWS, one executemany INSERT and one commit
+per chunk: a 10,000-row file never holds SQLite's write lock for more than a few milliseconds at a time, so
+other tenants' writes (and the scheduler's) go in between. Should the database fail part-way, the chunks
+already committed stay, and the error says so. The CLI (`opendeep tasks import`, `opendeep dnd import/export`)
+and the web UI both use these functions.
+
+Every CSV the app writes goes through `safe_cell`: a spreadsheet runs a cell starting with `=`, `+`, `-`, `@`,
+tab or CR as a formula (CSV injection), so such a cell gets a `'` in front, which spreadsheets show as text and
+our own imports drop again. A plain number (an E.164 phone number such as +14155550123, or -3) is no formula and
+stays as it is, so an exported list reads and re-imports as the same numbers.
 
 Targets CSV: a header line naming the columns; `name` and `phone_number` are required, `objective`,
 `language` and `max_attempts` are optional, and any other column goes into the task's context for the call AI.
@@ -14,13 +22,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
-from db.models import Task
+from db.models import TaskStatus
+from opendeep.events import EventHub
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from webui.plan import MAX_ATTEMPTS_LIMIT
 
@@ -33,8 +43,9 @@ TARGET_ALIASES = {
     "language": "language", "max_attempts": "max_attempts",
 }
 DND_HEADERS = {"phone_number", "phone", "number", "telephone"}
-# A spreadsheet runs a cell starting with one of these as a formula; exported free text gets a quote first.
-_FORMULA_START = ("=", "@", "\t", "\r")
+# A spreadsheet runs a cell starting with one of these as a formula; such a cell gets a quote first when written.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")   # e.g. +14155550123: no formula, written as it is
 
 
 @dataclass(frozen=True)
@@ -82,14 +93,15 @@ def _reader(text: str) -> csv.reader:
 
 
 def _rows(text: str):
-    """(line number, cells) for each non-blank row; the line is where the row starts."""
+    """(line number, cells) for each non-blank row; the line is where the row starts. A cell `safe_cell` quoted
+    (e.g. `'=SUM(A1)` in a file we exported) reads as what it was."""
     reader = _reader(text)
     line = 1
     try:
         for cells in reader:
             start, line = line, reader.line_num + 1
             if any(cell.strip() for cell in cells):
-                yield start, [cell.strip() for cell in cells]
+                yield start, [_unquoted(cell.strip()) for cell in cells]
     except csv.Error as exc:
         raise CsvImportError(reader.line_num or 1, f"not valid CSV ({exc})") from None
 
@@ -157,18 +169,33 @@ def parse_targets_csv(text: str) -> list[TargetRow]:
 
 
 async def import_targets(session: AsyncSession, user_id: int, campaign_id: int, rows: list[TargetRow],
-                         *, default_objective: str = "", default_max_attempts: int = 3) -> list[Task]:
-    """Add one task per row to the user's campaign (LookupError if the campaign is not theirs). Caller commits."""
+                         *, default_objective: str = "", default_max_attempts: int = 3) -> list[int]:
+    """Add one task per row to the user's campaign (LookupError if the campaign is not theirs); returns the new
+    task ids. Commits `session` after each chunk of repo.BULK_CHUNK_ROWS rows (the first commit includes what
+    the caller wrote before, e.g. the new campaign)."""
     if await repo.get_campaign(session, user_id, campaign_id) is None:
         raise LookupError(f"campaign {campaign_id} not found")
-    tasks = []
-    for row in rows:
-        tasks.append(await repo.add_task(
-            session, user_id, campaign_id, target_name=row.name, phone_number=row.phone_number,
-            objective=row.objective or default_objective, context=dict(row.context), language=row.language,
-            max_attempts=row.max_attempts or default_max_attempts,
-        ))
-    return tasks
+    task_ids: list[int] = []
+    for start in range(0, len(rows), repo.BULK_CHUNK_ROWS):
+        chunk = [{"target_name": row.name, "phone_number": row.phone_number,
+                  "objective": row.objective or default_objective, "context": dict(row.context),
+                  "language": row.language, "max_attempts": row.max_attempts or default_max_attempts}
+                 for row in rows[start:start + repo.BULK_CHUNK_ROWS]]
+        try:
+            task_ids += await repo.add_tasks(session, user_id, campaign_id, chunk)
+            await session.commit()
+        except Exception as exc:
+            if task_ids:
+                exc.add_note(f"{len(task_ids)} of {len(rows)} target(s) were imported before this failure")
+            raise
+    return task_ids
+
+
+def publish_imported(events: EventHub, user_id: int, campaign_id: int, task_ids: list[int]) -> None:
+    """Tell the user's open pages about an import's new tasks, as for any task that changes."""
+    for task_id in task_ids:
+        events.publish(user_id, "task.updated", {"task_id": task_id, "campaign_id": campaign_id,
+                                                 "status": TaskStatus.PENDING.value})
 
 
 def parse_dnd_csv(text: str) -> list[DndRow]:
@@ -195,15 +222,25 @@ def parse_dnd_csv(text: str) -> list[DndRow]:
 
 
 async def import_dnd(session: AsyncSession, user_id: int, rows: list[DndRow]) -> int:
-    """Add the rows to the user's DND list; returns how many were new. Caller commits."""
+    """Add the rows to the user's DND list (a number already on it keeps its entry); returns how many were new.
+    Commits `session` after each chunk of repo.BULK_CHUNK_ROWS rows."""
     added = 0
-    for row in rows:
-        added += await repo.add_dnd(session, user_id, row.phone_number, row.reason)
+    for start in range(0, len(rows), repo.BULK_CHUNK_ROWS):
+        chunk = rows[start:start + repo.BULK_CHUNK_ROWS]
+        added += await repo.add_dnd_entries(session, user_id, [(row.phone_number, row.reason) for row in chunk])
+        await session.commit()
     return added
 
 
-def _safe_cell(value: str) -> str:
-    return "'" + value if value.startswith(_FORMULA_START) else value
+def safe_cell(value: str) -> str:
+    """A cell as every CSV we write has it: a would-be formula gets a `'` in front; plain numbers stay."""
+    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _unquoted(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
 
 
 async def export_dnd_csv(session: AsyncSession, user_id: int) -> str:
@@ -212,7 +249,7 @@ async def export_dnd_csv(session: AsyncSession, user_id: int) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["phone_number", "reason", "added_at"])
     for entry in await repo.list_dnd(session, user_id):
-        writer.writerow([entry.phone_number, _safe_cell(entry.reason), entry.created_at.isoformat()])
+        writer.writerow([safe_cell(entry.phone_number), safe_cell(entry.reason), entry.created_at.isoformat()])
     return out.getvalue()
 
 
@@ -220,7 +257,7 @@ def table_csv(columns: list[str], rows: list[list[Any]]) -> str:
     """A table (e.g. a campaign summary) as CSV, with spreadsheet formulas defused."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(columns)
+    writer.writerow([safe_cell(str(column)) for column in columns])
     for row in rows:
-        writer.writerow([_safe_cell("" if value is None else str(value)) for value in row])
+        writer.writerow([safe_cell("" if value is None else str(value)) for value in row])
     return out.getvalue()

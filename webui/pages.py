@@ -39,9 +39,10 @@ from webui.csv_import import (
     import_targets,
     parse_dnd_csv,
     parse_targets_csv,
+    publish_imported,
     table_csv,
 )
-from webui.live import FeedbackError, LiveStream, answer_feedback
+from webui.live import RETRY_AFTER_SECONDS, FeedbackError, TooManyStreams, answer_feedback, live_hub
 from webui.orchestrator import PlanRejected, chat_source_key, confirm_plan
 from webui.plan import plan_fingerprint
 from webui.routing import HttpError, form_data, not_found, page
@@ -349,12 +350,11 @@ async def campaign_import(request: Request) -> Response:
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
-        tasks = await import_targets(session, request.state.user_id, campaign.id, rows, default_objective=goal)
+        task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
+                                        default_objective=goal)
         await session.commit()
-    for task in tasks:
-        runtime.events.publish(request.state.user_id, "task.updated",
-                               {"task_id": task.id, "campaign_id": campaign.id, "status": task.status.value})
-    _flash(request, f"Imported {len(tasks)} target(s).")
+    publish_imported(runtime.events, request.state.user_id, campaign.id, task_ids)
+    _flash(request, f"Imported {len(task_ids)} target(s).")
     return _redirect(f"/campaigns/{campaign.id}")
 
 
@@ -371,13 +371,11 @@ async def campaign_add_targets(request: Request) -> Response:
         except CsvImportError as exc:
             _flash(request, f"Nothing was imported: {exc}", "error")
             return _redirect(f"/campaigns/{campaign_id}")
-        tasks = await import_targets(session, request.state.user_id, campaign_id, rows,
-                                     default_objective=campaign.goal)
+        task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
+                                        default_objective=campaign.goal)
         await session.commit()
-    for task in tasks:
-        runtime.events.publish(request.state.user_id, "task.updated",
-                               {"task_id": task.id, "campaign_id": campaign_id, "status": task.status.value})
-    _flash(request, f"Imported {len(tasks)} target(s).")
+    publish_imported(runtime.events, request.state.user_id, campaign_id, task_ids)
+    _flash(request, f"Imported {len(task_ids)} target(s).")
     return _redirect(f"/campaigns/{campaign_id}")
 
 
@@ -487,7 +485,10 @@ async def feedback_answer(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    stream = LiveStream(_runtime(request), request.state.user_id, request.app.state.shutdown)
+    try:
+        stream = live_hub(request.app.state).open(request.state.user_id)
+    except TooManyStreams as exc:
+        raise HttpError(429, "too_many_streams", str(exc), headers={"retry-after": str(RETRY_AFTER_SECONDS)}) from None
     return StreamingResponse(stream.events(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
