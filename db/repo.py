@@ -443,6 +443,20 @@ async def list_pending_feedback(session: AsyncSession, user_id: int) -> Sequence
     return rows.all()
 
 
+async def pending_feedback_by_user(session: AsyncSession,
+                                   user_ids: Sequence[int]) -> dict[int, list[FeedbackRequest]]:
+    """list_pending_feedback for several users in one query (the live pages' poll): {user_id: requests}."""
+    found: dict[int, list[FeedbackRequest]] = {user_id: [] for user_id in user_ids}
+    if user_ids:
+        rows = await session.scalars(
+            select(FeedbackRequest)
+            .where(FeedbackRequest.user_id.in_(user_ids), FeedbackRequest.status == FeedbackStatus.PENDING)
+            .order_by(FeedbackRequest.id))
+        for request in rows:
+            found[request.user_id].append(request)
+    return found
+
+
 # ---------------------------------------------------------------- chat
 
 
@@ -507,6 +521,23 @@ async def list_notifications(session: AsyncSession, user_id: int, *, after_id: i
         .limit(limit)
     )
     return rows.all()
+
+
+async def notifications_by_user(session: AsyncSession, after_ids: dict[int, int],
+                                limit: int = 100) -> dict[int, list[Notification]]:
+    """list_notifications for several users in one query: {user_id: their notifications after after_ids[user_id]},
+    at most `limit` each."""
+    found: dict[int, list[Notification]] = {user_id: [] for user_id in after_ids}
+    if after_ids:
+        rows = await session.scalars(
+            select(Notification)
+            .where(Notification.user_id.in_(list(after_ids)), Notification.id > min(after_ids.values()))
+            .order_by(Notification.id))
+        for note in rows:
+            mine = found[note.user_id]
+            if note.id > after_ids[note.user_id] and len(mine) < limit:
+                mine.append(note)
+    return found
 
 
 async def mark_notification_read(session: AsyncSession, user_id: int, notification_id: int) -> bool:

@@ -210,15 +210,19 @@ class LiveHub:
         if not watching:
             return
         async with self.runtime.sessions() as session:
+            # Two queries for every watching user together; more only for what changed.
+            pending = await repo.pending_feedback_by_user(session, [user_id for user_id, _ in watching])
+            notes = await repo.notifications_by_user(
+                session, {user_id: reading.result().last_notification for user_id, reading in watching})
             for user_id, reading in watching:
-                changes = await self._changes(session, user_id, reading.result())
+                changes = await self._changes(session, user_id, reading.result(), pending[user_id], notes[user_id])
                 if self._watched.get(user_id) is reading:   # else the user's last stream closed meanwhile
                     self._publish(user_id, reading.result(), changes)
 
-    async def _changes(self, session: AsyncSession, user_id: int, watched: _Watched) -> _Changes:
+    async def _changes(self, session: AsyncSession, user_id: int, watched: _Watched, pending: list,
+                       notes: list) -> _Changes:
         now = utcnow()
         changes = _Changes()
-        pending = await repo.list_pending_feedback(session, user_id)
         for request in pending:
             if request.timeout_at is not None and request.timeout_at <= now and \
                     await repo.close_feedback_request(session, user_id, request.id, FeedbackStatus.TIMED_OUT):
@@ -230,7 +234,7 @@ class LiveHub:
             request = await repo.get_feedback_request(session, user_id, request_id)
             if request is not None and request.status is not FeedbackStatus.PENDING:
                 changes.closed.append(request)
-        changes.notes = list(await repo.list_notifications(session, user_id, after_id=watched.last_notification))
+        changes.notes = notes
         return changes
 
     def _publish(self, user_id: int, watched: _Watched, changes: _Changes) -> None:

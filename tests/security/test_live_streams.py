@@ -114,3 +114,36 @@ async def test_fifty_streams_of_one_user_cost_one_database_poll_per_interval_not
         for page in pages:
             await page.close()
         await client.aclose()
+
+
+async def test_thirty_users_with_a_page_each_cost_the_same_two_queries_per_poll(web):
+    """The poll reads every watching user's questions and notifications together: its cost does not grow with
+    the number of users who have a page open."""
+    runtime, component, base_url, users = web
+    poll_seconds = 0.2
+    component.app.state.live_hub = LiveHub(runtime, component.app.state.shutdown, poll_seconds=poll_seconds)
+    names = [f"user{n:02d}" for n in range(30)]
+    for name in names:
+        await add_user(runtime, name)
+    clients = [await logged_in(base_url, name) for name in names]
+    pages = [EventReader(client) for client in clients]
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    try:
+        for page in pages:
+            await page.next("ready")
+        event.listen(runtime.engine.sync_engine, "before_cursor_execute", record)
+        window = 10 * poll_seconds
+        await asyncio.sleep(window)
+        polls = sum("FROM notifications" in s for s in statements)
+        assert 1 <= polls <= window / poll_seconds + 2, polls   # one per interval for all 30, not 30
+        assert sum("FROM feedback_requests" in s for s in statements) <= window / poll_seconds + 2
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", record)
+        for page in pages:
+            await page.close()
+        for client in clients:
+            await client.aclose()
