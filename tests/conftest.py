@@ -213,3 +213,23 @@ def asterisk(asterisk_instance, request):
         pytest.fail("Asterisk logged WARNING/ERROR lines this test did not expect:\n" + "\n".join(problems)
                     + f"\n--- last lines of {asterisk_instance.logdir / 'full'}:\n" + asterisk_instance.log_tail(60),
                     pytrace=False)
+
+
+@pytest.fixture
+async def make_stack(asterisk, tmp_path):
+    """`await make_stack(**env)` -> a started RealStack (tests/asterisk/stack.py) on the session's Asterisk; each
+    one is stopped after the test, which fails if `opendeep serve` did not exit cleanly or logged a traceback."""
+    from tests.asterisk.stack import RealStack
+
+    made = []
+
+    async def build(**env: str):
+        stack = RealStack(asterisk, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}", env=env)
+        made.append(stack)
+        await stack.start()
+        return stack
+    yield build
+    for stack in made:
+        code = await stack.stop()
+        assert code == 0, stack.serve.log_text()
+        assert "Traceback" not in stack.serve.log_text(), stack.serve.log_text()

@@ -19,7 +19,6 @@ from tests.asterisk.stack import (
     IVR,
     NO_ANSWER,
     PERSON,
-    RealStack,
 )
 from tests.doubles.ami_helpers import eventually
 
@@ -29,16 +28,8 @@ ANSWER = "Tuesday at 10:00 please."
 
 
 @pytest.fixture
-async def stack(asterisk, tmp_path):
-    stack = RealStack(asterisk, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
-    await stack.start()
-    try:
-        yield stack
-    finally:
-        code = await stack.stop()
-    log = stack.serve.log_text()
-    assert code == 0, log
-    assert "Traceback" not in log, log
+async def stack(make_stack):
+    return await make_stack()
 
 
 def _prompt_audio(asterisk, name: str, tmp_path) -> bytes:

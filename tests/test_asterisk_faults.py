@@ -9,27 +9,11 @@ import pytest
 
 from db.models import CallOutcome
 from tests.asterisk.instance import free_port
-from tests.asterisk.stack import ANSWERS, BUSY, NO_ANSWER, RealStack
+from tests.asterisk.stack import ANSWERS, BUSY, NO_ANSWER
 from tests.doubles.ami_helpers import eventually
 from tests.doubles.fake_realtime import FakeResponse
 
 pytestmark = pytest.mark.asterisk
-
-
-@pytest.fixture
-async def make_stack(asterisk, tmp_path):
-    made: list[RealStack] = []
-
-    async def build(**env: str) -> RealStack:
-        stack = RealStack(asterisk, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}", env=env)
-        made.append(stack)
-        await stack.start()
-        return stack
-    yield build
-    for stack in made:
-        code = await stack.stop()
-        assert code == 0, stack.serve.log_text()
-        assert "Traceback" not in stack.serve.log_text(), stack.serve.log_text()
 
 
 async def test_with_fastagi_unreachable_the_dialplan_never_dials(make_stack, asterisk):

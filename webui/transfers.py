@@ -42,6 +42,13 @@ async def _add(request: Request, name: str, phone_number: str):
     return target
 
 
+def _target_id(request: Request) -> int:
+    try:
+        return int(request.path_params["target_id"])
+    except ValueError:
+        raise not_found("transfer target") from None
+
+
 async def _remove(request: Request, target_id: int) -> None:
     async with _runtime(request).sessions() as session:
         removed = await transfers.remove_transfer_target(session, request.state.user_id, target_id)
@@ -70,11 +77,7 @@ async def target_add_page(request: Request) -> Response:
 
 
 async def target_remove_page(request: Request) -> Response:
-    try:
-        target_id = int(request.path_params["target_id"])
-    except ValueError:
-        raise not_found("transfer target") from None
-    await _remove(request, target_id)
+    await _remove(request, _target_id(request))
     _flash(request, "Transfer target removed.")
     return _redirect("/transfer-targets")
 
@@ -96,11 +99,7 @@ async def target_create(request: Request) -> Response:
 
 
 async def target_delete(request: Request) -> Response:
-    try:
-        target_id = int(request.path_params["target_id"])
-    except ValueError:
-        raise not_found("transfer target") from None
-    await _remove(request, target_id)
+    await _remove(request, _target_id(request))
     return Response(status_code=204)
 
 

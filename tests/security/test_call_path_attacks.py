@@ -15,28 +15,23 @@ import pytest
 
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, TaskStatus
-from fastagi_server.server import FastAgiComponent
-from opendeep.events import EventHub
-from opendeep.runtime import Runtime
 from opendeep.settings import load_settings
 from tests.doubles.agi_client import ENV_H_EXTENSION, FakeAsteriskAgi
 from tests.doubles.audiosocket_calls import asterisk_call, audiosocket_server, seed_call
 from tests.doubles.audiosocket_client import AsteriskAudioSocket, speech_like
+from tests.test_fastagi_routes import _fastagi
 
 NUMBER = "+14155550123"
 
 
-async def _fastagi(engine, sessions, settings_env, **env):
-    settings = load_settings({**settings_env, "OPENAI_API_KEY": "sk-test", **env}, dotenv=None)
-    component = FastAgiComponent(Runtime(settings=settings, engine=engine, sessions=sessions, events=EventHub()),
-                                 host="127.0.0.1", port=0)
-    await component.start()
-    return component
+async def _fastagi_with(engine, sessions, settings_env, **env):
+    return await _fastagi(engine, sessions, load_settings({**settings_env, "OPENAI_API_KEY": "sk-test", **env},
+                                                          dotenv=None))
 
 
 @pytest.fixture
 async def agi(engine, sessions, settings_env):
-    component = await _fastagi(engine, sessions, settings_env)
+    component = await _fastagi_with(engine, sessions, settings_env)
     yield component
     await component.stop()
 
@@ -104,7 +99,7 @@ async def test_a_forged_call_answered_cannot_replace_the_calls_channel(agi, sess
 
 
 async def test_fastagi_refuses_addresses_outside_the_allowed_peers(engine, sessions, settings_env):
-    component = await _fastagi(engine, sessions, settings_env, ASTERISK_ALLOWED_PEERS="192.0.2.10/32")
+    component = await _fastagi_with(engine, sessions, settings_env, ASTERISK_ALLOWED_PEERS="192.0.2.10/32")
     try:
         user_id, _, call_id, channel = await _live_call(sessions)
         run = await FakeAsteriskAgi(component.port, script="call-end", args=(str(call_id), str(user_id)),

@@ -10,6 +10,7 @@ streams is measured in bench/bench_live_streams.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest_asyncio
@@ -71,6 +72,20 @@ async def test_the_eleventh_stream_of_a_user_is_refused_with_429_and_a_closed_on
         await bob.aclose()
 
 
+@contextlib.contextmanager
+def sql_statements(engine):
+    """Every SQL statement `engine` runs inside the block, in order."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
 async def test_fifty_streams_of_one_user_cost_one_database_poll_per_interval_not_fifty(web):
     runtime, component, base_url, users = web
     poll_seconds = 0.2
@@ -84,33 +99,27 @@ async def test_fifty_streams_of_one_user_cost_one_database_poll_per_interval_not
         await session.commit()
     client = await logged_in(base_url, "alice")
     pages = [EventReader(client) for _ in range(50)]
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement)
-
     try:
         for page in pages:
             await page.next("ready")
-        event.listen(runtime.engine.sync_engine, "before_cursor_execute", record)
-        window = 10 * poll_seconds
-        await asyncio.sleep(window)
-        polls = sum("FROM notifications" in s for s in statements)
-        questions = sum("FROM feedback_requests" in s for s in statements)
-        # One poll per interval for the user (the first may fall at either edge of the window), not 50.
-        assert 1 <= polls <= window / poll_seconds + 2, polls
-        assert questions <= window / poll_seconds + 2, questions
-        assert len(statements) <= 2 * (window / poll_seconds + 2)
+        with sql_statements(runtime.engine) as statements:
+            window = 10 * poll_seconds
+            await asyncio.sleep(window)
+            polls = sum("FROM notifications" in s for s in statements)
+            questions = sum("FROM feedback_requests" in s for s in statements)
+            # One poll per interval for the user (the first may fall at either edge of the window), not 50.
+            assert 1 <= polls <= window / poll_seconds + 2, polls
+            assert questions <= window / poll_seconds + 2, questions
+            assert len(statements) <= 2 * (window / poll_seconds + 2)
 
-        # A question written by another process (DB only) reaches all 50 pages; its card is read once.
-        statements.clear()
-        request_id = await ask(runtime, users["alice"], call.id, "Is Tuesday 9:00 OK?", publish=False)
-        cards = await asyncio.gather(*(page.next("feedback.asked") for page in pages))
-        assert {card["request_id"] for card in cards} == {request_id}
-        assert sum("FROM call_transcripts" in s for s in statements) == 1
+            # A question written by another process (DB only) reaches all 50 pages; its card is read once.
+            statements.clear()
+            request_id = await ask(runtime, users["alice"], call.id, "Is Tuesday 9:00 OK?", publish=False)
+            cards = await asyncio.gather(*(page.next("feedback.asked") for page in pages))
+            assert {card["request_id"] for card in cards} == {request_id}
+            assert sum("FROM call_transcripts" in s for s in statements) == 1
         assert hub.stream_count(users["alice"]) == 50
     finally:
-        event.remove(runtime.engine.sync_engine, "before_cursor_execute", record)
         for page in pages:
             await page.close()
         await client.aclose()
@@ -127,22 +136,16 @@ async def test_thirty_users_with_a_page_each_cost_the_same_two_queries_per_poll(
         await add_user(runtime, name)
     clients = [await logged_in(base_url, name) for name in names]
     pages = [EventReader(client) for client in clients]
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement)
-
     try:
         for page in pages:
             await page.next("ready")
-        event.listen(runtime.engine.sync_engine, "before_cursor_execute", record)
-        window = 10 * poll_seconds
-        await asyncio.sleep(window)
+        with sql_statements(runtime.engine) as statements:
+            window = 10 * poll_seconds
+            await asyncio.sleep(window)
         polls = sum("FROM notifications" in s for s in statements)
         assert 1 <= polls <= window / poll_seconds + 2, polls   # one per interval for all 30, not 30
         assert sum("FROM feedback_requests" in s for s in statements) <= window / poll_seconds + 2
     finally:
-        event.remove(runtime.engine.sync_engine, "before_cursor_execute", record)
         for page in pages:
             await page.close()
         for client in clients:

@@ -17,20 +17,6 @@ pytestmark = pytest.mark.asterisk
 PREMIUM = "+19005550199"
 
 
-@pytest.fixture
-async def make_stack(asterisk, tmp_path):
-    made: list[RealStack] = []
-
-    async def build(**env: str) -> RealStack:
-        stack = RealStack(asterisk, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}", env=env)
-        made.append(stack)
-        await stack.start()
-        return stack
-    yield build
-    for stack in made:
-        assert await stack.stop() == 0, stack.serve.log_text()
-
-
 def _ask_for(stack: RealStack, target: str) -> None:
     """The callee talked the model into it: the model asks to transfer to `target`, then ends the call."""
     def script(conn, index):
