@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parent / "asterisk" / "build_asterisk.sh"
 FAILING_CONFIGURE = """#!/bin/sh
 echo "checking for jansson... no" >&2
 echo "checking for jansson... no" > config.log
-echo "configure: error: *** JSON support not found (this typically means the libjansson development package is missing)" >> config.log
+echo "configure: error: *** JSON support not found (the libjansson development package is missing)" >> config.log
 exit 1
 """
 
