@@ -7,13 +7,13 @@ over time does not. A match of the whole envelope, from its first frame, means t
 from __future__ import annotations
 
 import math
+import warnings
 import wave
 from pathlib import Path
 
-try:
+with warnings.catch_warnings():   # deprecated in 3.11-3.12, the audioop-lts package from 3.13 on
+    warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
-except ImportError:  # Python >= 3.13: the audioop-lts package
-    import audioop  # type: ignore[no-redef]
 
 FRAME_BYTES = 320  # 20 ms of slin 8 kHz
 
