@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from db import repo
-from tests.doubles.webui_client import add_user, make_runtime
+from db.models import CampaignStatus
+from tests.doubles.webui_client import WebClient, add_user, make_runtime
+from webui.app import create_app
 from webui.csv_import import (
     CsvImportError,
     export_dnd_csv,
@@ -154,3 +156,31 @@ def test_summary_table_reads_the_shapes_a_summarizer_may_write(summary, columns,
     got_columns, rows = summary_table(summary)
     assert got_columns == columns and rows[0] == first_row
     assert table_csv(got_columns, rows).splitlines()[0] == ",".join(columns)
+
+
+async def test_a_finished_campaign_takes_no_new_targets(settings_env, engine, sessions):
+    """A cancelled (or completed) campaign's summary is final: adding targets is refused, on the API and the page,
+    and nothing is imported."""
+    runtime = make_runtime(settings_env, engine, sessions)
+    alice = await add_user(runtime, "alice")
+    async with sessions() as session:
+        campaign = await repo.create_campaign(session, alice, name="Shops")
+        campaign.status = CampaignStatus.CANCELLED
+        await session.commit()
+    client = WebClient(create_app(runtime))
+    await client.login("alice")
+    try:
+        body = "name,phone_number\nShop,+14155550123\n"
+        refused = await client.api("POST", f"/api/campaigns/{campaign.id}/targets", content=body,
+                                   headers={"content-type": "text/csv"})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "campaign_finished"
+        page = await client.form(f"/campaigns/{campaign.id}/targets",
+                                 files={"file": ("t.csv", body.encode(), "text/csv")})
+        assert page.status_code == 303
+        shown = await client.http.get(f"/campaigns/{campaign.id}")
+        assert "Nothing was imported: the campaign is cancelled" in shown.text
+        assert "Add targets from CSV" not in shown.text
+        async with sessions() as session:
+            assert await repo.list_tasks(session, alice, campaign.id) == []
+    finally:
+        await client.aclose()

@@ -299,6 +299,8 @@ async def campaign_add_targets(request: Request) -> Response:
         campaign = await repo.get_campaign(session, request.state.user_id, campaign_id)
         if campaign is None:
             raise not_found("campaign")
+        if refusal := views.targets_refusal(campaign):
+            raise HttpError(409, "campaign_finished", refusal)
         try:
             rows = parse_targets_csv(await _csv_text(request))
         except CsvImportError as exc:

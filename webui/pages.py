@@ -366,6 +366,9 @@ async def campaign_add_targets(request: Request) -> Response:
         campaign = await repo.get_campaign(session, request.state.user_id, campaign_id)
         if campaign is None:
             raise not_found("campaign")
+        if refusal := views.targets_refusal(campaign):
+            _flash(request, f"Nothing was imported: {refusal}.", "error")
+            return _redirect(f"/campaigns/{campaign_id}")
         try:
             rows = parse_targets_csv(await _upload_text(form, "file"))
         except CsvImportError as exc:

@@ -20,6 +20,7 @@ from db.models import (
     CallEvent,
     CallTranscript,
     Campaign,
+    CampaignStatus,
     ChatRole,
     FeedbackRequest,
     Task,
@@ -108,6 +109,14 @@ async def list_campaigns(session: AsyncSession, user_id: int) -> list[dict[str, 
     for campaign_id, status, count in rows:
         counts[campaign_id][status.value] = count
     return [campaign_dict(c, counts.get(c.id, {})) for c in campaigns]
+
+
+def targets_refusal(campaign: Campaign) -> str | None:
+    """Why targets cannot be added to this campaign now, or None: a finished campaign stays finished."""
+    if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED):
+        return (f"the campaign is {campaign.status.value}: its summary is final. Start a new campaign for these "
+                f"targets")
+    return None
 
 
 def asterisk_state(ami: Any) -> dict[str, Any] | None:
