@@ -44,7 +44,8 @@ def _render(value: Any) -> str:
 
 
 def build_instructions(*, task: Task, user: User, campaign: Campaign | None = None,
-                       earlier_attempts: str | None = None, transfer_targets: list[str] | None = None) -> str:
+                       earlier_attempts: str | None = None, transfer_targets: list[str] | None = None,
+                       recorded: bool = False) -> str:
     """The realtime session's instructions for one call."""
     name = user_display_name(user)
     language = language_name(task.language)
@@ -52,7 +53,8 @@ def build_instructions(*, task: Task, user: User, campaign: Campaign | None = No
         f"You are an AI phone assistant making an outbound call on behalf of {name}. You are an AI and say so "
         f"if asked; never claim to be human. Speak {language} unless the callee clearly prefers another "
         f"language. Keep turns short and natural: this is a phone call, not a text chat.",
-        f"Open the call with this sentence, in {language}: \"{opening_sentence(user, task)}\"",
+        f"Open the call with this sentence, in {language}: \"{opening_sentence(user, task)}\""
+        + (" Then say, in the same breath, that the call is recorded." if recorded else ""),
         f"Objective of this call: {task.objective or (campaign.goal if campaign else '') or 'see the context'}",
         f"You are calling: {task.target_name} ({task.phone_number}).",
     ]

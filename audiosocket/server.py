@@ -193,7 +193,8 @@ class AudioSocketServer:
                 return None
             campaign = await repo.get_campaign(db, call.user_id, task.campaign_id)
             targets = [t.name for t in await transfers.list_transfer_targets(db, call.user_id)]
-            instructions = build_instructions(task=task, user=user, campaign=campaign, transfer_targets=targets)
+            instructions = build_instructions(task=task, user=user, campaign=campaign, transfer_targets=targets,
+                                              recorded=self.runtime.settings.record_calls)
             return (CallRef(call.user_id, call.id, task.id), instructions, user_display_name(user),
                     tool_definitions(targets))
 

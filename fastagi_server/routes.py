@@ -4,7 +4,7 @@
                    OPENDEEP_RING_SECONDS, or OPENDEEP_ABORT=<reason> (then nothing is dialed).
     call-answered  on the Local ;1 channel once the callee answered ([opendeep-connected]): records that channel
                    (DTMF, transfer and hangup target it) and sets OPENDEEP_AS_UUID, OPENDEEP_AS_ADDR,
-                   OPENDEEP_BRIDGE and OPENDEEP_MAX_SECONDS for Dial(AudioSocket/...).
+                   OPENDEEP_BRIDGE, OPENDEEP_MAX_SECONDS and OPENDEEP_RECORDING for Dial(AudioSocket/...).
     amd            on the ;1 channel after AMD(): MACHINE -> voicemail; HUMAN / NOTSURE -> talk.
     call-end       in the `h` extension of the Local ;2 channel: DIALSTATUS, HANGUPCAUSE, ANSWEREDTIME ->
                    ami_controller.outcomes.finish_call (calls row, call_events, task moved on).
@@ -38,6 +38,7 @@ from db import repo, transfers
 from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus
 from db.types import utcnow
 from fastagi_server.protocol import AgiError, AgiSession
+from opendeep.recordings import recording_path
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -277,6 +278,8 @@ class CallRoutes:
         await agi.set_variable("OPENDEEP_AS_ADDR", self.settings.audiosocket_address)
         await agi.set_variable("OPENDEEP_BRIDGE", "1" if bridge else "0")
         await agi.set_variable("OPENDEEP_MAX_SECONDS", str(self.settings.max_call_seconds))
+        if self.settings.record_calls:
+            await agi.set_variable("OPENDEEP_RECORDING", str(recording_path(self.settings, user_id, call_id)))
         # Last on purpose: without the UUID the dialplan connects nothing.
         await agi.set_variable("OPENDEEP_AS_UUID", audiosocket_uuid)
 

@@ -6,7 +6,8 @@ Each pass, tenant by tenant, it
   only made due again once nothing can still be ringing: no double dialing;
 - carries what earlier calls learned into `tasks.inter_call_context`, which the call AI's instructions include;
 - raises the priority of a task whose callee asked for a callback, so the scheduler rings on time;
-- posts a check-in notification for tasks open for a long time.
+- posts a check-in notification for tasks open for a long time;
+and, once per pass, deletes call recordings older than RECORDING_RETENTION_DAYS.
 
 These are plain rules: the judgment about a call (what it achieved, when to retry) is the post-call
 analyzer's LLM verdict, which this module reads. Every decision is a task_event with its reason.
@@ -26,6 +27,7 @@ from db import repo
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
 from opendeep.periodic import run_periodically
+from opendeep.recordings import delete_expired_recordings
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -108,7 +110,9 @@ class LifecycleManager:
 
     async def run_once(self, now: datetime | None = None) -> dict[str, int]:
         """One pass over every tenant; returns how many of each decision were taken."""
-        counts = {"recovered": 0, "context": 0, "priority": 0, "check_in": 0}
+        counts = {"recovered": 0, "context": 0, "priority": 0, "check_in": 0,
+                  "recordings_deleted": await asyncio.to_thread(delete_expired_recordings, self.settings,
+                                                                now or utcnow())}
         for user_id in await self.tenants_with_open_tasks():
             try:
                 for key, value in (await self.run_tenant(user_id, now)).items():

@@ -263,6 +263,12 @@ SETTINGS: tuple[Setting, ...] = (
             "how often the lifecycle manager checks for stuck and long-running tasks"),
     Setting("STUCK_TASK_SECONDS", "stuck_task_seconds", "900", _positive_int,
             "a queued / in-progress task with no live call for this long is recovered"),
+    Setting("RECORD_CALLS", "record_calls", "true", parse_bool,
+            "record each call the AI takes (both directions; the AI says so at the start)"),
+    Setting("RECORDINGS_DIR", "recordings_dir", "recordings", str,
+            "where Asterisk writes the recordings and the web UI reads them (the same path on both)"),
+    Setting("RECORDING_RETENTION_DAYS", "recording_retention_days", "30", _positive_int,
+            "recordings older than this are deleted"),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Setting("WEB_HEADER_TIMEOUT_SECONDS", "web_header_timeout_seconds", "10", _positive_float,
             "a web client must send a whole request head this soon after connecting (or after the last answer)"),
@@ -328,6 +334,9 @@ class Settings:
     realtime_vad_prefix_ms: int
     lifecycle_interval_seconds: float
     stuck_task_seconds: int
+    record_calls: bool
+    recordings_dir: str
+    recording_retention_days: int
     log_level: str
     web_header_timeout_seconds: float
     web_body_timeout_seconds: float

@@ -6,6 +6,9 @@ Every WARNING or ERROR Asterisk logs fails the test unless the test names it (th
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 
 from db.models import CallOutcome, CallStatus, Speaker
@@ -19,6 +22,7 @@ from tests.asterisk.stack import (
     IVR,
     NO_ANSWER,
     PERSON,
+    SPEAKS_LATER,
 )
 from tests.doubles.ami_helpers import eventually
 
@@ -207,3 +211,39 @@ async def test_every_context_the_code_originates_or_redirects_into_exists_in_ast
     transfer = asterisk.rx(f"dialplan show s@{TRANSFER_CONTEXT}")
     assert "'s' =>            1. NoOp(" in transfer and "Dial(${OPENDEEP_TRANSFER_DIAL},30)" in transfer
     assert "-= 1 extension" in outbound and "-= 1 extension" in connected and "-= 1 extension" in transfer
+
+
+async def test_the_call_is_recorded_both_ways_and_only_its_owner_can_fetch_it(stack, asterisk, tmp_path):
+    """RECORD_CALLS (default on): call-answered names the file, the dialplan's MixMonitor writes it on the ;1
+    half, the AI says the call is recorded, and the web UI serves it to the call's owner only."""
+    from tests.doubles.fake_realtime import FakeResponse
+
+    stack.fake.realtime.script = lambda conn, index: FakeResponse(
+        audio=stack.models.speech, transcript="Hello, this call is recorded.", chunk_interval=0.1) \
+        if index == 0 else None
+    _, [task_id] = await stack.import_campaign([("Speaks later", SPEAKS_LATER)])
+    session = await stack.fake.realtime.wait_for_connection(timeout=20)
+    await session.wait_for("session.update")
+    assert "the call is recorded" in session.session_config()["instructions"]
+    # The callee's prompt (about 1.2 s; a silent line sends no frames through the AudioSocket channel).
+    await eventually(lambda: len(session.audio_in) >= 8000, 20, 0.1, what="the callee's prompt")
+    await asyncio.sleep(1.0)
+    await session.speak(FakeResponse(function_call=("end_call", {"outcome": "objective_met", "summary": "ok"})))
+    await stack.wait_task(task_id, "completed", timeout=40)
+    (call, _, _), = await stack.call_rows(task_id)
+    path = stack.workdir / "recordings" / str(call.user_id) / f"{call.id}.wav"
+    recorded = audio_match.read_wav(path)
+    spoken = audio_match.trim_silence(audio_match.mulaw_to_slin(stack.models.speech))
+    prompt = audio_match.trim_silence(_prompt_audio(asterisk, "hello-world", tmp_path))
+    assert audio_match.find(spoken, recorded)[1] > 0.9      # what the AI said
+    assert audio_match.find(prompt, recorded)[1] > 0.9      # what the callee said
+    fetched = await stack.http.get(f"/calls/{call.id}/recording.wav")
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "audio/wav"
+    assert fetched.content == path.read_bytes()
+    assert f'src="/calls/{call.id}/recording.wav"' in (await stack.http.get(f"/calls/{call.id}")).text
+    await stack.serve.cli("user", "add", "mallory", "--password-stdin", input="another long password\n")
+    async with httpx.AsyncClient(base_url=stack.serve.web_url, timeout=10) as other:
+        csrf = (await other.get("/api/session")).json()["csrf_token"]
+        await other.post("/api/login", json={"username": "mallory", "password": "another long password"},
+                         headers={"x-csrf-token": csrf})
+        assert (await other.get(f"/calls/{call.id}/recording.wav")).status_code == 404

@@ -177,7 +177,7 @@ async def test_the_demo_simulator_runs_the_shipped_dialplan_from_chat_to_summary
     assert call.local.variables["OPENDEEP_DIAL"] == f"PJSIP/{NUMBER}@opendeep-trunk"
     assert call.dialed == [[f"PJSIP/{NUMBER}@opendeep-trunk", "10"]]
     assert [c.split()[2] for c in answered.commands if c.startswith("SET VARIABLE")] == [
-        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_AS_UUID"]
+        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_RECORDING", "OPENDEEP_AS_UUID"]
     connected = call.connected
     assert connected.name == call.fake.one.name and connected.name.endswith(";1")
     assert connected.variables["TIMEOUT(absolute)"] == "600"

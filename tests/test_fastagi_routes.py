@@ -12,6 +12,7 @@ from db import repo
 from db.models import Call, CallOutcome, CallStatus, TaskStatus
 from fastagi_server.server import FastAgiComponent
 from opendeep.events import EventHub
+from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
 from opendeep.settings import load_settings
 from tests.doubles.agi_client import ENV_H_EXTENSION, FakeAsteriskAgi
@@ -230,10 +231,12 @@ async def test_answered_call_records_the_callee_channel_then_ends_awaiting_analy
     answered = await _answer(agi.port, call_id, user_id)
     # The ids came as arguments: nothing to ask. The UUID goes last: without it the dialplan connects nothing.
     assert [command.split()[2] for command in answered.commands] == [
-        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_AS_UUID"]
+        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_RECORDING", "OPENDEEP_AS_UUID"]
     call, _, _ = await _load(sessions, user_id, call_id, task_id)
     assert answered.variables == {"OPENDEEP_AS_ADDR": "10.0.0.5:9092", "OPENDEEP_BRIDGE": "1",
-                                  "OPENDEEP_MAX_SECONDS": "600", "OPENDEEP_AS_UUID": call.audiosocket_uuid}
+                                  "OPENDEEP_MAX_SECONDS": "600", "OPENDEEP_AS_UUID": call.audiosocket_uuid,
+                                  "OPENDEEP_RECORDING": str(recording_path(agi.routes.settings, user_id, call_id))}
+    assert answered.variables["OPENDEEP_RECORDING"].endswith(f"/recordings/{user_id}/{call_id}.wav")
     assert (call.status, call.channel) == (CallStatus.ANSWERED, LOCAL_ONE)
     assert call.answered_at is not None
 

@@ -12,12 +12,13 @@ from urllib.parse import urlparse
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from db import repo
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
+from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
 from webui import views
 from webui.auth import (
@@ -330,7 +331,21 @@ async def call_page(request: Request) -> Response:
         task = await repo.get_task(session, request.state.user_id, call["task_id"]) if call else None
     if call is None or task is None:
         raise not_found("call")
-    return _render(request, "call.html", {"call": call, "task": views.task_dict(task)})
+    recording = recording_path(_runtime(request).settings, request.state.user_id, call["id"])
+    return _render(request, "call.html", {"call": call, "task": views.task_dict(task),
+                                          "has_recording": recording.is_file()})
+
+
+async def call_recording(request: Request) -> Response:
+    """The call's recording (WAV), for the call's owner only."""
+    runtime = _runtime(request)
+    call_id = _int(request, "call_id")
+    async with runtime.sessions() as session:
+        call = await repo.get_call(session, request.state.user_id, call_id)
+    path = recording_path(runtime.settings, request.state.user_id, call_id) if call is not None else None
+    if path is None or not path.is_file():
+        raise not_found("recording")
+    return FileResponse(path, media_type="audio/wav", filename=f"call-{call_id}.wav")
 
 
 async def campaign_import(request: Request) -> Response:
@@ -518,6 +533,7 @@ def routes() -> list[Route]:
         page("/campaigns/{campaign_id:int}/{action:str}", campaign_control, ["POST"]),
         page("/tasks/{task_id:int}/{action:str}", task_control, ["POST"]),
         page("/calls/{call_id:int}", call_page),
+        page("/calls/{call_id:int}/recording.wav", call_recording),
         page("/dnd", dnd_page),
         page("/dnd", dnd_add, ["POST"]),
         page("/dnd/remove", dnd_remove, ["POST"]),

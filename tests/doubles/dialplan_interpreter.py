@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 APPLICATIONS: dict[str, tuple[int, int]] = {
     "NoOp": (0, 99), "Verbose": (1, 2), "Log": (2, 2), "Set": (1, 1), "GotoIf": (1, 1), "Goto": (1, 3),
     "AGI": (1, 99), "Answer": (0, 2), "Dial": (1, 4), "Hangup": (0, 1), "AMD": (0, 9), "AudioSocket": (2, 2),
-    "Playback": (1, 2), "Return": (0, 1), "Gosub": (1, 1),
+    "Playback": (1, 2), "Return": (0, 1), "Gosub": (1, 1), "MixMonitor": (1, 3),
 }
 FUNCTIONS = {"TIMEOUT", "FILTER", "CHANNEL", "LOCAL"}
 LOG_LEVELS = {"ERROR", "WARNING", "NOTICE", "DEBUG", "VERBOSE", "DTMF"}
