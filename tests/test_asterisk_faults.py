@@ -67,8 +67,10 @@ async def _campaign_page_if_waiting(stack, campaign_id):
 
 async def test_twenty_calls_at_once_all_connect_talk_and_end(make_stack, asterisk):
     stack = await make_stack(MAX_CONCURRENT_CALLS="20", MAX_CONCURRENT_CALLS_PER_USER="20")
+    # 4 s of speech before end_call: long enough that every call is up before the first one ends, even on a
+    # busy machine (the scheduler starts all twenty within about a second).
     stack.fake.realtime.script = lambda conn, index: FakeResponse(
-        audio=stack.models.speech, transcript="Hello, goodbye.", chunk_interval=0.1,
+        audio=stack.models.speech * 4, transcript="Hello, goodbye.", chunk_interval=0.1,
         function_call=("end_call", {"outcome": "objective_met", "summary": "Said hello."})) if index == 0 else None
     _, task_ids = await stack.import_campaign([(f"Callee {n}", f"+141555501{n}") for n in range(10, 30)])
     for task_id in task_ids:
