@@ -11,6 +11,7 @@ import socket
 from ami_controller.initiator import DispatchReport, dispatch_due_tasks
 from ami_controller.manager import AmiController
 from opendeep.health import task_running
+from opendeep.periodic import finishing
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.ami.component")
@@ -61,7 +62,7 @@ class AmiComponent:
         poll = max(self.runtime.settings.scheduler_poll_seconds, 0.05)
         while True:
             try:
-                report = await self.run_once()
+                report = await finishing(self.run_once())   # stopping never cuts a claim in half
                 if report.claimed:
                     log.info("scheduler pass: %d claimed, %d dialed, %d DND, %d outside window, %d deferred",
                              report.claimed, len(report.dialed), len(report.cancelled_dnd),

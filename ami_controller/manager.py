@@ -40,6 +40,7 @@ from ami_controller.outcomes import finish_call, map_dial_status, map_originate_
 from db import repo
 from db.models import Call, CallOutcome, CallStatus
 from db.types import utcnow
+from opendeep.periodic import finishing
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -443,7 +444,9 @@ class AmiController:
         while True:
             message = await self._events.get()
             try:
-                await self.handle_event(message)
+                await finishing(self.handle_event(message))   # stopping lets the event's write finish
+            except asyncio.CancelledError:
+                raise
             except Exception:  # one bad event must not stop the others
                 log.exception("could not handle AMI event %s", message.get("Event"))
 

@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger("opendeep.periodic")
+T = TypeVar("T")
+FINISH_GRACE_SECONDS = 5.0
+
+
+async def finishing(work: Awaitable[T], grace: float = FINISH_GRACE_SECONDS) -> T:
+    """Await `work`; if we are cancelled meanwhile (the service is stopping), let `work` finish first (at most
+    `grace` seconds), then stop. Work cut off mid-transaction would leave a connection whose rollback is
+    cancelled too, which SQLAlchemy's pool reports as an error with a traceback."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, grace)
+        raise
 
 
 async def run_periodically(one_pass: Callable[[], Awaitable[object]], interval: float, what: str) -> None:
@@ -14,7 +31,7 @@ async def run_periodically(one_pass: Callable[[], Awaitable[object]], interval: 
     `what`) and the next pass runs as usual."""
     while True:
         try:
-            await one_pass()
+            await finishing(one_pass())
         except asyncio.CancelledError:
             raise
         except Exception:
