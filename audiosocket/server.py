@@ -1,8 +1,10 @@
-"""The AudioSocket TCP server: Asterisk's `AudioSocket(${OPENDEEP_AS_UUID},${OPENDEEP_AS_ADDR})` connects here.
+"""The AudioSocket TCP server: the dialplan's `Dial(AudioSocket/${OPENDEEP_AS_ADDR}/${OPENDEEP_AS_UUID}/c(slin))`
+(Asterisk's AudioSocket channel driver) connects here.
 
 The first frame must be the UUID that FastAGI call-start put in calls.audiosocket_uuid; it says which call (and
-so which tenant) this socket is. An unknown UUID, or a call that already ended, is refused: logged, answered
-with a hangup frame, closed. A known call gets a CallBridge for as long as the socket lives.
+so which tenant) this socket is, and its first connection claims it. An unknown or already claimed UUID, a call
+that already ended, or a peer outside ASTERISK_ALLOWED_PEERS is refused: logged, answered with a hangup frame,
+closed. A known call gets a CallBridge for as long as the socket lives.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AUDIOSOCKET_BIND", "audiosocket_bind", "127.0.0.1:9092", parse_host_port,
             "AudioSocket server listen address"),
     Setting("AUDIOSOCKET_ADVERTISE", "audiosocket_advertise", "", str,
-            "HOST:PORT Asterisk's AudioSocket() connects to; empty = AUDIOSOCKET_BIND"),
+            "HOST:PORT Asterisk's AudioSocket channel connects to; empty = AUDIOSOCKET_BIND"),
     Setting("WEB_BIND", "web_bind", "127.0.0.1:8000", parse_host_port, "web UI listen address"),
     Setting("OPENAI_API_KEY", "openai_api_key", "", str, "key for the OpenAI-compatible API", secret=True),
     Setting("OPENAI_BASE_URL", "openai_base_url", "", str,
