@@ -163,6 +163,14 @@ class _PanoramiskManager(Manager):
             return  # the caller awaits the same future and handles the error
         super().connection_made(f)
 
+    def login(self, future: asyncio.Future) -> bool:
+        # Asterisk closing before it answers Login (it is restarting) fails the future: the caller awaiting the
+        # same future reports that and tries again; panoramisk would raise here, in a callback nobody awaits.
+        if future.cancelled() or future.exception() is not None:
+            self.authenticated_future = None
+            return False
+        return super().login(future)
+
     def connection_lost(self, exc: Any) -> None:
         self._connected = False
         self.authenticated = False

@@ -194,3 +194,30 @@ async def test_waits_for_asterisk_then_connects_when_it_comes_up(settings, sessi
     finally:
         await controller.stop()
         await fake.stop()
+
+
+async def test_an_asterisk_that_closes_before_answering_login_is_retried_without_a_traceback(settings, sessions,
+                                                                                              caplog):
+    """Seen on the real Asterisk 22 while it restarts: it accepts the connection, sends its banner, reads Login
+    and closes. panoramisk's login callback raised then, and asyncio logged 'Exception in callback'."""
+    logins = 0
+
+    async def booting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal logins
+        writer.write(b"Asterisk Call Manager/11.0.0\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        logins += 1
+        writer.close()
+
+    server = await asyncio.start_server(booting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    controller = AmiController(ami_settings(settings, port), sessions, None)
+    await controller.start()
+    try:
+        await eventually(lambda: logins >= 2, 10, what="a second login attempt")
+        assert not controller.connected
+        assert "closed before Asterisk answered Login" in caplog.text
+        assert "Exception in callback" not in caplog.text and "Traceback" not in caplog.text
+    finally:
+        await controller.stop()
+        server.close()
