@@ -218,16 +218,18 @@ async def test_the_call_is_recorded_both_ways_and_only_its_owner_can_fetch_it(st
     half, the AI says the call is recorded, and the web UI serves it to the call's owner only."""
     from tests.doubles.fake_realtime import FakeResponse
 
-    stack.fake.realtime.script = lambda conn, index: FakeResponse(
-        audio=stack.models.speech, transcript="Hello, this call is recorded.", chunk_interval=0.1) \
-        if index == 0 else None
+    stack.fake.realtime.script = lambda conn, index: None
     _, [task_id] = await stack.import_campaign([("Speaks later", SPEAKS_LATER)])
     session = await stack.fake.realtime.wait_for_connection(timeout=20)
     await session.wait_for("session.update")
     assert "the call is recorded" in session.session_config()["instructions"]
-    # The callee's prompt (about 1.2 s; a silent line sends no frames through the AudioSocket channel).
+    # The callee's prompt (about 1.2 s; a silent line sends no frames through the AudioSocket channel), then the
+    # AI's words: one after the other, so neither is masked in the mixed recording however late the model starts.
     await eventually(lambda: len(session.audio_in) >= 8000, 20, 0.1, what="the callee's prompt")
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.5)
+    await session.speak(FakeResponse(audio=stack.models.speech, transcript="Hello, this call is recorded.",
+                                     chunk_interval=0.1))
+    await asyncio.sleep(2.0)
     await session.speak(FakeResponse(function_call=("end_call", {"outcome": "objective_met", "summary": "ok"})))
     await stack.wait_task(task_id, "completed", timeout=40)
     (call, _, _), = await stack.call_rows(task_id)
