@@ -1,15 +1,19 @@
-"""One call, from the moment Asterisk's AudioSocket() connects until the socket closes.
+"""One call, from the moment Asterisk's AudioSocket channel connects until the socket closes.
 
-Audio moves one way through small steps:
+Audio moves one way through small steps, each a plain function called from the event loop's socket callbacks
+(no task, future or coroutine per frame; issue 17):
 
-    caller -> model:  socket bytes -> FrameReader (decode) -> [held while the model connects] -> mu-law
-                      -> input_audio_buffer.append
-    model -> caller:  response.output_audio.delta -> slin (decode) -> OutboundPacer (queue, pace) -> socket (write)
+    caller -> model:  caller_data (socket bytes) -> FrameReader (decode) -> [held while the model connects]
+                      -> mu-law -> input_audio_buffer.append, written at once
+    model -> caller:  _on_model_message (raw JSON) -> response.output_audio.delta -> slin (decode)
+                      -> OutboundPacer (queue; the process's shared 20 ms clock writes the frames)
 
-and three things can end the call: Asterisk (hangup frame / EOF), the AI (end_call, transfer_to_human) or a
-safety rule (MAX_CALL_SECONDS, SILENCE_TIMEOUT_SECONDS, model connection lost -> outcome failed_ai). Whoever
-decides first sets `_ended`; `_finish` then says goodbye if it can, sends the hangup frame, and closes the
-model session, the socket and every task of the call.
+Every other server event goes through `_on_model_event`, the one place they are dispatched.
+
+Three things can end the call: Asterisk (hangup frame / EOF), the AI (end_call, transfer_to_human) or a safety
+rule (MAX_CALL_SECONDS, SILENCE_TIMEOUT_SECONDS, model connection lost -> outcome failed_ai). Whoever decides
+first sets `_ended`; `_finish` then says goodbye if it can, sends the hangup frame, and closes the model session,
+the socket and every task of the call.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import base64
 import collections
 import contextlib
 import enum
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from audiosocket.pacing import BYTES_PER_MS, FRAME_SECONDS, SAMPLE_RATE, OutboundPacer
 from audiosocket.protocol import HANGUP_FRAME, Frame, FrameReader, Kind, ProtocolError
@@ -30,9 +35,10 @@ from audiosocket.realtime import ModelConnectionLost, RealtimeSession, ServerEve
 from audiosocket.recorder import CallRecorder, CallRef, RecordWriter
 from audiosocket.tools import TOOL_DEFINITIONS, AiCallOutcome, CallTools
 from db.models import CallOutcome, Speaker
+from opendeep.metrics import MODEL_CONNECT_SECONDS, MODEL_FIRST_AUDIO_SECONDS
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.audiosocket.bridge")
+log = logging.getLogger(__name__)
 
 ConnectModel = Callable[[str, list[dict[str, Any]]], Awaitable[RealtimeSession]]
 
@@ -42,15 +48,6 @@ MODEL_LOST_DRAIN_SECONDS = 1.0  # model gone: play what is queued, then hang up 
 HANGUP_CLOSE_WAIT_SECONDS = 2.0  # after our hangup frame, how long Asterisk may take to close the socket
 TRANSFER_WAIT_SECONDS = 3.0     # after a Redirect Asterisk takes the channel out of AudioSocket() itself
 GOODBYE_PROMPT = "The call has to end now. Say one short, polite goodbye sentence and nothing else."
-READ_SIZE = 65536
-# 20 ms frames per input_audio_buffer.append. 1: each frame goes to the model as it arrives. 2 halves the
-# WebSocket messages (with an echoing model, about 30 % less CPU per call: bench/bench_audiosocket.py
-# --input-chunk 2) at the price of about 10 ms more median latency caller -> model.
-INPUT_CHUNK_FRAMES = 1
-# When a read brings more audio frames than this (the event loop is behind), they go to the model as one append,
-# so an overloaded process catches up instead of falling further behind. 0: never -- every append is one 20 ms
-# frame, which tests/test_e2e_campaign.py pins down; see bench/bench_audiosocket.py --catch-up.
-CATCH_UP_FRAMES = 0
 # The callee's audio from the moment of answer is held while the model session connects ("Hello?" is often said
 # before it is ready), then sent in order. 10 s of it at most; a model that takes longer ends the call anyway.
 EARLY_AUDIO_FRAMES = 500
@@ -81,48 +78,49 @@ class BridgeLimits:
     check_seconds: float = 0.25
 
 
-@dataclass
-class BridgeStats:
-    """Measurements for bench/bench_audiosocket.py (seconds)."""
+class CallerSocket(Protocol):
+    """Asterisk's side of the call as the bridge sees it (server.AsteriskConnection): its transport, and
+    `attach(bridge)`, after which every byte, the EOF and the loss of the socket go to the bridge's
+    caller_data / caller_eof / caller_lost, in order (what arrived before is handed over first)."""
 
-    lateness: list[float] = field(default_factory=list)         # outbound frame vs. its 20 ms grid slot
-    queue_delays: list[float] = field(default_factory=list)     # model audio queued -> its first frame written
-    inbound: list[float] = field(default_factory=list)          # caller bytes read -> append sent to model
-    outbound: list[float] = field(default_factory=list)         # model event received -> audio queued
+    transport: asyncio.Transport
+
+    def attach(self, bridge: CallBridge) -> None: ...
 
 
 class CallBridge:
-    def __init__(self, runtime: Runtime, call: CallRef, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, *, instructions: str, connect_model: ConnectModel,
-                 limits: BridgeLimits, records: RecordWriter, frame_reader: FrameReader | None = None,
-                 initial_frames: Iterable[Frame] = (), user_name: str = "the user",
-                 stats: BridgeStats | None = None, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, runtime: Runtime, call: CallRef, caller: CallerSocket, *, instructions: str,
+                 connect_model: ConnectModel, limits: BridgeLimits, records: RecordWriter,
+                 frame_reader: FrameReader | None = None, initial_frames: Iterable[Frame] = (),
+                 user_name: str = "the user", tools: list[dict[str, Any]] | None = None,
+                 frames_per_append: int = 1) -> None:
         self.runtime = runtime
         self.call = call
-        self.reader = reader
-        self.writer = writer
+        self.caller = caller
+        self.transport = caller.transport
         self.instructions = instructions
         self.tool_definitions = TOOL_DEFINITIONS if tools is None else tools
         self.connect_model = connect_model
         self.limits = limits
         self.frames = frame_reader or FrameReader()
+        self.frames_per_append = frames_per_append
         self._initial_frames = list(initial_frames)
-        self.stats = stats
         self.recorder = CallRecorder(records, call)
         self.tools = CallTools(runtime, call, self.recorder, on_end_call=self._on_end_call,
                                on_transfer=self._on_transfer, user_name=user_name)
-        self.pacer: OutboundPacer | None = None
+        self._loop = asyncio.get_running_loop()
+        self.pacer = OutboundPacer(self._write, on_first_audio=self._on_first_audio)
         self.model: RealtimeSession | None = None
         self.end_reason: EndReason | None = None
         self.end_detail = ""
         self.ai_outcome: tuple[AiCallOutcome, str] | None = None
         self.frames_in = 0
-        self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[EndReason] = self._loop.create_future()
-        self._caller_gone = asyncio.Event()
+        self._caller_gone = asyncio.Event()     # Asterisk's side ended (hangup frame, EOF, socket lost)
+        self._socket_closed = asyncio.Event()   # ... and the socket itself is closed
         self._ending = False
-        self._tasks: list[asyncio.Task] = []
-        self._tool_tasks: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()   # tools, barge-in messages
         self._started = 0.0
         self._last_activity = 0.0
         self._response_active = False
@@ -131,10 +129,10 @@ class CallBridge:
         self._cancelled_items: set[str] = set()    # barged-in items: their late deltas are dropped
         self._speech_start_ms: dict[str, int] = {}
         self._resample_state: Any = None
-        self._held_audio: list[bytes] = []         # frames waiting for a full INPUT_CHUNK_FRAMES append
+        self._held: list[bytes] = []               # frames waiting for a full frames_per_append message
+        self._held_since = 0.0
         self._early_audio: collections.deque[bytes] = collections.deque(maxlen=EARLY_AUDIO_FRAMES)
         self._model_ready = False                  # connected and the early audio sent
-        self._held_read_at: list[float] = []
 
     # ------------------------------------------------------------------ the call, top to bottom
 
@@ -143,16 +141,14 @@ class CallBridge:
         self._started = self._last_activity = self._loop.time()
         self.recorder.bridged()
         self.recorder.event("audiosocket.connected", {})
-        stats = self.stats
-        self.pacer = OutboundPacer(self._write, lateness=stats.lateness if stats else None,
-                                   queue_delays=stats.queue_delays if stats else None)
-        # Frames go out from the first moment: AudioSocket() hangs up after 2 s without one.
+        # Frames go out from the first moment: Asterisk hangs up after 2 s without one.
         self.pacer.start()
         self._tasks = [
-            asyncio.create_task(self._guard(self._from_caller()), name=f"call-{self.call.call_id}-caller"),
-            asyncio.create_task(self._guard(self._from_model()), name=f"call-{self.call.call_id}-model"),
+            asyncio.create_task(self._guard(self._connect_model()), name=f"call-{self.call.call_id}-model"),
             asyncio.create_task(self._guard(self._watch_limits()), name=f"call-{self.call.call_id}-limits"),
         ]
+        if self._on_caller_frames(self._initial_frames):
+            self.caller.attach(self)
         try:
             reason = await asyncio.shield(self._ended)
         except asyncio.CancelledError:
@@ -178,49 +174,68 @@ class CallBridge:
             await work
         except asyncio.CancelledError:
             raise
-        except ProtocolError as exc:
-            log.warning("call %s: AudioSocket protocol error: %s", self.call.call_id, exc)
-            self._caller_gone.set()
-            self._end(EndReason.PROTOCOL_ERROR, str(exc))
-        except ModelConnectionLost as exc:
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if isinstance(exc, ModelConnectionLost):
             log.warning("call %s: %s", self.call.call_id, exc)
             self._response_active = False
             self._end(EndReason.MODEL_LOST, str(exc))
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            self._caller_gone.set()
-            try:
-                self.frames.finish()
-            except ProtocolError as cut:   # a reset (not a close) right after a truncated frame
-                log.warning("call %s: AudioSocket protocol error: %s", self.call.call_id, cut)
-                self._end(EndReason.PROTOCOL_ERROR, f"{cut} ({exc!r})")
-                return
-            self._socket_closed(f"socket: {exc!r}")
-        except Exception as exc:
-            log.exception("call %s: unexpected error", self.call.call_id)
+        else:
+            log.error("call %s: unexpected error", self.call.call_id, exc_info=exc)
             self._end(EndReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
-    # ------------------------------------------------------------------ caller -> model
+    # ------------------------------------------------------------------ caller -> model (socket callbacks)
 
-    async def _from_caller(self) -> None:
-        if not await self._on_caller_frames(self._initial_frames, self._loop.time()):
+    def caller_data(self, data: bytes) -> None:
+        """Bytes from Asterisk."""
+        if self._caller_gone.is_set():
             return
-        while True:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                self._caller_gone.set()
-                self.frames.finish()          # raises ProtocolError if a frame was cut off
-                self._socket_closed("EOF from Asterisk")
-                return
-            if not await self._on_caller_frames(self.frames.feed(data), self._loop.time()):
-                return
+        try:
+            frames = self.frames.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return
+        try:
+            self._on_caller_frames(frames)
+        except Exception as exc:
+            self._fail(exc)
 
-    async def _on_caller_frames(self, frames: list[Frame], read_at: float) -> bool:
-        """Handle what one socket read brought; False when it ends the caller's side.
+    def caller_eof(self) -> None:
+        """Asterisk closed its side: the callee hung up (or a transfer took the channel away)."""
+        if self._caller_gone.is_set():
+            return
+        try:
+            self.frames.finish()   # raises ProtocolError if a frame was cut off
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return
+        self._flush_held()
+        self._caller_gone.set()
+        self._caller_closed("EOF from Asterisk")
 
-        Normally that is one 20 ms frame, and each frame is one append. With CATCH_UP_FRAMES set, more frames
-        than that in one read (the loop fell behind) go to the model as one append: the same audio in the same
-        order, with one WebSocket message instead of one per frame.
-        """
+    def caller_lost(self, exc: BaseException | None) -> None:
+        """The socket is closed (after an EOF, our own close, or a reset)."""
+        self._socket_closed.set()
+        if self._caller_gone.is_set():
+            return
+        self._caller_gone.set()
+        try:
+            self.frames.finish()
+        except ProtocolError as cut:   # a reset (not a close) right after a truncated frame
+            log.warning("call %s: AudioSocket protocol error: %s", self.call.call_id, cut)
+            self._end(EndReason.PROTOCOL_ERROR, f"{cut} ({exc!r})")
+            return
+        self._caller_closed(f"socket: {exc!r}")
+
+    def _protocol_error(self, detail: str) -> None:
+        log.warning("call %s: AudioSocket protocol error: %s", self.call.call_id, detail)
+        self._caller_gone.set()
+        self._end(EndReason.PROTOCOL_ERROR, detail)
+
+    def _on_caller_frames(self, frames: list[Frame]) -> bool:
+        """What one socket read brought (normally one 20 ms frame); False when it ends the caller's side."""
         audio: list[bytes] = []
         for frame in frames:
             if frame.is_audio:
@@ -232,46 +247,48 @@ class CallBridge:
                 audio.append(slin)
                 continue
             if audio:   # audio before a DTMF or hangup frame goes to the model first
-                await self._to_model(audio, read_at)
+                self._to_model(audio)
                 audio = []
+            self._flush_held()
             if not self._on_caller_control(frame):
                 return False
         if audio:
-            await self._to_model(audio, read_at)
+            self._to_model(audio)
         return True
 
-    async def _to_model(self, audio: list[bytes], read_at: float) -> None:
+    def _to_model(self, audio: list[bytes]) -> None:
+        """Each frame in order, `frames_per_append` of them per append (normally one read, one frame, one
+        append; with 2, every other frame waits 20 ms for its partner)."""
         if self._ending:
             return   # hanging up: there is nobody to hear it
         if not self._model_ready:
             self._early_audio.extend(audio)   # still connecting: sent once the session is ready
             return
-        model = self.model
-        stats = self.stats
-        if len(audio) > 1 and INPUT_CHUNK_FRAMES == 1 and not (CATCH_UP_FRAMES and len(audio) > CATCH_UP_FRAMES):
-            for slin in audio:   # keep one append per frame
-                await model.append_audio(slin)
-            if stats is not None:
-                stats.inbound.extend([self._loop.time() - read_at] * len(audio))
+        held = self._held
+        if not held:
+            self._held_since = self._loop.time()
+        held += audio
+        step = self.frames_per_append
+        if len(held) < step:
             return
-        if INPUT_CHUNK_FRAMES > 1:
-            held = self._held_audio
-            held += audio
-            if stats is not None:
-                self._held_read_at += [read_at] * len(audio)
-            if len(held) < INPUT_CHUNK_FRAMES:
-                return
-            audio, self._held_audio = held, []
-        await model.append_audio(audio[0] if len(audio) == 1 else b"".join(audio))
-        if stats is not None:
-            now = self._loop.time()
-            if INPUT_CHUNK_FRAMES > 1:   # each frame's own wait, the held ones included
-                stats.inbound.extend(now - at for at in self._held_read_at)
-                self._held_read_at = []
-            else:
-                stats.inbound.append(now - read_at)
+        model = self.model
+        assert model is not None
+        if step == 1 and len(held) == 1:
+            model.append_now(held[0])
+            held.clear()
+            return
+        whole = len(held) - len(held) % step
+        for start in range(0, whole, step):
+            model.append_now(b"".join(held[start:start + step]))
+        del held[:whole]
 
-    def _socket_closed(self, detail: str) -> None:
+    def _flush_held(self) -> None:
+        """Send a frame still waiting for its partner (before a DTMF, at the end, when no frame followed)."""
+        if self._held and self._model_ready and not self._ending and self.model is not None:
+            audio, self._held = b"".join(self._held), []
+            self.model.append_now(audio)
+
+    def _caller_closed(self, detail: str) -> None:
         """Asterisk closed the socket: the callee hung up, or our transfer's Redirect took the call away (which
         may close it before the AMI answers the Redirect)."""
         if self.tools.transferring:
@@ -298,43 +315,57 @@ class CallBridge:
 
     # ------------------------------------------------------------------ model -> caller
 
-    async def _from_model(self) -> None:
-        self.model = await self.connect_model(self.instructions, self.tool_definitions)
+    async def _connect_model(self) -> None:
+        connecting = self._loop.time()
+        model = self.model = await self.connect_model(self.instructions, self.tool_definitions)
+        MODEL_CONNECT_SECONDS.observe(self._loop.time() - connecting)
         if self._ending:
             return
         early = len(self._early_audio)
-        while self._early_audio:   # what the callee said while we connected, in order; more may arrive meanwhile
+        while self._early_audio:   # what the callee said while we connected, in order
             chunk = [self._early_audio.popleft() for _ in range(min(EARLY_AUDIO_CHUNK, len(self._early_audio)))]
-            await self.model.append_audio(b"".join(chunk))
-        self._model_ready = True   # no await since the buffer was empty: later frames go straight to the model
-        self.recorder.event("ai.connected", {"model": self.model.model, "early_audio_ms": early * 20})
-        await self.model.create_response()   # the greeting: the callee answered and waits for us
-        next_event = self.model.next_event
-        while True:
-            event = await next_event()
+            model.append_now(b"".join(chunk))
+        self._model_ready = True   # no await since the buffer was emptied: later frames go straight to the model
+        self.recorder.event("ai.connected", {"model": model.model, "early_audio_ms": early * 20})
+        model.listen(self._on_model_message, self._on_model_lost)
+        await model.create_response()   # the greeting: the callee answered and waits for us
+
+    def _on_model_message(self, raw: bytes) -> None:
+        """One server event, raw, straight from the model's socket."""
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            self._fail(ModelConnectionLost(f"realtime model sent something that is not JSON: {raw[:80]!r}"))
+            return
+        if not isinstance(event, dict):
+            self._fail(ModelConnectionLost(f"realtime model sent a JSON {type(event).__name__}, not an event"))
+            return
+        try:
             if event.get("type") == ServerEvent.AUDIO_DELTA:
-                self._on_audio_delta(event)   # most events by far: no coroutine for them
+                self._on_audio_delta(event)   # most events by far: no typed object, no other dispatch
             else:
-                await self._on_model_event(event)
+                self._on_model_event(event)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _on_model_lost(self, exc: BaseException | None) -> None:
+        if self._ended.done():
+            return   # we closed it, or the call ends anyway
+        self._fail(ModelConnectionLost(f"realtime model connection lost: {exc or 'closed by the server'}"))
 
     def _on_audio_delta(self, event: dict[str, Any]) -> None:
         item = event.get("item_id", "")
         if item in self._cancelled_items:
             return   # audio of an interrupted answer still in flight: the callee must not hear it
-        slin = mulaw_to_slin(base64.b64decode(event.get("delta", "")))
         self._audio_item = item
-        self.pacer.enqueue(slin, item)
-        now = self._loop.time()
-        if self.stats is not None:
-            self.stats.outbound.append(now - self.model.last_received_at)
-        self._last_activity = now
+        self.pacer.enqueue(mulaw_to_slin(base64.b64decode(event.get("delta", ""))), item)
+        self._last_activity = self._loop.time()
 
-    async def _on_model_event(self, event: dict[str, Any]) -> None:
+    def _on_model_event(self, event: dict[str, Any]) -> None:
+        """Every server event but audio deltas, in arrival order: the one place they are dispatched."""
         type_ = event.get("type")
-        if type_ == ServerEvent.AUDIO_DELTA:
-            self._on_audio_delta(event)
-        elif type_ == ServerEvent.SPEECH_STARTED:
-            await self._barge_in(event)
+        if type_ == ServerEvent.SPEECH_STARTED:
+            self._barge_in(event)
         elif type_ == ServerEvent.SPEECH_STOPPED:
             self._callee_speaking = False
             self._last_activity = self._loop.time()
@@ -353,16 +384,18 @@ class CallBridge:
             started = self.pacer.item_started_at.get(event.get("item_id", ""), self._loop.time())
             self.recorder.transcript(Speaker.AGENT, event.get("transcript", ""), self._offset_ms(started))
         elif type_ == ServerEvent.FUNCTION_CALL_DONE:
-            task = asyncio.create_task(self._guard(self._run_tool(event)),
-                                       name=f"call-{self.call.call_id}-tool-{event.get('name')}")
-            self._tool_tasks.add(task)
-            task.add_done_callback(self._tool_tasks.discard)
+            self._side_task(self._run_tool(event), f"tool-{event.get('name')}")
         elif type_ == ServerEvent.ERROR:
             error = event.get("error") or {}
             log.warning("call %s: realtime model error: %s", self.call.call_id, error.get("message", error))
             self.recorder.event("ai.error", {"error": error})
 
-    async def _barge_in(self, event: dict[str, Any]) -> None:
+    def _side_task(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.create_task(self._guard(work), name=f"call-{self.call.call_id}-{name}")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _barge_in(self, event: dict[str, Any]) -> None:
         """The callee started speaking: stop our audio at once, cancel the answer, and tell the model how much
         of it was actually heard."""
         self._callee_speaking = True
@@ -374,11 +407,16 @@ class CallBridge:
             return
         self._cancelled_items.add(item)
         played = self.pacer.played_ms(item)
-        if self._response_active:
-            await self.model.cancel_response()
-        await self.model.truncate(item, played)
+        self._side_task(self._stop_answer(item, played, cancel=self._response_active), "barge-in")
         self.recorder.event("ai.barge_in", {"item_id": item, "played_ms": played,
                                             "dropped_ms": dropped // BYTES_PER_MS})
+
+    async def _stop_answer(self, item: str, played_ms: int, *, cancel: bool) -> None:
+        model = self.model
+        assert model is not None
+        if cancel:
+            await model.cancel_response()
+        await model.truncate(item, played_ms)
 
     async def _run_tool(self, event: dict[str, Any]) -> None:
         result = await self.tools.run(event.get("name", ""), event.get("arguments", "{}"))
@@ -394,6 +432,9 @@ class CallBridge:
     def _on_transfer(self, extension: str) -> None:
         self._end(EndReason.TRANSFERRED, extension)
 
+    def _on_first_audio(self, at: float) -> None:
+        MODEL_FIRST_AUDIO_SECONDS.observe(at - self._started)
+
     # ------------------------------------------------------------------ safety limits
 
     async def _watch_limits(self) -> None:
@@ -404,9 +445,10 @@ class CallBridge:
             if now - self._started >= limits.max_call_seconds:
                 self._end(EndReason.MAX_DURATION, f"{limits.max_call_seconds:g} s reached")
                 return
+            if self._held and now - self._held_since > 2 * FRAME_SECONDS:
+                self._flush_held()   # Asterisk stopped sending frames: do not keep the last one back
             # Somebody is talking, or the AI waits for the user's answer: that is not silence.
-            if (self.tools.pending or self._callee_speaking or self._response_active
-                    or (self.pacer is not None and not self.pacer.idle)):
+            if self.tools.pending or self._callee_speaking or self._response_active or not self.pacer.idle:
                 self._last_activity = now
             elif now - self._last_activity >= limits.silence_timeout_seconds:
                 self._end(EndReason.SILENCE, f"nobody spoke for {limits.silence_timeout_seconds:g} s")
@@ -460,15 +502,15 @@ class CallBridge:
             # Let Asterisk close first: a frame it writes to a socket we already closed is a logged error.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._caller_gone.wait(), HANGUP_CLOSE_WAIT_SECONDS)
-        tasks = [*self._tasks, *self._tool_tasks]
+        tasks = [*self._tasks, *self._side_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.model is not None:
             await self.model.close()
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        self.transport.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._socket_closed.wait(), 1.0)
         duration_ms = self._offset_ms(self._loop.time())
         if reason in FAILED_AI:
             self.recorder.outcome_hint(CallOutcome.FAILED_AI)
@@ -484,7 +526,7 @@ class CallBridge:
     # ------------------------------------------------------------------ helpers
 
     def _write(self, data: bytes) -> None:
-        transport = self.writer.transport
+        transport = self.transport
         if transport.is_closing():
             raise ConnectionResetError("AudioSocket connection is closed")
         transport.write(data)

@@ -4,13 +4,11 @@ G.711 mu-law at 8 kHz both ways (`audio/pcmu`): Asterisk's slin 8 kHz needs only
 resampling. Server VAD settings come from REALTIME_VAD_*: a higher threshold means less false barge-in from the
 echo of our own audio.
 
-Outbound events use the SDK's typed resources, except the 50-per-second `input_audio_buffer.append`, which is
-sent pre-serialised to keep the per-frame cost low; inbound events are read as raw JSON for the same reason.
-Either way the wire carries the GA event shapes. The SDK's `send_raw` costs about twice the WebSocket send it
-wraps (10 vs 5 us: a send queue and task bookkeeping that only matter for its automatic reconnect, which we do
-not turn on -- a lost model connection ends the call), so appends and reads go straight to the SDK
-connection's WebSocket when there is one (`_fast_io`); with any other connection they use `send_raw` /
-`recv_bytes`.
+The SDK opens the session and sends its control events (`session.update`, `response.create`, `response.cancel`,
+`conversation.item.*`), typed. The per-frame path does not go through it (issue 17's measurements): the
+50-per-second `input_audio_buffer.append` is written pre-serialised and synchronously (`append_now`), and server
+events reach the bridge as raw bytes through a callback (`listen`), parsed once, with no task, future or typed
+object per message (model_socket.py). Either way the wire carries the GA event shapes.
 """
 
 from __future__ import annotations
@@ -19,24 +17,22 @@ import asyncio
 import base64
 import contextlib
 import enum
-import functools
 import json
 import logging
 import warnings
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from audiosocket.model_socket import ModelWebSocket, OnLost, OnMessage
 from opendeep.settings import Settings
 
 with warnings.catch_warnings():  # stdlib audioop: deprecated in 3.11, present until 3.13 (audioop-lts after)
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-log = logging.getLogger("opendeep.audiosocket.realtime")
+log = logging.getLogger(__name__)
 
 AUDIO_FORMAT = "audio/pcmu"
 # Transcribes the callee's side for call_transcripts; the agent's side comes with its audio.
@@ -63,11 +59,6 @@ class ServerEvent(enum.StrEnum):
 
 class ModelConnectionLost(ConnectionError):
     """The realtime model is unreachable or the WebSocket closed; the call cannot continue with the AI."""
-
-
-def slin_to_mulaw(slin: bytes) -> bytes:
-    """Signed 16-bit little-endian PCM -> G.711 mu-law (one byte per sample)."""
-    return audioop.lin2ulaw(slin, 2)
 
 
 def mulaw_to_slin(data: bytes) -> bytes:
@@ -108,30 +99,18 @@ def session_config(settings: Settings, instructions: str, tools: list[dict[str, 
     }
 
 
-def _fast_io(connection: Any) -> tuple[Callable[[str], Awaitable[None]], Callable[[], Awaitable[bytes]]]:
-    """The cheapest correct way to send a pre-serialised event and to read a raw one on this SDK connection.
-
-    The SDK's `send_raw` only queues, and `recv_bytes` only counts reconnect progress, when its reconnect
-    machinery is on (`make_ws` set) or something was queued before the socket opened; neither happens with
-    `realtime.connect()` as we call it, so its WebSocket's own `send` / `recv` carry the same bytes in the same
-    order. Anything unexpected (another SDK version, a test double) keeps `send_raw` / `recv_bytes`.
-    """
-    websocket = getattr(connection, "_connection", None)
-    if (isinstance(websocket, ClientConnection) and getattr(connection, "_make_ws", True) is None
-            and not getattr(connection, "_send_queue", True)):
-        return websocket.send, functools.partial(websocket.recv, decode=False)
-    return connection.send_raw, connection.recv_bytes
+_APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
+_APPEND_TAIL = b'"}'
 
 
 class RealtimeSession:
     """One call's connection to the realtime model. Every failure to talk to it is ModelConnectionLost."""
 
-    def __init__(self, connection: Any, model: str) -> None:
-        self._connection = connection
+    def __init__(self, connection: Any, websocket: ModelWebSocket, model: str) -> None:
+        self._connection = connection   # the SDK's: control events
+        self._websocket = websocket     # the same socket: the per-frame path
         self.model = model
         self.closed = False
-        self.last_received_at = 0.0   # loop time the latest server event arrived (latency measurements)
-        self._send_append, self._recv = _fast_io(connection)
 
     @classmethod
     async def connect(cls, client: openai.AsyncOpenAI, settings: Settings, *, instructions: str,
@@ -139,15 +118,28 @@ class RealtimeSession:
         """Open the WebSocket and configure the session (`session.update`)."""
         model = settings.openai_realtime_model
         where = settings.openai_base_url or "api.openai.com"
+        sockets: list[ModelWebSocket] = []
+
+        def make_socket(*args: Any, **kwargs: Any) -> ModelWebSocket:
+            sockets.append(ModelWebSocket(*args, **kwargs))
+            return sockets[-1]
+
+        # `create_connection` is websockets' public hook; the SDK passes these options through to it.
+        options: Any = {"create_connection": make_socket}
         try:
-            connection = await asyncio.wait_for(client.realtime.connect(model=model).enter(), timeout)
+            connection = await asyncio.wait_for(
+                client.realtime.connect(model=model, websocket_connection_options=options).enter(), timeout)
         except TimeoutError:
             raise ModelConnectionLost(f"realtime model {model!r} at {where} did not accept a connection within "
                                       f"{timeout:g} s (check OPENAI_BASE_URL)") from None
         except Exception as exc:
             raise ModelConnectionLost(f"cannot connect to realtime model {model!r} at {where}: {exc} "
                                       f"(check OPENAI_BASE_URL / OPENAI_API_KEY / OPENAI_REALTIME_MODEL)") from exc
-        session = cls(connection, model)
+        if not sockets:   # an SDK that no longer passes the options on: say so instead of failing per frame
+            await connection.close()
+            raise ModelConnectionLost("the openai SDK did not use websockets' create_connection option "
+                                      f"(openai {openai.__version__}); see setup.cfg for the tested range")
+        session = cls(connection, sockets[-1], model)
         await session._guard(connection.session.update(session=session_config(settings, instructions, tools)))
         return session
 
@@ -157,28 +149,17 @@ class RealtimeSession:
         except (ConnectionClosed, openai.OpenAIError, OSError) as exc:
             raise ModelConnectionLost(f"realtime model connection lost: {exc}") from exc
 
-    async def append_audio(self, slin8: bytes) -> None:
-        """Send 8 kHz slin from the callee, as mu-law."""
-        audio = base64.b64encode(audioop.lin2ulaw(slin8, 2)).decode("ascii")
-        try:   # not self._guard(): one coroutine less, 50 times a second per call
-            await self._send_append('{"type":"input_audio_buffer.append","audio":"' + audio + '"}')
-        except (ConnectionClosed, openai.OpenAIError, OSError) as exc:
-            raise ModelConnectionLost(f"realtime model connection lost: {exc}") from exc
+    def listen(self, on_message: OnMessage, on_lost: OnLost) -> None:
+        """Hand every server event (raw JSON bytes, in order) to `on_message`, and the loss of the connection to
+        `on_lost`, on the event loop's own callbacks."""
+        self._websocket.deliver_to(on_message, on_lost)
 
-    async def next_event(self) -> dict[str, Any]:
-        """The next server event as a dict (GA shape). Raises ModelConnectionLost when the socket closes."""
+    def append_now(self, slin8: bytes) -> None:
+        """Send 8 kHz slin from the callee, as mu-law (`input_audio_buffer.append`), without waiting."""
         try:
-            raw = await self._recv()
-            self.last_received_at = asyncio.get_running_loop().time()
-        except (ConnectionClosed, openai.OpenAIError, OSError) as exc:
+            self._websocket.send_now(_APPEND_HEAD + base64.b64encode(audioop.lin2ulaw(slin8, 2)) + _APPEND_TAIL)
+        except (ConnectionClosed, OSError) as exc:
             raise ModelConnectionLost(f"realtime model connection lost: {exc}") from exc
-        try:
-            event = json.loads(raw)
-        except ValueError as exc:
-            raise ModelConnectionLost(f"realtime model sent something that is not JSON: {raw[:80]!r}") from exc
-        if not isinstance(event, dict):
-            raise ModelConnectionLost(f"realtime model sent a JSON {type(event).__name__}, not an event object")
-        return event
 
     async def create_response(self, instructions: str | None = None) -> None:
         """Ask the model to speak now (the greeting; a goodbye), optionally with one-off instructions."""

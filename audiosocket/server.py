@@ -17,7 +17,7 @@ from typing import Any
 import openai
 from sqlalchemy import select, update
 
-from audiosocket.bridge import BridgeLimits, BridgeStats, CallBridge, ConnectModel, EndReason
+from audiosocket.bridge import BridgeLimits, CallBridge, ConnectModel, EndReason
 from audiosocket.instructions import build_instructions, user_display_name
 from audiosocket.protocol import DEFAULT_MAX_PAYLOAD, HANGUP_FRAME, Frame, FrameReader, Kind, ProtocolError
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession
@@ -27,14 +27,127 @@ from db import repo, transfers
 from db.models import Call, CallStatus
 from db.types import utcnow
 from opendeep.llm import LlmNotConfigured, realtime_client
+from opendeep.metrics import AUDIOSOCKET_LIVE_CALLS
 from opendeep.runtime import Runtime
 from opendeep.settings import peer_allowed
 
-log = logging.getLogger("opendeep.audiosocket")
+log = logging.getLogger(__name__)
 
 UUID_TIMEOUT_SECONDS = 5.0   # Asterisk sends the UUID at once (1 ms in audiosocket-session.txt)
 STOP_TIMEOUT_SECONDS = 5.0
 RECORDS_STOP_TIMEOUT_SECONDS = 10.0   # stopping: how long the calls' last records may take to be written
+_EOF = object()
+
+
+class AsteriskConnection(asyncio.Protocol):
+    """One AudioSocket connection from Asterisk, on the event loop's socket callbacks (no task per frame).
+
+    Until the first frame it checks the peer and waits for the UUID (UUID_TIMEOUT_SECONDS); while the call is
+    claimed in the database it keeps what arrives; once the call's bridge `attach`es, everything goes to it.
+    """
+
+    def __init__(self, server: AudioSocketServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]   # set in connection_made
+        self.peer: Any = None
+        self.frames = FrameReader(server.max_payload)
+        self.bridge: CallBridge | None = None
+        self._claiming = False
+        self._pending: list[Any] = []   # bytes, _EOF or the exception of connection_lost, while claiming
+        self._uuid_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = peer = transport.get_extra_info("peername")
+        server = self.server
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        if not peer_allowed(server.runtime.settings, host):
+            log.warning("AudioSocket connection from %s refused: the address is not in ASTERISK_ALLOWED_PEERS", peer)
+            server.refused += 1
+            transport.close()
+            return
+        server.connections.add(self)
+        self._uuid_timer = asyncio.get_running_loop().call_later(server.uuid_timeout, self._no_uuid)
+
+    def data_received(self, data: bytes) -> None:
+        bridge = self.bridge
+        if bridge is not None:
+            bridge.caller_data(data)
+        elif self._claiming:
+            self._pending.append(data)
+        elif not self.transport.is_closing():
+            self._before_uuid(data)
+
+    def eof_received(self) -> bool | None:
+        bridge = self.bridge
+        if bridge is not None:
+            bridge.caller_eof()
+        elif self._claiming:
+            self._pending.append(_EOF)
+        else:
+            try:
+                self.frames.finish()
+                log.info("AudioSocket from %s closed before sending its UUID", self.peer)
+            except ProtocolError as exc:
+                log.warning("AudioSocket from %s: %s; closing", self.peer, exc)
+        return None   # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._uuid_timer is not None:
+            self._uuid_timer.cancel()
+        bridge = self.bridge
+        if bridge is not None:
+            bridge.caller_lost(exc)
+        elif self._claiming:
+            self._pending.append(exc if exc is not None else ConnectionResetError("closed"))
+
+    def attach(self, bridge: CallBridge) -> None:
+        """From now on the call's bridge gets every byte, the EOF and the loss of the socket; what arrived while
+        the call was claimed first, in order."""
+        self.bridge = bridge
+        pending, self._pending = self._pending, []
+        for item in pending:
+            if isinstance(item, bytes):
+                bridge.caller_data(item)
+            elif item is _EOF:
+                bridge.caller_eof()
+            else:
+                bridge.caller_lost(item)
+
+    def refuse(self) -> None:
+        """Answer with a hangup frame and close (an unknown UUID, a first frame that is not the UUID)."""
+        self.server.refused += 1
+        with contextlib.suppress(Exception):
+            self.transport.write(HANGUP_FRAME)
+        self.transport.close()
+
+    def _before_uuid(self, data: bytes) -> None:
+        try:
+            got = self.frames.feed(data)
+        except ProtocolError as exc:
+            log.warning("AudioSocket from %s: %s; closing", self.peer, exc)
+            self.transport.close()
+            return
+        if not got:
+            return
+        if self._uuid_timer is not None:
+            self._uuid_timer.cancel()
+        first, rest = got[0], got[1:]
+        if first.kind is not Kind.UUID:
+            log.warning("AudioSocket from %s began with a 0x%02x frame, not the UUID; refused", self.peer,
+                        first.kind)
+            self.refuse()
+            return
+        self._claiming = True
+        self.server.start_call(self, first.uuid(), rest)
+
+    def _no_uuid(self) -> None:
+        if not self._claiming and self.bridge is None:
+            log.warning("AudioSocket from %s sent no UUID frame within %g s; closing", self.peer,
+                        self.server.uuid_timeout)
+            self.transport.close()
 
 
 class AudioSocketServer:
@@ -42,7 +155,7 @@ class AudioSocketServer:
 
     def __init__(self, runtime: Runtime, *, host: str | None = None, port: int | None = None,
                  connect_model: ConnectModel | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 uuid_timeout: float = UUID_TIMEOUT_SECONDS, collect_stats: bool = False) -> None:
+                 uuid_timeout: float = UUID_TIMEOUT_SECONDS) -> None:
         self.runtime = runtime
         settings = runtime.settings
         self.host = host if host is not None else settings.audiosocket_bind.host
@@ -50,24 +163,28 @@ class AudioSocketServer:
         self.max_payload = max_payload
         self.uuid_timeout = uuid_timeout
         self.connect_model = connect_model or self._connect_realtime
-        self.collect_stats = collect_stats
-        self.stats: list[BridgeStats] = []
         self.bridges: set[CallBridge] = set()
+        self.connections: set[AsteriskConnection] = set()
         self.records = RecordWriter(runtime.sessions, runtime.events)   # every call's transcripts and events
         self.refused = 0
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._client: openai.AsyncOpenAI | None = None
 
     async def start(self) -> int:
-        """Listen; returns the bound port (useful with port 0)."""
+        """Listen; returns the bound port (useful with port 0). With AUDIOSOCKET_REUSE_PORT several processes
+        listen on the same address and the kernel spreads the connections over them."""
+        loop = asyncio.get_running_loop()
+        reuse_port = self.runtime.settings.audiosocket_reuse_port or None
         try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+            self._server = await loop.create_server(lambda: AsteriskConnection(self), self.host, self.port,
+                                                    reuse_port=reuse_port)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen for AudioSocket on {self.host}:{self.port}: "
-                                     f"{exc.strerror} (check AUDIOSOCKET_BIND)") from exc
+                                     f"{exc.strerror} (check AUDIOSOCKET_BIND; AUDIOSOCKET_REUSE_PORT=true in "
+                                     f"every process lets several share it)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("AudioSocket listening on %s:%s", self.host, self.port)
+        log.info("AudioSocket listening on %s:%s%s", self.host, self.port, " (shared port)" if reuse_port else "")
         if self.connect_model == self._connect_realtime:
             # Now, not on the first call: building the client (its TLS context) blocks the event loop for
             # 40-200 ms, which would be a gap in the audio of every call in progress.
@@ -79,6 +196,9 @@ class AudioSocketServer:
         """Stop listening, end every live call (goodbye, hangup frame), close the model client."""
         if self._server is not None:
             self._server.close()
+        for connection in list(self.connections):
+            if connection.bridge is None and not connection._claiming:
+                connection.transport.close()   # still waiting for its UUID
         for bridge in list(self.bridges):
             bridge.request_end(EndReason.SHUTDOWN, "OpenDeep is stopping")
         if self._handlers:
@@ -99,84 +219,43 @@ class AudioSocketServer:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    # ------------------------------------------------------------------ one connection
+    # ------------------------------------------------------------------ one call
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
+    def start_call(self, connection: AsteriskConnection, as_uuid: str, rest: list[Frame]) -> None:
+        """The UUID frame arrived: claim the call and bridge it, as a task of its own."""
+        task = asyncio.create_task(self._run_call(connection, as_uuid, rest), name=f"audiosocket-{as_uuid}")
         self._handlers.add(task)
-        peer = writer.get_extra_info("peername")
+        task.add_done_callback(self._handlers.discard)
+
+    async def _run_call(self, connection: AsteriskConnection, as_uuid: str, rest: list[Frame]) -> None:
+        peer = connection.peer
         try:
-            await self._serve_connection(reader, writer, peer)
+            found = await self._load_call(as_uuid)
+            if found is None:
+                log.warning("AudioSocket refused: UUID %s from %s matches no live call, or its call is already "
+                            "connected (a UUID is good for one connection)", as_uuid, peer)
+                connection.refuse()
+                return
+            ref, instructions, user_name, tools = found
+            settings = self.runtime.settings
+            bridge = CallBridge(self.runtime, ref, connection, instructions=instructions,
+                                connect_model=self.connect_model, frame_reader=connection.frames,
+                                initial_frames=rest,
+                                limits=BridgeLimits(settings.max_call_seconds, settings.silence_timeout_seconds),
+                                records=self.records, user_name=user_name, tools=tools,
+                                frames_per_append=settings.audiosocket_frames_per_append)
+            log.info("AudioSocket %s from %s: call %s (user %s)", as_uuid, peer, ref.call_id, ref.user_id)
+            self.bridges.add(bridge)
+            AUDIOSOCKET_LIVE_CALLS.inc()
+            try:
+                await bridge.run()
+            finally:
+                self.bridges.discard(bridge)
+                AUDIOSOCKET_LIVE_CALLS.dec()
         except Exception:
             log.exception("AudioSocket connection from %s failed", peer)
         finally:
-            self._handlers.discard(task)
-            if not writer.is_closing():
-                writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                peer: Any) -> None:
-        host = peer[0] if isinstance(peer, tuple) and peer else None
-        if not peer_allowed(self.runtime.settings, host):
-            log.warning("AudioSocket connection from %s refused: the address is not in ASTERISK_ALLOWED_PEERS", peer)
-            self.refused += 1
-            return
-        frames = FrameReader(self.max_payload)
-        try:
-            first, rest = await asyncio.wait_for(self._first_frames(reader, frames), self.uuid_timeout)
-        except TimeoutError:
-            log.warning("AudioSocket from %s sent no UUID frame within %g s; closing", peer, self.uuid_timeout)
-            return
-        except (ProtocolError, ConnectionError) as exc:
-            log.warning("AudioSocket from %s: %s; closing", peer, exc)
-            return
-        if first is None:
-            log.info("AudioSocket from %s closed before sending its UUID", peer)
-            return
-        if first.kind is not Kind.UUID:
-            log.warning("AudioSocket from %s began with a 0x%02x frame, not the UUID; refused", peer, first.kind)
-            self._refuse(writer)
-            return
-        as_uuid = first.uuid()
-        found = await self._load_call(as_uuid)
-        if found is None:
-            log.warning("AudioSocket refused: UUID %s from %s matches no live call, or its call is already "
-                        "connected (a UUID is good for one connection)", as_uuid, peer)
-            self._refuse(writer)
-            return
-        ref, instructions, user_name, tools = found
-        stats = BridgeStats() if self.collect_stats else None
-        if stats is not None:
-            self.stats.append(stats)
-        settings = self.runtime.settings
-        bridge = CallBridge(self.runtime, ref, reader, writer, instructions=instructions,
-                            connect_model=self.connect_model, frame_reader=frames, initial_frames=rest,
-                            limits=BridgeLimits(settings.max_call_seconds, settings.silence_timeout_seconds),
-                            records=self.records, user_name=user_name, stats=stats, tools=tools)
-        log.info("AudioSocket %s from %s: call %s (user %s)", as_uuid, peer, ref.call_id, ref.user_id)
-        self.bridges.add(bridge)
-        try:
-            await bridge.run()
-        finally:
-            self.bridges.discard(bridge)
-
-    @staticmethod
-    async def _first_frames(reader: asyncio.StreamReader, frames: FrameReader) -> tuple[Frame | None, list[Frame]]:
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                frames.finish()
-                return None, []
-            got = frames.feed(data)
-            if got:
-                return got[0], got[1:]
-
-    def _refuse(self, writer: asyncio.StreamWriter) -> None:
-        self.refused += 1
-        with contextlib.suppress(Exception):
-            writer.write(HANGUP_FRAME)
+            connection.transport.close()
 
     async def _load_call(self, as_uuid: str) -> tuple[CallRef, str, str, list[dict[str, Any]]] | None:
         """Claim the live call with this AudioSocket UUID; its instructions and tools. The UUID is the only key

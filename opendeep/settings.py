@@ -100,6 +100,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _frames_per_append(raw: str) -> int:
+    value = int(raw)
+    if value not in (1, 2):
+        raise ValueError("expected 1 or 2 (a frame waits at most 20 ms for its partner)")
+    return value
+
+
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if value < 0:
@@ -206,6 +213,10 @@ SETTINGS: tuple[Setting, ...] = (
             "AudioSocket server listen address"),
     Setting("AUDIOSOCKET_ADVERTISE", "audiosocket_advertise", "", str,
             "HOST:PORT Asterisk's AudioSocket channel connects to; empty = AUDIOSOCKET_BIND"),
+    Setting("AUDIOSOCKET_REUSE_PORT", "audiosocket_reuse_port", "false", parse_bool,
+            "let several processes listen on AUDIOSOCKET_BIND (SO_REUSEPORT): the kernel spreads the calls"),
+    Setting("AUDIOSOCKET_FRAMES_PER_APPEND", "audiosocket_frames_per_append", "1", _frames_per_append,
+            "20 ms frames of the callee per message to the model: 2 halves the messages, adds 10 ms on average"),
     Setting("WEB_BIND", "web_bind", "127.0.0.1:8000", parse_host_port, "web UI listen address"),
     Setting("OPENAI_API_KEY", "openai_api_key", "", str, "key for the OpenAI-compatible API", secret=True),
     Setting("OPENAI_BASE_URL", "openai_base_url", "", str,
@@ -301,6 +312,8 @@ class Settings:
     asterisk_allowed_peers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     audiosocket_bind: HostPort
     audiosocket_advertise: str
+    audiosocket_reuse_port: bool
+    audiosocket_frames_per_append: int
     web_bind: HostPort
     openai_api_key: str
     openai_base_url: str
