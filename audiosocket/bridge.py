@@ -115,6 +115,7 @@ class CallBridge:
         self.end_detail = ""
         self.ai_outcome: tuple[AiCallOutcome, str] | None = None
         self.frames_in = 0
+        self.reads_in = 0   # socket reads: frames_in / reads_in above 1 means the process fell behind
         self._ended: asyncio.Future[EndReason] = self._loop.create_future()
         self._caller_gone = asyncio.Event()     # Asterisk's side ended (hangup frame, EOF, socket lost)
         self._socket_closed = asyncio.Event()   # ... and the socket itself is closed
@@ -191,6 +192,15 @@ class CallBridge:
     def caller_data(self, data: bytes) -> None:
         """Bytes from Asterisk."""
         if self._caller_gone.is_set():
+            return
+        self.reads_in += 1
+        slin = self.frames.one_slin8_frame(data)
+        if slin is not None:   # nearly every read: one 20 ms frame
+            self.frames_in += 1
+            try:
+                self._to_model([slin])
+            except Exception as exc:
+                self._fail(exc)
             return
         try:
             frames = self.frames.feed(data)
@@ -517,7 +527,7 @@ class CallBridge:
             self.recorder.event("ai.failed", {"reason": reason.value, "detail": self.end_detail})
         self.recorder.event("audiosocket.ended", {
             "reason": reason.value, "detail": self.end_detail, "duration_ms": duration_ms,
-            "frames_in": self.frames_in, "frames_out": self.pacer.frames_written,
+            "frames_in": self.frames_in, "reads_in": self.reads_in, "frames_out": self.pacer.frames_written,
             "audio_frames_out": self.pacer.audio_frames_written})
         await self.recorder.close()
         log.info("call %s: AudioSocket ended (%s%s) after %.1f s", self.call.call_id, reason.value,

@@ -44,6 +44,8 @@ AUDIO_KINDS = frozenset(SAMPLE_RATES)
 _KINDS = {kind.value: kind for kind in Kind}
 
 HANGUP_FRAME = HEADER.pack(Kind.HANGUP, 0)   # b"\x00\x00\x00", as in audiosocket-session.txt
+_SLIN8_HEADER = HEADER.pack(Kind.SLIN8, 320)   # 20 ms of 8 kHz 16-bit mono: what Asterisk sends 50 times a second
+_SLIN8_FRAME_SIZE = HEADER_SIZE + 320
 
 
 class ProtocolError(ValueError):
@@ -114,6 +116,14 @@ class FrameReader:
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buffer)
+
+    def one_slin8_frame(self, data: bytes) -> bytes | None:
+        """The payload when `data` is exactly one 20 ms slin 8 kHz frame and nothing is pending: what nearly every
+        read brings, decoded without building a Frame. None otherwise (then `feed` it)."""
+        if len(data) == _SLIN8_FRAME_SIZE and data.startswith(_SLIN8_HEADER) and not self._buffer:
+            self.offset += _SLIN8_FRAME_SIZE
+            return data[HEADER_SIZE:]
+        return None
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buffer += data

@@ -57,8 +57,7 @@ class AsteriskConnection(asyncio.Protocol):
         self._uuid_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]   # a stream transport (asyncio's or uvloop's)
         self.peer = peer = transport.get_extra_info("peername")
         server = self.server
         host = peer[0] if isinstance(peer, tuple) and peer else None
