@@ -140,7 +140,8 @@ class RealtimeSession:
             raise ModelConnectionLost("the openai SDK did not use websockets' create_connection option "
                                       f"(openai {openai.__version__}); see setup.cfg for the tested range")
         session = cls(connection, sockets[-1], model)
-        await session._guard(connection.session.update(session=session_config(settings, instructions, tools)))
+        config: Any = session_config(settings, instructions, tools)   # the GA shape, checked by the tests' fake
+        await session._guard(connection.session.update(session=config))
         return session
 
     async def _guard(self, sending: Any) -> None:

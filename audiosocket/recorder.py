@@ -100,7 +100,8 @@ class RecordWriter:
         while self._queue:
             taken = list(self._queue)
             self._queue.clear()
-            records = [(call, item) for call, item in taken if not isinstance(item, asyncio.Future)]
+            records = [(call, item) for call, item in taken
+                       if call is not None and not isinstance(item, asyncio.Future)]   # None: a flush mark
             if records:
                 self._writing = records
                 try:

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import openai
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from audiosocket.bridge import BridgeLimits, CallBridge, ConnectModel, EndReason
 from audiosocket.instructions import build_instructions, user_display_name
@@ -261,12 +261,14 @@ class AudioSocketServer:
         Asterisk gives us, so this one lookup is not tenant-scoped; everything after it is (CallRef.user_id).
         The first connection claims it (one conditional UPDATE); any later one with the same UUID gets None."""
         async with self.runtime.sessions() as db, db.begin():
-            claimed = await db.execute(
+            claimed: CursorResult[Any] = await db.execute(  # type: ignore[assignment]   # an UPDATE's result
                 update(Call).where(Call.audiosocket_uuid == as_uuid, Call.audiosocket_claimed_at.is_(None),
                                    Call.status != CallStatus.ENDED).values(audiosocket_claimed_at=utcnow()))
             if claimed.rowcount != 1:
                 return None
             call = await db.scalar(select(Call).where(Call.audiosocket_uuid == as_uuid))
+            if call is None:
+                return None
             task = await repo.get_task(db, call.user_id, call.task_id)
             user = await repo.get_user(db, call.user_id)
             if task is None or user is None:

@@ -147,6 +147,7 @@ class CallTools:
         channel, error = await self._live_channel()
         if error:
             return error
+        assert self.runtime.ami is not None   # _live_channel said so
         try:
             await self.runtime.ami.play_dtmf(channel, digits)
         except AmiError as exc:
@@ -261,6 +262,7 @@ class CallTools:
         if refusal is not None:
             return {"ok": False, "error": f"cannot transfer to {allowed.name}: {refusal}"}
         self.transferring = allowed.name   # Asterisk may close the AudioSocket before the Redirect's reply
+        assert self.runtime.ami is not None   # _live_channel said so
         try:
             await self.runtime.ami.transfer(channel)
         except AmiError as exc:

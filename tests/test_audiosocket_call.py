@@ -257,3 +257,44 @@ async def test_what_the_callee_says_while_the_model_connects_reaches_it_in_order
     assert bytes(model.audio_in[:len(expected)]) == expected
     (connected,) = await wait_event(sessions, seeded, "ai.connected")
     assert connected.payload["early_audio_ms"] >= 400
+
+
+async def test_two_frames_per_append_carry_the_same_audio_in_half_the_messages(scene, sessions, realtime):
+    seeded = await seed_call(sessions)
+    runtime = scene(AUDIOSOCKET_FRAMES_PER_APPEND="2")
+    speech = speech_like(1.0, seed=5)
+    async with audiosocket_server(runtime) as server, asterisk_call(server, seeded.as_uuid) as asterisk:
+        model = await realtime.wait_for_connection()
+        await model.wait_for("response.create")
+        asterisk.play(speech, keep_sending=False)
+        await model.wait_for("input_audio_buffer.append", count=25, timeout=5)
+        await asyncio.sleep(0.2)
+    sizes = [len(e["audio"]) for e in model.events("input_audio_buffer.append")]
+    assert sizes.count(len(__import__("base64").b64encode(bytes(320)))) >= 24, sizes   # 2 x 160 mu-law bytes
+    assert bytes(model.audio_in) == mulaw(speech)   # nothing lost, nothing reordered, the odd last frame too
+
+
+async def test_metrics_follow_a_call(scene, sessions, realtime):
+    from opendeep.metrics import (
+        AUDIOSOCKET_LIVE_CALLS,
+        FRAME_LATENESS,
+        MODEL_CONNECT_SECONDS,
+        MODEL_FIRST_AUDIO_SECONDS,
+    )
+
+    def count(histogram):
+        return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+    realtime.greeting = FakeResponse(audio=mulaw(tone(0.2)), transcript="Hello.")
+    seeded = await seed_call(sessions)
+    before = (count(FRAME_LATENESS), count(MODEL_CONNECT_SECONDS), count(MODEL_FIRST_AUDIO_SECONDS))
+    live_before = AUDIOSOCKET_LIVE_CALLS._value.get()
+    async with audiosocket_server(scene()) as server, asterisk_call(server, seeded.as_uuid) as asterisk:
+        await realtime.wait_for_connection()
+        await asterisk.wait_frames(30)
+        assert AUDIOSOCKET_LIVE_CALLS._value.get() == live_before + 1
+        assert any(not f.silent for f in asterisk.audio_frames())
+    assert AUDIOSOCKET_LIVE_CALLS._value.get() == live_before
+    assert count(FRAME_LATENESS) > before[0]
+    assert count(MODEL_CONNECT_SECONDS) == before[1] + 1
+    assert count(MODEL_FIRST_AUDIO_SECONDS) == before[2] + 1

@@ -119,3 +119,16 @@ async def test_pacer_writes_silence_then_queued_audio_on_the_grid_and_clears_at_
     start = written[0][0]
     for index, (at, _) in enumerate(written):   # absolute grid: no drift, no bursts
         assert -0.001 <= at - (start + index * 0.020) < 0.010
+
+
+def test_a_read_of_exactly_one_slin_frame_decodes_as_feed_does():
+    frame = encode_audio(bytes(range(256)) + bytes(64))
+    fast, slow = FrameReader(), FrameReader()
+    assert fast.one_slin8_frame(frame) == slow.feed(frame)[0].payload
+    assert fast.offset == slow.offset == len(frame)
+    # Anything else is left to feed(): two frames, half a frame, another kind, bytes still pending.
+    assert fast.one_slin8_frame(frame + frame) is None
+    assert fast.one_slin8_frame(frame[:100]) is None
+    assert fast.one_slin8_frame(encode_audio(bytes(640), Kind.SLIN16)) is None
+    assert fast.feed(frame[:10]) == []
+    assert fast.one_slin8_frame(frame) is None

@@ -23,7 +23,12 @@ import socket
 import struct
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
+
+with warnings.catch_warnings():  # stdlib audioop: deprecated in 3.11, present until 3.13 (audioop-lts after)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
 
 FRAME_BYTES = 320
 FRAME_SECONDS = 0.020
@@ -54,6 +59,11 @@ def speech_like(seconds: float, seed: int = 1, rate: int = 8000) -> bytes:
             samples.extend(0 for _ in range(length // 2))
     clipped = [max(-32768, min(32767, s)) for s in samples[:total]]
     return struct.pack(f"<{len(clipped)}h", *clipped)
+
+
+def mulaw(slin: bytes) -> bytes:
+    """slin 8 kHz -> G.711 mu-law, as the realtime model sends and receives audio/pcmu."""
+    return audioop.lin2ulaw(slin, 2)
 
 
 def tone(seconds: float, frequency: float = 440.0, amplitude: int = 8000, rate: int = 8000) -> bytes:

@@ -160,10 +160,9 @@ def always_open_window(number: str, now: datetime | None = None) -> dict[str, st
 
 def generated_speech(seconds: float, seed: int = 7) -> bytes:
     """Speech-like audio as the realtime model sends it: G.711 mu-law at 8 kHz (generated, nothing downloaded)."""
-    from audiosocket.realtime import slin_to_mulaw
-    from tests.doubles.audiosocket_client import speech_like
+    from tests.doubles.audiosocket_client import mulaw, speech_like
 
-    return slin_to_mulaw(speech_like(seconds, seed=seed))
+    return mulaw(speech_like(seconds, seed=seed))
 
 
 class ScriptedModels:
