@@ -132,6 +132,7 @@ class CallBridge:
         self._resample_state: Any = None
         self._held: list[bytes] = []               # frames waiting for a full frames_per_append message
         self._held_since = 0.0
+        self._limits_timer: asyncio.TimerHandle | None = None
         self._early_audio: collections.deque[bytes] = collections.deque(maxlen=EARLY_AUDIO_FRAMES)
         self._model_ready = False                  # connected and the early audio sent
 
@@ -146,8 +147,8 @@ class CallBridge:
         self.pacer.start()
         self._tasks = [
             asyncio.create_task(self._guard(self._connect_model()), name=f"call-{self.call.call_id}-model"),
-            asyncio.create_task(self._guard(self._watch_limits()), name=f"call-{self.call.call_id}-limits"),
         ]
+        self._limits_timer = self._loop.call_later(self.limits.check_seconds, self._check_limits)
         if self._on_caller_frames(self._initial_frames):
             self.caller.attach(self)
         try:
@@ -447,22 +448,28 @@ class CallBridge:
 
     # ------------------------------------------------------------------ safety limits
 
-    async def _watch_limits(self) -> None:
+    def _check_limits(self) -> None:
+        """Every `check_seconds` (a loop timer, not a task): call length, silence, a held frame left alone."""
         limits = self.limits
-        while True:
-            await asyncio.sleep(limits.check_seconds)
-            now = self._loop.time()
-            if now - self._started >= limits.max_call_seconds:
-                self._end(EndReason.MAX_DURATION, f"{limits.max_call_seconds:g} s reached")
-                return
-            if self._held and now - self._held_since > 2 * FRAME_SECONDS:
+        now = self._loop.time()
+        if self._ended.done():
+            return
+        if now - self._started >= limits.max_call_seconds:
+            self._end(EndReason.MAX_DURATION, f"{limits.max_call_seconds:g} s reached")
+            return
+        if self._held and now - self._held_since > 2 * FRAME_SECONDS:
+            try:
                 self._flush_held()   # Asterisk stopped sending frames: do not keep the last one back
-            # Somebody is talking, or the AI waits for the user's answer: that is not silence.
-            if self.tools.pending or self._callee_speaking or self._response_active or not self.pacer.idle:
-                self._last_activity = now
-            elif now - self._last_activity >= limits.silence_timeout_seconds:
-                self._end(EndReason.SILENCE, f"nobody spoke for {limits.silence_timeout_seconds:g} s")
+            except Exception as exc:
+                self._fail(exc)
                 return
+        # Somebody is talking, or the AI waits for the user's answer: that is not silence.
+        if self.tools.pending or self._callee_speaking or self._response_active or not self.pacer.idle:
+            self._last_activity = now
+        elif now - self._last_activity >= limits.silence_timeout_seconds:
+            self._end(EndReason.SILENCE, f"nobody spoke for {limits.silence_timeout_seconds:g} s")
+            return
+        self._limits_timer = self._loop.call_at(now + limits.check_seconds, self._check_limits)
 
     # ------------------------------------------------------------------ the end
 
@@ -506,6 +513,8 @@ class CallBridge:
 
     async def _close(self, reason: EndReason) -> None:
         self.pacer.stop()
+        if self._limits_timer is not None:
+            self._limits_timer.cancel()
         if reason not in NO_HANGUP_FRAME and not self._caller_gone.is_set():
             with contextlib.suppress(Exception):
                 self._write(HANGUP_FRAME)   # 00 00 00: Asterisk closes within a millisecond

@@ -225,7 +225,7 @@ class OutboundPacer:
             return
         payload = self._next_payload(now)
         try:
-            self._write(_AUDIO_HEADER + payload)
+            self._write(SILENCE_FRAME if payload is SILENCE else _AUDIO_HEADER + payload)
         except Exception as exc:  # the socket is gone: the bridge sees EOF and ends the call
             log.info("AudioSocket write failed (%s); outbound audio stopped", exc)
             self.stop()
