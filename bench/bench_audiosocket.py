@@ -30,6 +30,8 @@ through mu-law), so latencies are measured from outside our process, on the mach
                upper bound of its bucket
   us/call      our CPU (getrusage: user + system) per call per 20 ms (one frame in, one out): robust to the
                machine's load, unlike the times above
+  waited %     the time our process was ready to run but waited for CPU 0 (/proc schedstat): other processes
+               on the machine; pacing figures measured while this is high are the machine's, not ours
   fr/read      frames per socket read of ours: 1.00 when our process keeps up; above 1 it fell behind (the
                machine is loaded) and batched reads make us/call look cheaper than it is
   model / ast  the fake model's and the Asterisk side's own CPU, % of a core
@@ -133,6 +135,14 @@ def cpu_seconds() -> float:
 def cpu_split() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
+
+
+def runqueue_wait() -> float:
+    """Seconds our main thread has waited, runnable, for a CPU (the kernel's schedstat): the machine's load."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def pin(cpu: int | None) -> None:
@@ -629,17 +639,20 @@ async def run(calls: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
     user_before, system_before = cpu_split()
+    waited_before = runqueue_wait()
     wall_started = time.perf_counter()
     load = os.getloadavg()[0]
     await asyncio.sleep(args.seconds)
     wall = time.perf_counter() - wall_started
     user_after, system_after = cpu_split()
+    waited = runqueue_wait() - waited_before
     frames_in = sum(b.frames_in for b in server.bridges) - frames_in_before
     reads = sum(b.reads_in for b in server.bridges) - reads_before
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(f"{args.profile}.{calls}")
     late_p99 = bucket_quantile(buckets_before, lateness_buckets(), 0.99)
+    split = str(len(server.bridges))
     received = await asterisk.ask("report")
     model_side = await model.ask("report")
     worker_reports = [await w.ask("report") for w in workers]
@@ -657,6 +670,7 @@ async def run(calls: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
     inbound = [at - sent[mark] for mark, at in model_side["received"] if mark in sent and at >= sent[mark]]
     outbound = [arrived[mark] - at for mark, at in model_side["delta_sent"] if mark in arrived and arrived[mark] >= at]
     user, system = user_after - user_before, system_after - system_before
+    split = "/".join([split, *(str(report["calls"]) for report in worker_reports)])
     for report in worker_reports:
         user += report["user"]
         system += report["system"]
@@ -665,11 +679,11 @@ async def run(calls: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         late_p99 = max(late_p99, report["late_p99"])
     per_frame = 1e6 / frames_in if frames_in else float("nan")
     return {
-        "calls": calls, "workers": args.workers, "setup_s": setup_seconds, "load": load,
+        "calls": calls, "workers": args.workers, "split": split, "setup_s": setup_seconds, "load": load,
         "per_read": frames_in / reads if reads else float("nan"),
         "frames_out_s": received["frames"] / wall, "frames_in_s": frames_in / wall,
         "appends_s": model_side["appends"] / wall, "deltas_s": model_side["deltas"] / wall,
-        "cpu_pct": 100 * (user + system) / wall,
+        "cpu_pct": 100 * (user + system) / wall, "wait_pct": 100 * waited / wall,
         "us_call": (user + system) * per_frame, "us_user": user * per_frame, "us_sys": system * per_frame,
         "late_p99_ms": 1000 * late_p99, "rx_p99_ms": 1000 * received["rx_p99"],
         "gap_max_ms": 1000 * received["gap_max"], "bursts": received["bursts"],
@@ -681,7 +695,8 @@ async def run(calls: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
 
 
 COLUMNS = [  # (heading, key, format of the value)
-    ("calls", "calls", "d"), ("procs", "workers", "d"), ("load", "load", ".1f"), ("CPU %", "cpu_pct", ".0f"),
+    ("calls", "calls", "d"), ("procs", "workers", "d"), ("calls each", "split", "s"), ("load", "load", ".1f"), ("CPU %", "cpu_pct", ".0f"),
+    ("waited %", "wait_pct", ".0f"),
     ("us/call", "us_call", ".1f"), ("fr/read", "per_read", ".2f"), ("user", "us_user", ".1f"), ("sys", "us_sys", ".1f"),
     ("out fr/s", "frames_out_s", ".0f"), ("appends/s", "appends_s", ".0f"), ("deltas/s", "deltas_s", ".0f"),
     ("late p99", "late_p99_ms", ".1f"), ("rx p99", "rx_p99_ms", ".2f"), ("gap max", "gap_max_ms", ".1f"),
