@@ -695,7 +695,8 @@ async def run(calls: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
 
 
 COLUMNS = [  # (heading, key, format of the value)
-    ("calls", "calls", "d"), ("procs", "workers", "d"), ("calls each", "split", "s"), ("load", "load", ".1f"), ("CPU %", "cpu_pct", ".0f"),
+    ("calls", "calls", "d"), ("procs", "workers", "d"), ("calls each", "split", "s"),
+    ("load", "load", ".1f"), ("CPU %", "cpu_pct", ".0f"),
     ("waited %", "wait_pct", ".0f"),
     ("us/call", "us_call", ".1f"), ("fr/read", "per_read", ".2f"), ("user", "us_user", ".1f"), ("sys", "us_sys", ".1f"),
     ("out fr/s", "frames_out_s", ".0f"), ("appends/s", "appends_s", ".0f"), ("deltas/s", "deltas_s", ".0f"),
