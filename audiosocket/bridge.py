@@ -149,8 +149,8 @@ class CallBridge:
             asyncio.create_task(self._guard(self._connect_model()), name=f"call-{self.call.call_id}-model"),
         ]
         self._limits_timer = self._loop.call_later(self.limits.check_seconds, self._check_limits)
-        if self._on_caller_frames(self._initial_frames):
-            self.caller.attach(self)
+        self._on_caller_frames(self._initial_frames)
+        self.caller.attach(self)   # after a hangup frame among them, what follows is ignored but the close is seen
         try:
             reason = await asyncio.shield(self._ended)
         except asyncio.CancelledError:

@@ -715,11 +715,15 @@ def format_row(result: dict[str, Any]) -> str:
 
 
 def machine_line(args: argparse.Namespace) -> str:
+    placement = ("our process on CPU 0, the fakes on CPU 1" if args.workers == 1 else
+                 f"{args.workers} AudioSocket processes on one port (AUDIOSOCKET_REUSE_PORT), pinned to CPUs 0 and 1 "
+                 f"in turn, the fakes unpinned")
     loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
     return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, load average "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {sys.version.split()[0]}, {loop_kind} loop; "
             f"AUDIOSOCKET_FRAMES_PER_APPEND={args.frames_per_append}, model talks {args.talk:.0%} of the time in "
-            f"100 ms deltas{', over TLS (wss)' if args.tls else ''}; our process on CPU 0, the fakes on CPU 1; "
+            f"100 ms deltas{', over TLS (wss)' if args.tls else ''}; "
+            f"{placement}; "
             f"{args.seconds:g} s measured after {WARMUP_SECONDS:g} s")
 
 
