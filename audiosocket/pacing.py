@@ -12,7 +12,8 @@ over the period (a call joins the phase of its own start) instead of all landing
 
 Lateness goes to the FRAME_LATENESS metric once per phase tick, not per frame: the tick's last write is its
 latest, so that one observation bounds every frame of the tick (about 1,000 observations a second whatever the
-number of calls, instead of 50 per call).
+number of calls, instead of 50 per call: an observation costs about 0.6 us, 2 % of a call's CPU if made per frame,
+0.06 us per call per 20 ms at 200 calls this way).
 
 A small jitter buffer: after silence, playback starts once `prebuffer_frames` are queued (or the first audio
 has waited `prebuffer_seconds`, or the response is complete), so a model that streams in small pieces does not
