@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 MASK_POOL_BYTES = 4096
+# Unsent bytes at which a model that stopped reading counts as lost (about 45 s of appends): `send_now` never
+# waits, so without this a stuck connection would buffer the callee's audio without bound.
+MAX_UNSENT_BYTES = 1 << 20
 _TEXT_FIN = 0x81
 _MASKED = 0x80
 _SHORT = struct.Struct("!BB")
@@ -73,8 +76,11 @@ class ModelWebSocket(ClientConnection):
 
     def send_now(self, text: bytes) -> None:
         """Write one text message (UTF-8 bytes) as a single masked frame; raises ConnectionClosed once closing."""
-        if self.protocol.state is not State.OPEN or self.transport.is_closing():
+        transport = self.transport
+        if self.protocol.state is not State.OPEN or transport.is_closing():
             raise ConnectionClosedError(None, None)
+        if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            raise OSError(f"the model has not read the last {MAX_UNSENT_BYTES >> 20} MiB we sent")
         at = self._mask_at
         if at >= MASK_POOL_BYTES:
             self._masks, at = os.urandom(MASK_POOL_BYTES), 0
@@ -87,7 +93,7 @@ class ModelWebSocket(ClientConnection):
             header = _MEDIUM.pack(_TEXT_FIN, _MASKED | 126, size)
         else:
             header = _LONG.pack(_TEXT_FIN, _MASKED | 127, size)
-        self.transport.write(header + mask + apply_mask(text, mask))
+        transport.write(header + mask + apply_mask(text, mask))
 
     # ------------------------------------------------------------------ websockets' hooks
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
@@ -50,3 +51,24 @@ async def test_messages_reach_the_callback_whole_and_in_order_and_our_frames_are
             await asyncio.wait_for(ws.wait_closed(), 5)   # the server ended the session
             assert not ws.open
         assert len(lost) == 1   # the close reached on_lost once
+
+
+async def test_a_model_that_stops_reading_is_lost_instead_of_buffering_without_bound():
+    stop = asyncio.Event()
+
+    async def never_reads(websocket):
+        await stop.wait()
+
+    async with serve(never_reads, "127.0.0.1", 0, max_queue=1, max_size=None,
+                     close_timeout=0.5) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", create_connection=ModelWebSocket,
+                           close_timeout=0.5) as ws:
+            chunk = b'{"audio":"' + b"A" * 65536 + b'"}'
+            try:
+                with pytest.raises(OSError, match="has not read"):
+                    for _ in range(1000):   # 64 MiB at most: far beyond the kernel's buffers and our limit
+                        ws.send_now(chunk)
+                        await asyncio.sleep(0)
+            finally:
+                stop.set()
