@@ -23,6 +23,8 @@ MAX_REPLY_LINE_BYTES = 64 * 1024
 _REPLY = re.compile(r"^(?P<code>\d{3})(?P<sep>[ -])(?P<rest>.*)$")
 _RESULT = re.compile(r"^result=(?P<result>\S*)(?:\s+\((?P<data>.*)\))?(?:\s+(?P<extra>.*))?$")
 _SAFE_WORD = re.compile(r"^[^\s\"\\]+$")
+_ENV_PAIR = re.compile(r"^(agi_[^: \n]*): ?([^\n]*)$", re.MULTILINE)
+_NON_EMPTY_LINE = re.compile(r"[^\n]+")
 
 
 class AgiError(Exception):
@@ -101,19 +103,17 @@ def parse_environment(block: bytes) -> AgiEnvironment:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         text = block.decode("latin-1")  # caller ID names are not always UTF-8; never fail a call on that
-    variables: dict[str, str] = {}
-    lines = text.split("\n")
     if "\r" in text:
-        lines = [line.rstrip("\r") for line in lines]
-    for line in lines:  # every session passes here: kept to plain string operations
-        if not line:
-            continue
-        key, sep, value = line.partition(":")
-        # `agi_accountcode: ` arrives with a trailing space and no value: keep the value exactly empty.
-        if not sep or key[:4] != "agi_" or " " in key:
-            raise AgiHeaderError(f"AGI environment line {lines.index(line) + 1} is not 'agi_key: value': "
-                                 f"{line[:80]!r}")
-        variables[key] = value[1:] if value[:1] == " " else value
+        text = text.replace("\r\n", "\n")
+    # Every session passes here: one regular expression over the block (in C), then a check that it took every
+    # line; the line-by-line loop only runs to name the line that is not `agi_key: value`.
+    # `agi_accountcode: ` arrives with a trailing space and no value: the value is kept exactly empty.
+    pairs = _ENV_PAIR.findall(text)
+    if len(pairs) != len(_NON_EMPTY_LINE.findall(text)):
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line and not _ENV_PAIR.fullmatch(line):
+                raise AgiHeaderError(f"AGI environment line {number} is not 'agi_key: value': {line[:80]!r}")
+    variables = dict(pairs)
     if "agi_network_script" not in variables and "agi_request" not in variables:
         raise AgiHeaderError("AGI environment has neither agi_network_script nor agi_request")
     args = []
@@ -302,7 +302,7 @@ class AgiSession:
 # Asterisk's application-argument parser (main/app.c, __ast_app_separate_args, as MSet's comma split uses
 # it) treats these specially: `,` separates, `"` quotes, `\\` escapes, and commas inside () or [] do not
 # separate. A backslash before each makes it literal, and the parser drops the backslash.
-_APP_ARG_SPECIAL = re.compile(r'([\\",()\[\]])')
+_APP_ARG_ESCAPES = str.maketrans({char: "\\" + char for char in '\\",()[]'})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -322,7 +322,7 @@ def mset_command(values: Mapping[str, str]) -> str:
     for name, value in values.items():
         if not _VARIABLE_NAME.fullmatch(name):
             raise ValueError(f"not a channel variable name for MSet: {name!r}")
-        pairs.append(name + "=" + _APP_ARG_SPECIAL.sub(r"\\\1", str(value)))
+        pairs.append(name + "=" + str(value).translate(_APP_ARG_ESCAPES))
     return "EXEC MSet " + quote_argument(",".join(pairs))
 
 
