@@ -273,10 +273,13 @@ class CallRoutes:
             call.status = CallStatus.ANSWERED
             db.add(_call_event(call, "agi.call_answered", {"channel": channel}))
             task_id, audiosocket_uuid = call.task_id, call.audiosocket_uuid
+            server = self.settings.asterisk_server(call.asterisk_server)
         self._publish(user_id, "call.updated", {"call_id": call_id, "task_id": task_id,
                                                 "status": CallStatus.ANSWERED.value, "outcome": None})
         bridge, _ = self._bridge_decision()
-        values = {"OPENDEEP_AS_ADDR": self.settings.audiosocket_address,
+        # The AudioSocket address of the Asterisk server carrying the call (ASTERISK_SERVERS).
+        address = server.audiosocket_address if server is not None else self.settings.audiosocket_address
+        values = {"OPENDEEP_AS_ADDR": address,
                   "OPENDEEP_BRIDGE": "1" if bridge else "0",
                   "OPENDEEP_MAX_SECONDS": str(self.settings.max_call_seconds)}
         if self.settings.record_calls:
