@@ -336,10 +336,11 @@ class AgiConnection(asyncio.Protocol):
     """The server side of one FastAGI connection, read straight from the transport.
 
     Cheaper than a StreamReader plus a task per connection: the environment is collected in data_received
-    (at most `max_header_bytes`, within `header_timeout` seconds, up to its empty line) and only a complete,
-    parsed one is handed on, as `on_environment(connection, env)`. A peer that sends too much, no AGI, nothing
-    in time or closes early is refused once with `on_refused(connection, AgiHeaderError)` and closed. After
-    the environment, `session` (an AgiSession) reads the reply lines.
+    (at most `max_header_bytes`, up to its empty line) and only a complete, parsed one is handed on, as
+    `on_environment(connection, env)`. A peer that sends too much, no AGI, or closes early is refused once with
+    `on_refused(connection, AgiHeaderError)` and closed; one too slow is refused by `expire_header()`, which the
+    server's sweep calls (no timer per connection). After the environment, `session` (an AgiSession) reads the
+    reply lines.
     """
 
     def __init__(self, on_environment: Callable[[AgiConnection, AgiEnvironment], None],
@@ -351,9 +352,10 @@ class AgiConnection(asyncio.Protocol):
         self.max_header_bytes = max_header_bytes
         self.transport: asyncio.Transport | None = None
         self.session: AgiSession | None = None
-        self.connected_at = 0.0          # loop time of the connection (FASTAGI_SECONDS measures from here)
+        # Loop time of the connection (the header deadline and FASTAGI_SECONDS count from here). Set when the
+        # protocol is made, not in connection_made, which the loop calls a moment later.
+        self.connected_at = asyncio.get_running_loop().time()
         self._header = bytearray()
-        self._header_timer: asyncio.TimerHandle | None = None
         self._tail = b""                 # an incomplete reply line
         self._lines: deque[bytes] = deque()
         self._queued = 0                 # bytes in _lines and _tail, for flow control
@@ -373,11 +375,13 @@ class AgiConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        loop = asyncio.get_running_loop()
-        self.connected_at = loop.time()
-        self._header_timer = loop.call_later(
-            self.header_timeout, self._refuse,
-            f"no complete AGI environment within {self.header_timeout:g} s")
+        if self._eof:  # refused before the loop handed us the transport: close it now
+            transport.close()
+
+    def expire_header(self, now: float) -> None:
+        """Refuse the connection if its environment is not complete `header_timeout` seconds after it opened."""
+        if self.session is None and now - self.connected_at >= self.header_timeout:
+            self._refuse(f"no complete AGI environment within {self.header_timeout:g} s")
 
     def data_received(self, data: bytes) -> None:
         if self.session is None:
@@ -404,9 +408,6 @@ class AgiConnection(asyncio.Protocol):
         return True  # keep our side open: the route notices the EOF at its next reply and ends the AGI
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
         if self.session is None and not self._eof:
             self._eof = True
             self.on_refused(self, AgiHeaderError(
@@ -431,8 +432,6 @@ class AgiConnection(asyncio.Protocol):
         except AgiHeaderError as exc:
             self._refuse(exc)
             return b""
-        self._header_timer.cancel()
-        self._header_timer = None
         self.session = AgiSession(self, env)
         self.on_environment(self, env)
         return rest
@@ -441,9 +440,6 @@ class AgiConnection(asyncio.Protocol):
         if self._eof:
             return
         self._eof = True  # refused once; nothing more is read
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
         self.on_refused(self, error if isinstance(error, AgiHeaderError) else AgiHeaderError(error))
         self.close()
 

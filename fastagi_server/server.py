@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 Route = Callable[[AgiSession], Awaitable[None]]
 STOP_GRACE_SECONDS = 5.0
 # Every OpenDeep route is a handful of commands and one transaction; a session still open after this long is
-# stuck (a silent peer, a locked database) and is closed. One sweep over the open sessions every
-# SWEEP_SECONDS enforces it: cheaper than a timer per session or per command.
+# stuck (a silent peer, a locked database) and is closed. One sweep over the open connections every
+# SWEEP_SECONDS enforces it and the header timeout: cheaper than a timer per connection or per command.
 SESSION_TIMEOUT_SECONDS = 60.0
 SWEEP_SECONDS = 1.0
 # Metric labels come from this fixed set; a route added later (another module's) is counted as "other" until
@@ -79,7 +79,9 @@ class FastAgiServer:
             raise OSError(exc.errno, f"FastAGI cannot listen on {self.host}:{self.port}: {exc.strerror} "
                                      "(check FASTAGI_BIND, or whether another process holds the port)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+        # Often enough for the shortest deadline (tests use fractions of a second), at most once a second.
+        self._sweep_every = max(min(SWEEP_SECONDS, self.header_timeout / 3, self.session_timeout / 3), 0.02)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
         log.info("FastAGI listening on %s:%s (routes: %s)", self.host, self.port, ", ".join(sorted(self.routes)))
         return self.port
 
@@ -152,14 +154,17 @@ class FastAgiServer:
         self._sessions.pop(task, None)
 
     def _sweep(self) -> None:
-        """Cancel the sessions past their deadline (the route sees CancelledError; _serve_session logs it)."""
+        """Refuse connections still without a complete environment after header_timeout; cancel the sessions
+        past their deadline (the route sees CancelledError; _serve_session logs it)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
+        for connection in list(self._connecting):
+            connection.expire_header(now)
         for task, deadline in list(self._sessions.items()):
             if deadline <= now and not task.done():
                 self._sessions[task] = float("inf")  # cancelled once
                 task.cancel(msg="session timeout")
-        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
     def _count(self, route: str, result: str) -> None:
         FASTAGI_SESSIONS.labels(route if route in METRIC_ROUTES else "other", result).inc()

@@ -173,6 +173,24 @@ def test_an_environment_over_the_size_cap_is_refused_without_a_hang():
     assert connection.transport.is_closing()
 
 
+def test_a_connection_refused_before_the_loop_hands_it_its_transport_still_closes_it():
+    """Found by test_random_bytes_never_kill_the_fastagi_server: the server's sweep may expire a connection between
+    the protocol factory and connection_made; it was refused but its socket was left open, and Asterisk's AGI()
+    would have waited on it."""
+    async def expire_early():
+        refusals = []
+        connection = AgiConnection(lambda *_: None, lambda _conn, error: refusals.append(error), header_timeout=0.3)
+        connection.expire_header(connection.connected_at + 1.0)
+        transport = _Transport()
+        connection.connection_made(transport)
+        return refusals, transport
+
+    with asyncio.Runner() as runner:
+        refusals, transport = run_bounded(runner, expire_early(), timeout=2.0)
+    assert len(refusals) == 1 and "within 0.3 s" in str(refusals[0])
+    assert transport.is_closing()
+
+
 # ---------------------------------------------------------------- replies
 
 
