@@ -146,3 +146,22 @@ async def test_an_action_for_a_channel_live_on_two_servers_is_refused_not_guesse
     with pytest.raises(AmiError, match="several Asterisk servers"):
         await actions.hangup(channel)
     await actions.close()
+
+
+def test_each_server_gets_its_own_dialplan_with_its_fastagi_address_and_ami_login(tmp_path):
+    from tests.test_cli import run_cli
+
+    servers = [{"name": "pbx-a", "ami": "10.0.0.11:5038", "ami_username": "od-a", "ami_secret": "secret-a",
+                "fastagi": "10.0.0.5:4573"},
+               {"name": "pbx-b", "ami": "10.0.0.12:5038", "ami_username": "od-b", "ami_secret": "secret-b",
+                "fastagi": "10.0.0.6:4573"}]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    out = tmp_path / "b"
+    result = run_cli(["dialplan", "render", "--out", str(out), "--server", "pbx-b"], url, tmp_path,
+                     ASTERISK_SERVERS=json.dumps(servers))
+    assert result.returncode == 0, result.stderr
+    assert "agi://10.0.0.6:4573/call-start" in (out / "extensions_opendeep.conf").read_text()
+    manager = (out / "manager_opendeep.conf").read_text()
+    assert "[od-b]" in manager and "secret = secret-b" in manager and "secret-a" not in manager
+    unknown = run_cli(["dialplan", "render", "--server", "pbx-z"], url, tmp_path, ASTERISK_SERVERS=json.dumps(servers))
+    assert unknown.returncode == 2 and "pbx-z" in unknown.stderr and "pbx-a, pbx-b" in unknown.stderr
