@@ -10,6 +10,7 @@ server: the next well-formed session is answered.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import parse_qs, urlsplit
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from fastagi_server.protocol import (
     AgiSession,
     parse_environment,
     parse_reply_line,
+    split_script,
 )
 from fastagi_server.server import FastAgiServer
 from tests.doubles.agi_client import ENV_ANSWERED, FakeAsteriskAgi, build_environment
@@ -189,6 +191,18 @@ def test_a_connection_refused_before_the_loop_hands_it_its_transport_still_close
         refusals, transport = run_bounded(runner, expire_early(), timeout=2.0)
     assert len(refusals) == 1 and "within 0.3 s" in str(refusals[0])
     assert transport.is_closing()
+
+
+@FUZZ
+@given(st.one_of(st.text(st.sampled_from("ab1-._~/?=&"), max_size=30), script_text))
+def test_the_fast_script_split_gives_what_urlsplit_and_parse_qs_give(raw):
+    """split_script splits plain scripts by hand (every session passes there); it must agree with the library."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return   # parse_environment turns this into AgiHeaderError (tested above)
+    expected = parts.path.strip("/"), parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
+    assert split_script(raw) == expected
 
 
 # ---------------------------------------------------------------- replies
