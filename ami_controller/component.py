@@ -1,4 +1,9 @@
-"""The `ami` component of `opendeep serve`: the AMI connection plus the scheduler / initiator loop."""
+"""The `ami` component of `opendeep serve`: one AMI connection per Asterisk server (ASTERISK_SERVERS, or the one
+from AMI_*), each fed by the scheduler / initiator loop.
+
+Several `serve` processes may run this part over one PostgreSQL: the tasks' SKIP LOCKED claims decide which
+process dials which task, and each server's call limit is counted from the calls table before each claim.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,42 @@ import logging
 import os
 import socket
 
+from ami_controller.actions import CallActions
 from ami_controller.initiator import DispatchReport, dispatch_due_tasks
 from ami_controller.manager import AmiController
 from opendeep.health import task_running
 from opendeep.periodic import finishing
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.ami.component")
+log = logging.getLogger(__name__)
 
 
 class AmiComponent:
-    """Starts the AmiController (sets `runtime.ami`) and runs a scheduler pass every SCHEDULER_POLL_SECONDS."""
+    """Starts an AmiController per Asterisk server (registered with `runtime.ami`, the process's CallActions) and
+    runs a scheduler pass for each every SCHEDULER_POLL_SECONDS."""
 
     name = "ami"
 
     def __init__(self, runtime: Runtime, *, controller: AmiController | None = None) -> None:
         self.runtime = runtime
-        self.controller = controller or AmiController(runtime.settings, runtime.sessions, runtime.events)
+        settings = runtime.settings
+        self.controllers = [controller] if controller is not None else [
+            AmiController(settings, runtime.sessions, runtime.events, server=server)
+            for server in settings.asterisk_servers]
+        self.controller = self.controllers[0]
         # Who claimed a task, in the tasks table: enough to tell scheduler processes apart.
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self._loop_task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
+        self._made_actions = False
 
     async def start(self) -> None:
-        await self.controller.start()
-        self.runtime.ami = self.controller
+        for controller in self.controllers:
+            await controller.start()
+        if not isinstance(self.runtime.ami, CallActions):   # `serve` makes it; tests may start us alone
+            self.runtime.ami = CallActions(self.runtime.settings, self.runtime.sessions)
+            self._made_actions = True
+        for controller in self.controllers:
+            self.runtime.ami.attach(controller)
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
@@ -40,23 +56,35 @@ class AmiComponent:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        await self.controller.stop()
-        if self.runtime.ami is self.controller:
+        actions = self.runtime.ami
+        for controller in self.controllers:
+            if isinstance(actions, CallActions):
+                actions.detach(controller)
+            await controller.stop()
+        if self._made_actions and isinstance(actions, CallActions):
+            await actions.close()
             self.runtime.ami = None
 
     def health(self) -> dict:
-        """Healthy when logged in to Asterisk (and re-synced) and the scheduler loop runs."""
-        connected, scheduler = self.controller.connected, task_running(self._loop_task)
-        return {"ok": connected and scheduler, "asterisk": self.controller.address, "connected": connected,
-                "scheduler": scheduler}
-
-    def wake(self) -> None:
-        """Run the next pass now instead of at the next poll (e.g. a campaign was just started)."""
-        self._wake.set()
+        """Healthy when logged in to every Asterisk (and re-synced) and the scheduler loop runs."""
+        connected, scheduler = all(c.connected for c in self.controllers), task_running(self._loop_task)
+        health = {"ok": connected and scheduler, "asterisk": self.controller.address, "connected": connected,
+                  "scheduler": scheduler}
+        if len(self.controllers) > 1:
+            health["servers"] = {c.server.name: {"asterisk": c.address, "connected": c.connected}
+                                 for c in self.controllers}
+        return health
 
     async def run_once(self) -> DispatchReport:
-        return await dispatch_due_tasks(self.runtime.sessions, self.runtime.settings, self.controller,
-                                        claimer=self.claimer, events=self.runtime.events)
+        """One scheduler pass per server, in the configured order; the reports are added up."""
+        total = DispatchReport()
+        for controller in self.controllers:
+            report = await dispatch_due_tasks(self.runtime.sessions, self.runtime.settings, controller,
+                                              claimer=self.claimer, events=self.runtime.events)
+            total.claimed += report.claimed
+            for name in ("dialed", "cancelled_dnd", "rescheduled", "deferred", "failed"):
+                getattr(total, name).extend(getattr(report, name))
+        return total
 
     async def _run(self) -> None:
         poll = max(self.runtime.settings.scheduler_poll_seconds, 0.05)
@@ -69,6 +97,4 @@ class AmiComponent:
                              len(report.rescheduled), len(report.deferred))
             except Exception:  # a database hiccup must not stop the campaign for good
                 log.exception("scheduler pass failed; trying again in %.1f s", poll)
-            self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+            await asyncio.sleep(poll)

@@ -1,7 +1,8 @@
 """The call initiator: turns screened, claimed tasks into calls, within the concurrency limits.
 
-One pass (`dispatch_due_tasks`): count the calls not ended (MAX_CONCURRENT_CALLS overall, or 1 in test mode;
-MAX_CONCURRENT_CALLS_PER_USER per tenant), claim at most that many due tasks, screen them (DND, calling
+One pass (`dispatch_due_tasks`) for one Asterisk server: count the calls not ended (the server's limit: its
+ASTERISK_SERVERS max_calls, MAX_CONCURRENT_CALLS with one server, 1 overall in test mode;
+MAX_CONCURRENT_CALLS_PER_USER per tenant over all servers), claim at most that many due tasks, screen them (DND, calling
 window), then for each: write the `calls` row, move the task to `in_progress`, and hand the Originate to the
 AMI controller.
 
@@ -34,6 +35,7 @@ from ami_controller.scheduler import ClaimedTask, claim_due_tasks, release_task,
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
 from db.types import utcnow
+from opendeep.metrics import CALLS_IN_PROGRESS, ORIGINATES
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,6 +64,16 @@ async def active_call_counts(session: AsyncSession) -> Counter[int]:
     return Counter({user_id: count for user_id, count in rows.all()})
 
 
+async def server_capacity(session: AsyncSession, settings: Settings, ami: AmiController, active_total: int) -> int:
+    """How many more calls `ami`'s server may carry now: its own limit (ASTERISK_SERVERS max_calls; with one
+    server, MAX_CONCURRENT_CALLS) minus its calls not ended. Test mode: one call at a time over all servers."""
+    if settings.app_test_mode:
+        return 1 - active_total
+    on_server = await session.scalar(select(func.count()).select_from(Call).where(
+        Call.status != CallStatus.ENDED, ami.carries_call()))
+    return ami.server.max_calls - int(on_server or 0)
+
+
 def dial_number(settings: Settings, task_number: str) -> str:
     """The number that reaches Asterisk: in test mode always APP_TEST_MODE_REDIRECT_NUMBER."""
     return settings.app_test_mode_redirect_number if settings.app_test_mode else task_number
@@ -76,7 +88,8 @@ async def dispatch_due_tasks(sessions: async_sessionmaker[AsyncSession], setting
         return report  # nothing is claimed while Asterisk is unreachable: no attempt is spent
     async with sessions() as session:
         active = await active_call_counts(session)
-        capacity = settings.effective_max_concurrent_calls - sum(active.values())
+        CALLS_IN_PROGRESS.set(sum(active.values()))
+        capacity = await server_capacity(session, settings, ami, sum(active.values()))
         if capacity <= 0:
             return report
         full = [user_id for user_id, count in active.items() if count >= settings.max_concurrent_calls_per_user]
@@ -105,7 +118,8 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
                 task: ClaimedTask, report: DispatchReport, events: EventHub | None) -> None:
     async with sessions() as session:
         call = Call(user_id=task.user_id, task_id=task.id, attempt_number=task.attempt_count,
-                    dialed_number=dial_number(settings, task.phone_number), status=CallStatus.CREATED)
+                    dialed_number=dial_number(settings, task.phone_number), status=CallStatus.CREATED,
+                    asterisk_server=ami.server.name)
         session.add(call)
         await session.flush()
         one, two = call_uniqueids(call.id)
@@ -121,12 +135,15 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
     _publish_task(events, task, TaskStatus.IN_PROGRESS)
     try:
         await ami.originate(call)
+        ORIGINATES.labels("accepted").inc()
     except AmiNotConnected as exc:
+        ORIGINATES.labels("error").inc()
         await _give_back(sessions, task, call.id, f"Asterisk not reachable ({exc}); will call once it is back")
         report.deferred.append(task.id)
         _publish_task(events, task, task.previous_status)
         return
     except AmiRefused as exc:
+        ORIGINATES.labels("refused").inc()
         async with sessions() as session:
             await repo.record_call_event(session, task.user_id, call.id, "ami.originate_refused",
                                          {"message": str(exc)})
@@ -137,6 +154,7 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
         report.failed.append(call.id)
         return
     except AmiError as exc:
+        ORIGINATES.labels("error").inc()
         # Written but unanswered: Asterisk may be dialing. Never re-send; the re-sync decides.
         log.warning("call %s: Originate sent but not confirmed (%s); the AMI re-sync will settle it", call.id, exc)
     async with sessions() as session:

@@ -33,13 +33,15 @@ from panoramisk import Manager
 from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
 from db import repo
 from db.models import Call, CallOutcome, CallStatus
 from db.types import utcnow
+from opendeep.asterisk_servers import AsteriskServer
+from opendeep.metrics import AMI_CONNECTED
 from opendeep.periodic import finishing
 from opendeep.settings import Settings
 
@@ -196,12 +198,20 @@ class AmiController:
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], events: EventHub | None,
                  *, host: str | None = None, port: int | None = None, action_timeout_seconds: float = 10.0,
-                 end_grace_seconds: float = 3.0, ping_seconds: int = 10) -> None:
+                 end_grace_seconds: float = 3.0, ping_seconds: int = 10, server: AsteriskServer | None = None,
+                 action_only: bool = False) -> None:
         self.settings = settings
         self.sessions = sessions
         self.events = events
-        self.host = host or settings.ami_host
-        self.port = port or settings.ami_port
+        # Which Asterisk (ASTERISK_SERVERS; the first one by default): its AMI address and login, and the calls
+        # whose events and re-sync are ours.
+        self.server = server or settings.asterisk_servers[0]
+        self.host = host or self.server.ami_host
+        self.port = port or self.server.ami_port
+        self.username, self.secret = self.server.ami_username, self.server.ami_secret
+        # action_only: a second connection for live-call actions from a process that does not own this server's
+        # calls (actions.py): no events, no re-sync, never an Originate.
+        self.action_only = action_only
         self.action_timeout_seconds = action_timeout_seconds
         # The dialplan's `h` extension (FastAGI call-end) knows DIALSTATUS; AMI only knows the Hangup cause.
         # After a hangup we give call-end this long to finish the call before we finish it from AMI.
@@ -248,6 +258,13 @@ class AmiController:
                 track.finish_timer.cancel()
         self._close_manager()
 
+    def carries_call(self):
+        """SQL condition: the call is on this controller's server (NULL, from before servers had names: the
+        first server)."""
+        if self.server.name == self.settings.asterisk_servers[0].name:
+            return or_(Call.asterisk_server == self.server.name, Call.asterisk_server.is_(None))
+        return Call.asterisk_server == self.server.name
+
     async def wait_connected(self, timeout: float) -> None:
         """Wait until logged in and re-synced (tests, and `serve` logging)."""
         await asyncio.wait_for(self._connected_event.wait(), timeout)
@@ -271,7 +288,8 @@ class AmiController:
             else:
                 attempt = 0
                 try:
-                    await self.resync()
+                    if not self.action_only:
+                        await self.resync()
                 except Exception as exc:  # AMI or the database: either way try again, never stop reconnecting
                     log.warning("AMI re-sync with %s failed (%s: %s); reconnecting", self.address,
                                 type(exc).__name__, exc)
@@ -281,10 +299,17 @@ class AmiController:
                     continue
                 self._connected = True
                 self._connected_event.set()
-                log.info("connected to Asterisk AMI at %s as %r", self.address, self.settings.ami_username)
-                await self._lost.wait()
-                self._connected = False
-                self._connected_event.clear()
+                if not self.action_only:
+                    AMI_CONNECTED.inc()
+                log.info("connected to Asterisk AMI at %s as %r%s", self.address, self.username,
+                         " (live-call actions only)" if self.action_only else "")
+                try:
+                    await self._lost.wait()
+                finally:
+                    self._connected = False
+                    self._connected_event.clear()
+                    if not self.action_only:
+                        AMI_CONNECTED.dec()
                 log.warning("lost the AMI connection to Asterisk at %s; reconnecting", self.address)
                 self._close_manager()
                 continue
@@ -300,11 +325,12 @@ class AmiController:
         lost = self._lost
         manager = _PanoramiskManager(
             on_lost=lambda _exc: lost.set(), loop=asyncio.get_running_loop(), host=self.host, port=self.port,
-            username=self.settings.ami_username, secret=self.settings.ami_secret, events=EVENT_CLASSES,
+            username=self.username, secret=self.secret, events="off" if self.action_only else EVENT_CLASSES,
             ping_delay=self.ping_seconds, ping_interval=self.ping_seconds, protocol_factory=_Protocol,
             forgetable_actions=_ForgetEveryAction(), log=logging.getLogger("opendeep.ami.wire"),
         )
-        for name in ("OriginateResponse", "Newchannel", "Newstate", "DialBegin", "DialEnd", "Hangup"):
+        for name in () if self.action_only else ("OriginateResponse", "Newchannel", "Newstate", "DialBegin",
+                                                  "DialEnd", "Hangup"):
             manager.register_event(name, self._on_event)
         self._manager = manager
         try:
@@ -319,9 +345,9 @@ class AmiController:
         if not reply.success:
             self._close_manager()
             raise AmiLoginRefused(
-                f"AMI login refused for user {self.settings.ami_username!r} at {self.address} "
-                f"({reply.get('Message', 'no reason given')}; check AMI_USERNAME / AMI_SECRET and "
-                f"dialplan/manager_opendeep.conf)")
+                f"AMI login refused for user {self.username!r} at {self.address} (server "
+                f"{self.server.name!r}; {reply.get('Message', 'no reason given')}; check AMI_USERNAME / AMI_SECRET "
+                f"or ASTERISK_SERVERS, and dialplan/manager_opendeep.conf)")
         self.connect_count += 1
 
     # ------------------------------------------------------------------ sending
@@ -356,6 +382,8 @@ class AmiController:
         callee answers, the ;1 half runs `opendeep-connected` (the AI, through AudioSocket). `/n` keeps the Local
         pair from being optimized away.
         """
+        if self.action_only:
+            raise AmiRefused(f"the live-call connection to {self.address} never originates calls")
         number = call.dialed_number
         if self.settings.app_test_mode and number != self.settings.app_test_mode_redirect_number:
             raise AmiRefused(f"test mode: refusing to dial {number}; only APP_TEST_MODE_REDIRECT_NUMBER "
@@ -428,7 +456,9 @@ class AmiController:
         live = {_header(message, "Uniqueid") for message in channels}
         live |= {_header(message, "Linkedid") for message in channels}
         async with self.sessions() as session:
-            calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES)))).all()
+            # Only this server's calls: another Asterisk's calls are not in this one's channel list.
+            calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES),
+                                                              self.carries_call()))).all()
             for call in calls:
                 one, two = call_uniqueids(call.id)
                 if one in live or two in live:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
 from db.types import utcnow
+from opendeep.metrics import CALL_OUTCOMES
 from opendeep.retry import next_retry_time
 from opendeep.settings import Settings
 
@@ -121,6 +122,7 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
     )
     if result.rowcount != 1:
         return False
+    CALL_OUTCOMES.labels(outcome.value).inc()   # CallOutcome values: a fixed set
 
     call = await repo.get_call(session, user_id, call_id)
     assert call is not None

@@ -1,23 +1,24 @@
-"""FastAGI call-start sessions per second on SQLite: our server vs panoramisk's fast_agi.Application, same route.
+"""FastAGI call-start: server CPU per session, ours vs panoramisk's fast_agi.Application, and call-start latency.
 
-What each side runs (the same in both, except the server):
+Part 1, server CPU per session (the issue-17 goal: ours at most a third of panoramisk's, no database):
   - route: `CallRoutes.call_start`, unchanged -- the ids come as AGI() arguments (as the shipped dialplan passes
-    them), one decision through the route's GroupCommit (call-starts that arrive together share one SQLite
-    transaction: one SELECT, one UPDATE and one INSERT executemany), then 6 SET VARIABLE. panoramisk's handler
-    calls that same route through a small adapter (its `send_command` for GET/SET VARIABLE), so the batched
-    database path is used by both; only the FastAGI server differs.
-  - database: a fresh SQLite file per side and run (WAL, synchronous=NORMAL), seeded with the same calls.
-  - no-database pass: the same dialog, the decision answered from memory: what the servers themselves cost.
-  - clients: another process, CONCURRENCY sessions at a time, each sending the environment captured from
-    Asterisk 22 and answering commands like Asterisk (`200 result=1`). They are written on asyncio's
-    transport level so that they cost less than the servers (Asterisk itself answers in C); their CPU is
-    shown too.
-Measured: sessions/s end to end (first connect to last close, in the client process) and the server's CPU per
-session (this process, all threads: event loop + aiosqlite's thread). With --runs N the two servers run in
-alternating order N times and the medians are compared; the load average is printed, because the figures
-move with what else runs on the machine.
+    them), the decision answered from memory (MemoryRoutes; with --with-db also through SQLite), then its
+    variables. Ours sends them in one `EXEC MSet` round trip (AgiSession.set_variables). panoramisk runs the
+    same route through a small adapter, twice: as a panoramisk application sets variables (one `SET VARIABLE`
+    per variable, each a round trip) and with the same single MSet command as ours.
+  - measured: CPU of the server process by getrusage(RUSAGE_SELF) (user + sys, all threads) from before the
+    first session to after the last, divided by the sessions; not sessions/s, which the client caps.
+  - clients: another process (spawned), CONCURRENCY sessions at a time, each sending the environment captured
+    from Asterisk 22 and answering like Asterisk; written on asyncio's transport level; their CPU is shown.
+  - with --runs N the servers run in alternating order N times and the medians are compared.
+Part 2, latency: sessions started at a fixed rate (--rate, default 300/s, open loop: a slow server does not slow
+the arrivals) against our server with the database (SQLite, and PostgreSQL at --pg-url when it answers); the
+time from connect to the server's close, per session, in the client: p50 / p99 / max (goal: p99 < 10 ms).
 
-    .venv/bin/python bench/bench_fastagi.py [--sessions 3000] [--concurrency 50] [--runs 3]
+The machine is shared: the load average is printed at the start and the end of each part. To rerun later:
+
+    .venv/bin/python bench/bench_fastagi.py [--sessions 3000] [--runs 3] [--loop asyncio|uvloop] [--rate 300]
+                                            [--seconds 10] [--skip-latency] [--skip-cpu]
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ from sqlalchemy import insert  # noqa: E402
 from db.engine import create_engine, session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import Call, CallStatus, Campaign, Task, TaskStatus, User  # noqa: E402
-from fastagi_server.protocol import AgiEnvironment, quote_argument, split_script  # noqa: E402
+from fastagi_server.protocol import AgiEnvironment, mset_command, quote_argument, split_script  # noqa: E402
 from fastagi_server.routes import CallRoutes, CallStartDecision  # noqa: E402
 from fastagi_server.server import FastAgiServer  # noqa: E402
 from opendeep.settings import load_settings  # noqa: E402
 from tests.doubles.captures import CAPTURES  # noqa: E402
 
 ENVIRONMENT = (CAPTURES / "agi-env-answered.raw").read_bytes()
-SERVERS = {"ours": "ours (fastagi_server)", "panoramisk": "panoramisk fast_agi.Application"}
+SERVERS = {"ours": "ours (fastagi_server), one EXEC MSet",
+           "panoramisk": "panoramisk, one SET VARIABLE each",
+           "panoramisk-mset": "panoramisk, the same EXEC MSet"}
 
 
 # ---------------------------------------------------------------- the client side (another process)
@@ -99,6 +102,9 @@ class _FakeAsterisk(asyncio.Protocol):
             if line.startswith(b"SET VARIABLE "):
                 self.dialed = self.dialed or line.startswith(b"SET VARIABLE OPENDEEP_DIAL ")
                 replies.append(b"200 result=1\n")
+            elif line.startswith(b"EXEC MSet "):
+                self.dialed = self.dialed or b"OPENDEEP_DIAL=" in line
+                replies.append(b"200 result=0\n")
             elif line.startswith(b"GET VARIABLE "):
                 value = self.variables.get(line[13:].strip())
                 replies.append(b"200 result=1 (%s)\n" % value if value is not None else b"200 result=0\n")
@@ -142,8 +148,47 @@ async def _drive(port: int, calls: list[tuple[int, int]], concurrency: int) -> t
     return time.perf_counter() - started, dialed, time.process_time() - cpu_before
 
 
-def _client_process(port, calls, concurrency, result_queue):
-    result_queue.put(asyncio.run(_drive(port, calls, concurrency)))
+async def _drive_at_rate(port: int, calls: list[tuple[int, int]], rate: float) -> tuple[list[float], int]:
+    """Open loop: session i starts at i / rate seconds, whatever the earlier ones do; each one's latency is
+    connect -> the server's close (the dialplan waits exactly that long in AGI())."""
+    env = _environment(port)
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    dialed = 0
+
+    async def one(call_id: int, user_id: int) -> None:
+        nonlocal dialed
+        variables = {b"OPENDEEP_CALL_ID": str(call_id).encode(), b"OPENDEEP_USER_ID": str(user_id).encode()}
+        started = time.perf_counter()
+        got_dial = await _one_session(port, _with_ids(env, call_id, user_id), variables)
+        latencies.append(time.perf_counter() - started)
+        dialed += got_dial
+
+    start = loop.time() + 0.1
+    tasks = []
+    for index, (call_id, user_id) in enumerate(calls):
+        delay = start + index / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one(call_id, user_id)))
+    await asyncio.gather(*tasks)
+    return latencies, dialed
+
+
+def _client_process(port, calls, concurrency, rate, loop_name, result_queue):
+    runner = _runner(loop_name)
+    with runner:
+        if rate:
+            result_queue.put(runner.run(_drive_at_rate(port, calls, rate)))
+        else:
+            result_queue.put(runner.run(_drive(port, calls, concurrency)))
+
+
+def _runner(loop_name: str) -> asyncio.Runner:
+    if loop_name == "uvloop":
+        import uvloop
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
 
 
 # ---------------------------------------------------------------- panoramisk with the same route
@@ -153,8 +198,9 @@ class PanoramiskAgi:
     """Adapts panoramisk's Request to the small interface our routes use (env, get_variable, set_variable),
     sending the same command lines as our AgiSession."""
 
-    def __init__(self, request):
+    def __init__(self, request, mset: bool):
         self.request = request
+        self.mset = mset
         script, query = split_script(request.headers.get("agi_network_script", ""))
         args = []
         while f"agi_arg_{len(args) + 1}" in request.headers:
@@ -168,6 +214,13 @@ class PanoramiskAgi:
 
     async def set_variable(self, name: str, value: str) -> None:
         await self.request.send_command(f"SET VARIABLE {quote_argument(name)} {quote_argument(str(value))}")
+
+    async def set_variables(self, values) -> None:
+        if self.mset:
+            await self.request.send_command(mset_command(values))
+        else:  # as a panoramisk application sets variables: one command, one round trip each
+            for name, value in values.items():
+                await self.set_variable(name, value)
 
 
 class MemoryRoutes(CallRoutes):
@@ -207,8 +260,9 @@ async def seed(url: str, count: int, first_user: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- one measurement
 
 
-async def measure(kind: str, routes_cls, url: str, calls, concurrency: int) -> dict[str, float]:
-    """Serve `calls` with server `kind` ("ours" / "panoramisk"); sessions/s and CPU per session."""
+async def measure(kind: str, routes_cls, url: str, calls, concurrency: int, *, rate: float = 0,
+                  loop_name: str = "asyncio") -> dict:
+    """Serve `calls` with server `kind`; sessions/s and server CPU per session (or, with `rate`, latencies)."""
     settings = load_settings({"DATABASE_URL": url, "SECRET_KEY": "bench", "OPENAI_API_KEY": "sk-bench"},
                              dotenv=None)
     engine = create_engine(url)
@@ -218,22 +272,24 @@ async def measure(kind: str, routes_cls, url: str, calls, concurrency: int) -> d
         port = await server.start()
     else:
         app = Application(loop=asyncio.get_running_loop())
+        mset = kind == "panoramisk-mset"
 
         async def call_start(request):
-            await routes.call_start(PanoramiskAgi(request))
+            await routes.call_start(PanoramiskAgi(request, mset))
 
         app.add_route("call-start", call_start)
         server = await asyncio.start_server(app.handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")   # a fresh interpreter: no copy of this process's loop
     results = context.Queue()
-    usage_before = resource.getrusage(resource.RUSAGE_SELF)  # this process only: the server and its threads
-    process = context.Process(target=_client_process, args=(port, calls, concurrency, results))
+    process = context.Process(target=_client_process, args=(port, calls, concurrency, rate, loop_name, results))
     process.start()
+    await asyncio.sleep(0)
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)  # this process only: the server and its threads
     while results.empty():  # keep serving until the client process reports
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    elapsed, dialed, client_cpu = results.get()
+    outcome = results.get()
     process.join()
     if kind == "ours":
         await server.stop()
@@ -241,6 +297,11 @@ async def measure(kind: str, routes_cls, url: str, calls, concurrency: int) -> d
         server.close()
         await server.wait_closed()
     await engine.dispose()
+    if rate:
+        latencies, dialed = outcome
+        assert dialed == len(calls), f"{kind}: only {dialed} of {len(calls)} sessions got OPENDEEP_DIAL"
+        return {"latencies": latencies}
+    elapsed, dialed, client_cpu = outcome
     assert dialed == len(calls), f"{kind}: only {dialed} of {len(calls)} sessions got OPENDEEP_DIAL"
     per_session = 1e6 / len(calls)
     user = (usage.ru_utime - usage_before.ru_utime) * per_session
@@ -252,58 +313,130 @@ async def measure(kind: str, routes_cls, url: str, calls, concurrency: int) -> d
 def _line(label: str, figures: list[dict[str, float]]) -> str:
     def median(key):
         return statistics.median(figure[key] for figure in figures)
-    rates = " ".join(f"{figure['rate']:.0f}" for figure in figures)
-    return (f"  {label:<40} {median('rate'):6.0f} sessions/s  server CPU {median('cpu'):4.0f} us/session "
-            f"(user {median('user'):3.0f} + sys {median('sys'):3.0f})  client CPU {median('client'):4.0f}  "
-            f"runs: {rates}")
+    cpus = " ".join(f"{figure['cpu']:.0f}" for figure in figures)
+    return (f"  {label:<42} server CPU {median('cpu'):4.0f} us/session (user {median('user'):3.0f} + sys "
+            f"{median('sys'):3.0f}; runs: {cpus})  {median('rate'):6.0f} sessions/s  client CPU "
+            f"{median('client'):4.0f} us")
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=3, help="alternating runs per server; medians are shown")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    print(f"FastAGI call-start, {args.sessions} sessions, {args.concurrency} concurrent AGI clients (separate "
-          f"process), {args.runs} runs; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+def _machine() -> str:
+    one, five, _ = os.getloadavg()
+    return f"nproc {os.cpu_count()}, load average {one:.2f} (1 min) {five:.2f} (5 min)"
+
+
+async def cpu_part(args, tmp: str) -> None:
+    print(f"Server CPU per call-start session, {args.sessions} sessions x {args.runs} runs, {args.concurrency} "
+          f"concurrent clients, loop {args.loop}; {_machine()} at start")
+    modes = [("mem", MemoryRoutes, "same route, no database")]
+    if args.with_db:
+        modes.append(("db", CallRoutes, "route on SQLite"))
     figures: dict[tuple[str, str], list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(args.runs):
-            order = list(SERVERS) if run % 2 == 0 else list(reversed(SERVERS))  # neither always goes first
+    for run in range(args.runs):
+        order = list(SERVERS) if run % 2 == 0 else list(reversed(SERVERS))  # none always goes first
+        for mode, routes_cls, _ in modes:
             for kind in order:
-                url = f"sqlite+aiosqlite:///{tmp}/{kind}-{run}.db"
-                calls = await seed(url, args.sessions, first_user=1 if kind == "ours" else 1000)
-                figures.setdefault((kind, "db"), []).append(
-                    await measure(kind, CallRoutes, url, calls, args.concurrency))
-            for kind in order:
-                url = f"sqlite+aiosqlite:///{tmp}/{kind}-{run}-memory.db"
-                calls = [(index + 1, 1) for index in range(args.sessions)]
-                figures.setdefault((kind, "mem"), []).append(
-                    await measure(kind, MemoryRoutes, url, calls, args.concurrency))
-    for mode, title in (("db", "route on SQLite"), ("mem", "same dialog, no database")):
+                url = f"sqlite+aiosqlite:///{tmp}/{kind}-{run}-{mode}.db"
+                if mode == "db":
+                    calls = await seed(url, args.sessions, first_user=1 + 1000 * list(SERVERS).index(kind))
+                else:
+                    calls = [(index + 1, 1) for index in range(args.sessions)]
+                figures.setdefault((kind, mode), []).append(
+                    await measure(kind, routes_cls, url, calls, args.concurrency, loop_name=args.loop))
+    for mode, _, title in modes:
         print(title + ":")
         for kind, label in SERVERS.items():
             print(_line(label, figures[(kind, mode)]))
 
-    def median(kind, mode, key):
-        return statistics.median(figure[key] for figure in figures[(kind, mode)])
+    def median(kind, mode="mem"):
+        return statistics.median(figure["cpu"] for figure in figures[(kind, mode)])
 
-    db_ratio = median("ours", "db", "rate") / median("panoramisk", "db", "rate")
-    mem_ratio = median("ours", "mem", "rate") / median("panoramisk", "mem", "rate")
-    cpu_ratio = median("panoramisk", "db", "cpu") / median("ours", "db", "cpu")
-    print(f"ratio ours/panoramisk (medians): {db_ratio:.2f}x sessions/s with SQLite, {mem_ratio:.2f}x without the "
-          f"database; panoramisk needs {cpu_ratio:.2f}x our server CPU per session on SQLite")
-    floor = median("ours", "mem", "client")
-    print(f"floor: the AGI client plays the mirror image of the same dialog (connect, environment, 6 replies, "
-          f"close) as a bare asyncio protocol and costs {floor:.0f} us/session; a server 3x as fast as "
-          f"panoramisk's would need {median('panoramisk', 'db', 'cpu') / 3:.0f} us/session with the database and "
-          f"{median('panoramisk', 'mem', 'cpu') / 3:.0f} without it")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    ours_db = median("ours", "db", "rate")
-    print(f"goals: >= 3x panoramisk -> {'met' if db_ratio >= 3 else 'NOT met'}; "
-          f">= 3000 sessions/s on SQLite -> {'met' if ours_db >= 3000 else 'NOT met'}")
+    ours = median("ours")
+    print(f"ours / panoramisk server CPU, no database: {ours / median('panoramisk'):.2f} of panoramisk as its "
+          f"applications set variables, {ours / median('panoramisk-mset'):.2f} of panoramisk sending the same "
+          f"MSet (goal: at most 0.33 of the first: "
+          f"{'met' if ours <= median('panoramisk') / 3 else 'NOT met'})")
+    print(f"  {_machine()} at the end")
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def latency_part(args, tmp: str) -> None:
+    count = int(args.rate * args.seconds)
+    print(f"Call-start latency with the database, {args.rate:g} sessions/s for {args.seconds:g} s ({count} "
+          f"sessions), our server, loop {args.loop}; {_machine()} at start")
+    urls = [("SQLite", f"sqlite+aiosqlite:///{tmp}/latency.db")]
+    if args.pg_url:
+        try:
+            await _reset_pg(args.pg_url)
+            urls.append(("PostgreSQL", args.pg_url))
+        except Exception as exc:  # no PostgreSQL here: say so, measure SQLite
+            print(f"  PostgreSQL at {args.pg_url} not measured: {exc}")
+    for name, url in urls:
+        calls = await seed(url, count, first_user=1)
+        latencies = (await measure("ours", CallRoutes, url, calls, 0, rate=args.rate,
+                                   loop_name=args.loop))["latencies"]
+        p99 = _percentile(latencies, 0.99) * 1e3
+        print(f"  {name:<10} p50 {_percentile(latencies, 0.5) * 1e3:5.2f} ms  p99 {p99:5.2f} ms  max "
+              f"{max(latencies) * 1e3:6.2f} ms  (goal p99 < 10 ms: {'met' if p99 < 10 else 'NOT met'})")
+    print(f"  {_machine()} at the end")
+
+
+async def _reset_pg(url: str) -> None:
+    """An empty schema for the latency run (the bench's own database, never a production one)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    target = make_url(url)
+    admin = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as db:
+            exists = await db.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                                     {"name": target.database})
+            if not exists:
+                await db.execute(text(f'CREATE DATABASE "{target.database}"'))
+    finally:
+        await admin.dispose()
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as db:
+            await db.execute(text("DROP SCHEMA public CASCADE"))
+            await db.execute(text("CREATE SCHEMA public"))
+    finally:
+        await engine.dispose()
+
+
+async def main(args) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_cpu:
+            await cpu_part(args, tmp)
+        if not args.skip_latency:
+            await latency_part(args, tmp)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs per server; medians are shown")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop of the servers and the clients")
+    parser.add_argument("--with-db", action="store_true", help="also compare the servers with the route on SQLite")
+    parser.add_argument("--rate", type=float, default=300.0, help="sessions/s of the latency part")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency part")
+    parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL",
+                                                           "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_fastagi"),
+                        help="a PostgreSQL database the latency part may empty (BENCH_PG_URL)")
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    arguments = parse_args()
+    with _runner(arguments.loop) as main_runner:
+        main_runner.run(main(arguments))

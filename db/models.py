@@ -190,6 +190,7 @@ class Task(Base):
 
 class Call(Base):
     __tablename__ = "calls"
+    __table_args__ = (Index("ix_calls_server_status", "asterisk_server", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -203,6 +204,7 @@ class Call(Base):
     asterisk_other_uniqueid: Mapped[str | None] = mapped_column(String(64))          # the ;2 half (agi_uniqueid)
     asterisk_linkedid: Mapped[str | None] = mapped_column(String(64))
     ami_action_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    asterisk_server: Mapped[str | None] = mapped_column(String(32))     # ASTERISK_SERVERS name; None: the first
     audiosocket_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
     audiosocket_claimed_at: Mapped[datetime | None] = mapped_column()   # its first connection: the only one
     transfer_number: Mapped[str | None] = mapped_column(String(20))     # the transfer OpenDeep allowed, if any

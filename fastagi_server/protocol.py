@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 HEADER_TIMEOUT_SECONDS = 5.0     # Asterisk sends the whole environment at once; 5 s is a dead or hostile peer
 MAX_HEADER_BYTES = 16 * 1024     # a real environment is ~700 bytes plus the AGI() arguments
-COMMAND_TIMEOUT_SECONDS = 30.0   # the commands we send (GET/SET VARIABLE, VERBOSE) answer in milliseconds
 MAX_REPLY_LINE_BYTES = 64 * 1024
 
 _REPLY = re.compile(r"^(?P<code>\d{3})(?P<sep>[ -])(?P<rest>.*)$")
 _RESULT = re.compile(r"^result=(?P<result>\S*)(?:\s+\((?P<data>.*)\))?(?:\s+(?P<extra>.*))?$")
 _SAFE_WORD = re.compile(r"^[^\s\"\\]+$")
+_ENV_PAIR = re.compile(r"^(agi_[^: \n]*): ?([^\n]*)$", re.MULTILINE)
+_NON_EMPTY_LINE = re.compile(r"[^\n]+")
 
 
 class AgiError(Exception):
@@ -102,19 +103,19 @@ def parse_environment(block: bytes) -> AgiEnvironment:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         text = block.decode("latin-1")  # caller ID names are not always UTF-8; never fail a call on that
-    variables: dict[str, str] = {}
-    lines = text.split("\n")
     if "\r" in text:
-        lines = [line.rstrip("\r") for line in lines]
-    for line in lines:  # every session passes here: kept to plain string operations
-        if not line:
-            continue
-        key, sep, value = line.partition(":")
-        # `agi_accountcode: ` arrives with a trailing space and no value: keep the value exactly empty.
-        if not sep or key[:4] != "agi_" or " " in key:
-            raise AgiHeaderError(f"AGI environment line {lines.index(line) + 1} is not 'agi_key: value': "
-                                 f"{line[:80]!r}")
-        variables[key] = value[1:] if value[:1] == " " else value
+        text = text.replace("\r\n", "\n")
+    # Every session passes here: one regular expression over the block (in C), then a check that it took every
+    # line; the line-by-line loop only runs to name the line that is not `agi_key: value`.
+    # `agi_accountcode: ` arrives with a trailing space and no value: the value is kept exactly empty.
+    pairs = _ENV_PAIR.findall(text)
+    body = text.rstrip("\n")
+    lines = body.count("\n") + 1 if body and "\n\n" not in body else len(_NON_EMPTY_LINE.findall(text))
+    if len(pairs) != lines:
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line and not _ENV_PAIR.fullmatch(line):
+                raise AgiHeaderError(f"AGI environment line {number} is not 'agi_key: value': {line[:80]!r}")
+    variables = dict(pairs)
     if "agi_network_script" not in variables and "agi_request" not in variables:
         raise AgiHeaderError("AGI environment has neither agi_network_script nor agi_request")
     args = []
@@ -131,44 +132,26 @@ def parse_environment(block: bytes) -> AgiEnvironment:
 
 def split_script(raw: str) -> tuple[str, dict[str, list[str]]]:
     """`call-start?x=1&y=2` -> ("call-start", {"x": ["1"], "y": ["2"]}); leading/trailing slashes dropped."""
+    if _PLAIN_SCRIPT.fullmatch(raw):
+        # What our dialplan sends (`call-start?secret=...`): split by hand, as urlsplit and parse_qs would,
+        # at a fraction of their cost; anything else (escapes, '+', fragments, a scheme) goes through them.
+        path, _, query = raw.partition("?")
+        found: dict[str, list[str]] = {}
+        for pair in query.split("&") if query else ():
+            if pair:
+                name, _, value = pair.partition("=")
+                found.setdefault(name, []).append(value)
+        return path.strip("/"), found
     parts = urlsplit(raw)
     return parts.path.strip("/"), parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
+
+
+_PLAIN_SCRIPT = re.compile(r"[A-Za-z0-9._~-][A-Za-z0-9._~/-]*(?:\?[A-Za-z0-9._~=&-]*)?")
 
 
 def _script_from_request(variables: dict[str, str]) -> str:
     parts = urlsplit(variables.get("agi_request", ""))
     return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-async def read_environment(reader: asyncio.StreamReader, *, timeout: float | None = HEADER_TIMEOUT_SECONDS,
-                           max_bytes: int = MAX_HEADER_BYTES) -> AgiEnvironment:
-    """Read and parse the environment block: at most `max_bytes`, within `timeout` seconds in total (None:
-    the caller's own deadline applies). Raises AgiHeaderError for a peer that is too slow, sends too much,
-    or closes before the empty line.
-    """
-    if timeout is None:
-        return parse_environment(await _read_block(reader, max_bytes))
-    try:
-        async with asyncio.timeout(timeout):
-            block = await _read_block(reader, max_bytes)
-    except TimeoutError:
-        raise AgiHeaderError(f"no complete AGI environment within {timeout:g} s") from None
-    return parse_environment(block)
-
-
-async def _read_block(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
-    # One readuntil for the whole block: the stream's own limit (set by the server) bounds the buffering,
-    # and EOF before the empty line raises IncompleteReadError instead of returning b"" forever.
-    try:
-        block = await reader.readuntil(b"\n\n")
-    except asyncio.IncompleteReadError as exc:
-        raise AgiHeaderError(
-            f"connection closed inside the AGI environment after {len(exc.partial)} bytes") from None
-    except asyncio.LimitOverrunError:
-        raise AgiHeaderError(f"AGI environment larger than the {max_bytes}-byte limit") from None
-    if len(block) > max_bytes:
-        raise AgiHeaderError(f"AGI environment larger than the {max_bytes}-byte limit")
-    return block
 
 
 # ---------------------------------------------------------------- replies
@@ -225,18 +208,21 @@ def quote_argument(value: str) -> str:
 
 
 class AgiSession:
-    """One FastAGI connection after its environment was read: send commands, get parsed replies.
+    """One FastAGI session after its environment was read: send commands, get parsed replies.
 
-    This one speaks over an asyncio StreamReader/StreamWriter pair. The server uses AgiConnection's session
-    instead (same commands, same replies, same errors), which reads straight from the transport.
+    It writes to its AgiConnection's transport and reads the connection's reply lines. There is no timer per
+    command: the server bounds the whole session (SESSION_TIMEOUT_SECONDS in server.py).
+
+    One command at a time, never pipelined: res_agi reads commands with stdio fgets() and waits for the next
+    one with poll(), so a second line already sitting in stdio's buffer is not seen until more bytes arrive,
+    and the session stalls. `set_variables` is the way to set several variables in one round trip.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, env: AgiEnvironment, *,
-                 command_timeout: float | None = COMMAND_TIMEOUT_SECONDS):
-        self.reader = reader
-        self.writer = writer
+    __slots__ = ("connection", "env", "hung_up")
+
+    def __init__(self, connection: AgiConnection, env: AgiEnvironment):
+        self.connection = connection
         self.env = env
-        self.command_timeout = command_timeout
         self.hung_up = False
 
     async def command(self, line: str) -> AgiReply:
@@ -244,16 +230,12 @@ class AgiSession:
         AgiHangup when the channel hung up or the socket closed."""
         if "\n" in line or "\r" in line:
             raise ValueError("an AGI command is one line")
-        if self._is_closing():
+        transport = self.connection.transport
+        if transport is None or transport.is_closing():
             raise AgiHangup(f"AGI connection already closed before {line!r}")
+        transport.write(line.encode("utf-8") + b"\n")
         try:
-            if self.command_timeout is None:  # the server bounds the whole session instead: no timer per command
-                reply = await self._exchange(line.encode("utf-8") + b"\n")
-            else:
-                async with asyncio.timeout(self.command_timeout):
-                    reply = await self._exchange(line.encode("utf-8") + b"\n")
-        except TimeoutError:
-            raise AgiError(f"no reply to AGI command {line!r} in time ({self.command_timeout} s)") from None
+            reply = await self._read_reply()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             self.hung_up = True
             raise AgiHangup(f"AGI connection closed while waiting for the reply to {line!r}") from exc
@@ -261,28 +243,10 @@ class AgiSession:
             return reply
         raise _ERRORS.get(reply.code, AgiCommandError)(line, reply)
 
-    # The I/O: the stream pair here; AgiConnection's session overrides these three.
-
-    def _is_closing(self) -> bool:
-        return self.writer.is_closing()
-
-    async def _exchange(self, command: bytes) -> AgiReply:
-        self.writer.write(command)
-        await self.writer.drain()
-        return await self._read_reply()
-
-    async def _readline(self) -> str:
-        try:
-            line = await self.reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:  # longer than the stream's buffer limit (the server sets it)
-            raise AgiError("AGI reply line longer than the limit") from None
-        if len(line) > MAX_REPLY_LINE_BYTES:
-            raise AgiError("AGI reply line longer than the limit")
-        return line.decode("utf-8", "replace").rstrip("\r\n")
-
     async def _read_reply(self) -> AgiReply:
+        readline = self.connection.readline
         while True:
-            raw = await self._readline()
+            raw = await readline()
             if raw.startswith("200 result="):  # the common case first
                 return parse_reply_line(raw)
             if raw == "HANGUP":
@@ -300,7 +264,7 @@ class AgiSession:
     async def _read_usage(self, first: str) -> AgiReply:
         lines = [first[4:]]
         while True:
-            raw = await self._readline()
+            raw = await self.connection.readline()
             if raw.startswith("520 "):
                 return AgiReply(code=520, text=first[4:], usage="\n".join(lines[1:]))
             lines.append(raw)
@@ -321,6 +285,18 @@ class AgiSession:
         """Set a channel variable (the dialplan reads it after AGI() returns)."""
         await self.command(f"SET VARIABLE {quote_argument(name)} {quote_argument(str(value))}")
 
+    async def set_variables(self, values: Mapping[str, str]) -> None:
+        """Set several channel variables in ONE round trip: `EXEC MSet A=v,B=v` (see mset_command). One
+        variable goes as a plain SET VARIABLE. Raises AgiError if Asterisk has no MSet application."""
+        if len(values) == 1:
+            ((name, value),) = values.items()
+            await self.set_variable(name, value)
+            return
+        line = mset_command(values)
+        reply = await self.command(line)
+        if reply.result == "-2":  # res_agi: "Could not find application"
+            raise AgiCommandError(line, reply)
+
     async def verbose(self, message: str, level: int = 1) -> None:
         await self.command(f"VERBOSE {quote_argument(message)} {int(level)}")
 
@@ -335,8 +311,38 @@ class AgiSession:
     async def close(self) -> None:
         """End the AGI: Asterisk sets AGISTATUS=SUCCESS and the dialplan continues. The transport flushes
         what is buffered and closes by itself; nothing is left to wait for."""
-        if not self.writer.is_closing():
-            self.writer.close()
+        self.connection.close()
+
+
+# Asterisk's application-argument parser (main/app.c, __ast_app_separate_args, as MSet's comma split uses
+# it) treats these specially: `,` separates, `"` quotes, `\\` escapes, and commas inside () or [] do not
+# separate. A backslash before each makes it literal, and the parser drops the backslash.
+_APP_ARG_ESCAPES = str.maketrans({char: "\\" + char for char in '\\",()[]'})
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CHECKED_NAMES: set[str] = set()
+
+
+def mset_command(values: Mapping[str, str]) -> str:
+    """The one AGI command that sets all `values`: `EXEC MSet "A=v1,B=v2"`.
+
+    Three parsers read it, each undoing one layer: res_agi's parse_args (the outer quote_argument), MSet's
+    comma split (`\\` before `\\ " , ( ) [ ]`), then MSet's split of each pair at its FIRST `=`, which
+    keeps the rest (an `=` in a value) as it is. EXEC does not substitute `${...}`: a value is set literally.
+    tests/test_asterisk_mset.py shows a value with all of these surviving a real Asterisk 22.
+    """
+    if not values:
+        raise ValueError("MSet needs at least one variable")
+    if len(values) > 99:  # MSet parses at most 99 pairs
+        raise ValueError("MSet sets at most 99 variables at once")
+    pairs = []
+    for name, value in values.items():
+        if name not in _CHECKED_NAMES:
+            if not _VARIABLE_NAME.fullmatch(name):
+                raise ValueError(f"not a channel variable name for MSet: {name!r}")
+            if len(_CHECKED_NAMES) < 1000:   # the routes use a handful of constant names
+                _CHECKED_NAMES.add(name)
+        pairs.append(name + "=" + str(value).translate(_APP_ARG_ESCAPES))
+    return "EXEC MSet " + quote_argument(",".join(pairs))
 
 
 _ERRORS: dict[int, type[AgiCommandError]] = {510: AgiInvalidCommand, 511: AgiDeadChannel, 520: AgiUsageError}
@@ -349,10 +355,11 @@ class AgiConnection(asyncio.Protocol):
     """The server side of one FastAGI connection, read straight from the transport.
 
     Cheaper than a StreamReader plus a task per connection: the environment is collected in data_received
-    (at most `max_header_bytes`, within `header_timeout` seconds, up to its empty line) and only a complete,
-    parsed one is handed on, as `on_environment(connection, env)`. A peer that sends too much, no AGI, nothing
-    in time or closes early is refused once with `on_refused(connection, AgiHeaderError)` and closed. After
-    the environment, `session` (an AgiSession) reads the reply lines.
+    (at most `max_header_bytes`, up to its empty line) and only a complete, parsed one is handed on, as
+    `on_environment(connection, env)`. A peer that sends too much, no AGI, or closes early is refused once with
+    `on_refused(connection, AgiHeaderError)` and closed; one too slow is refused by `expire_header()`, which the
+    server's sweep calls (no timer per connection). After the environment, `session` (an AgiSession) reads the
+    reply lines.
     """
 
     def __init__(self, on_environment: Callable[[AgiConnection, AgiEnvironment], None],
@@ -363,9 +370,11 @@ class AgiConnection(asyncio.Protocol):
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.transport: asyncio.Transport | None = None
-        self.session: ConnectionAgiSession | None = None
+        self.session: AgiSession | None = None
+        # Loop time of the connection (the header deadline and FASTAGI_SECONDS count from here). Set when the
+        # protocol is made, not in connection_made, which the loop calls a moment later.
+        self.connected_at = asyncio.get_running_loop().time()
         self._header = bytearray()
-        self._header_timer: asyncio.TimerHandle | None = None
         self._tail = b""                 # an incomplete reply line
         self._lines: deque[bytes] = deque()
         self._queued = 0                 # bytes in _lines and _tail, for flow control
@@ -385,9 +394,13 @@ class AgiConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self._header_timer = asyncio.get_running_loop().call_later(
-            self.header_timeout, self._refuse,
-            f"no complete AGI environment within {self.header_timeout:g} s")
+        if self._eof:  # refused before the loop handed us the transport: close it now
+            transport.close()
+
+    def expire_header(self, now: float) -> None:
+        """Refuse the connection if its environment is not complete `header_timeout` seconds after it opened."""
+        if self.session is None and now - self.connected_at >= self.header_timeout:
+            self._refuse(f"no complete AGI environment within {self.header_timeout:g} s")
 
     def data_received(self, data: bytes) -> None:
         if self.session is None:
@@ -414,9 +427,6 @@ class AgiConnection(asyncio.Protocol):
         return True  # keep our side open: the route notices the EOF at its next reply and ends the AGI
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
         if self.session is None and not self._eof:
             self._eof = True
             self.on_refused(self, AgiHeaderError(
@@ -441,9 +451,7 @@ class AgiConnection(asyncio.Protocol):
         except AgiHeaderError as exc:
             self._refuse(exc)
             return b""
-        self._header_timer.cancel()
-        self._header_timer = None
-        self.session = ConnectionAgiSession(self, env)
+        self.session = AgiSession(self, env)
         self.on_environment(self, env)
         return rest
 
@@ -451,9 +459,6 @@ class AgiConnection(asyncio.Protocol):
         if self._eof:
             return
         self._eof = True  # refused once; nothing more is read
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
         self.on_refused(self, error if isinstance(error, AgiHeaderError) else AgiHeaderError(error))
         self.close()
 
@@ -485,25 +490,3 @@ class AgiConnection(asyncio.Protocol):
         if len(line) > MAX_REPLY_LINE_BYTES:
             raise AgiError("AGI reply line longer than the limit")
         return line.decode("utf-8", "replace").rstrip("\r")
-
-
-class ConnectionAgiSession(AgiSession):
-    """An AgiSession over an AgiConnection: the same commands, replies and errors, written to the transport
-    and read from the connection's lines. The server bounds the whole session, so no timer per command."""
-
-    def __init__(self, connection: AgiConnection, env: AgiEnvironment):
-        super().__init__(None, None, env, command_timeout=None)
-        self.connection = connection
-
-    def _is_closing(self) -> bool:
-        return self.connection.transport.is_closing()
-
-    def _exchange(self, command: bytes):
-        self.connection.transport.write(command)
-        return self._read_reply()
-
-    def _readline(self):
-        return self.connection.readline()
-
-    async def close(self) -> None:
-        self.connection.close()

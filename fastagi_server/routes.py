@@ -44,7 +44,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.fastagi.routes")
+log = logging.getLogger(__name__)
 
 _E164ISH = re.compile(r"^\+?[0-9]{3,20}$")  # what may reach Dial(): digits only, so no '&', ',' or '/' injection
 _NOT_YET_CANCELLED = tuple(status for status in TaskStatus if not status.is_terminal) + (TaskStatus.CANCELLED_DND,)
@@ -135,9 +135,10 @@ class CallRoutes:
         if decision.abort is not None:
             await agi.set_variable("OPENDEEP_ABORT", decision.abort)
             return
-        await agi.set_variable("OPENDEEP_RING_SECONDS", str(self.settings.originate_timeout_seconds))
-        # Last on purpose: OPENDEEP_DIAL is the dialplan's go signal, so a session cut short never dials.
-        await agi.set_variable("OPENDEEP_DIAL", decision.dial)
+        # One round trip (EXEC MSet). OPENDEEP_DIAL is the dialplan's go signal: it is set with the others or
+        # not at all, so a session cut short never dials.
+        await agi.set_variables({"OPENDEEP_RING_SECONDS": str(self.settings.originate_timeout_seconds),
+                                 "OPENDEEP_DIAL": decision.dial})
 
     async def decide_call_start(self, call_id: int, user_id: int, agi_uniqueid: str = "") -> CallStartDecision:
         """The call-start decision, committed before it is returned. Sessions that arrive together share
@@ -272,16 +273,20 @@ class CallRoutes:
             call.status = CallStatus.ANSWERED
             db.add(_call_event(call, "agi.call_answered", {"channel": channel}))
             task_id, audiosocket_uuid = call.task_id, call.audiosocket_uuid
+            server = self.settings.asterisk_server(call.asterisk_server)
         self._publish(user_id, "call.updated", {"call_id": call_id, "task_id": task_id,
                                                 "status": CallStatus.ANSWERED.value, "outcome": None})
         bridge, _ = self._bridge_decision()
-        await agi.set_variable("OPENDEEP_AS_ADDR", self.settings.audiosocket_address)
-        await agi.set_variable("OPENDEEP_BRIDGE", "1" if bridge else "0")
-        await agi.set_variable("OPENDEEP_MAX_SECONDS", str(self.settings.max_call_seconds))
+        # The AudioSocket address of the Asterisk server carrying the call (ASTERISK_SERVERS).
+        address = server.audiosocket_address if server is not None else self.settings.audiosocket_address
+        values = {"OPENDEEP_AS_ADDR": address,
+                  "OPENDEEP_BRIDGE": "1" if bridge else "0",
+                  "OPENDEEP_MAX_SECONDS": str(self.settings.max_call_seconds)}
         if self.settings.record_calls:
-            await agi.set_variable("OPENDEEP_RECORDING", str(recording_path(self.settings, user_id, call_id)))
-        # Last on purpose: without the UUID the dialplan connects nothing.
-        await agi.set_variable("OPENDEEP_AS_UUID", audiosocket_uuid)
+            values["OPENDEEP_RECORDING"] = str(recording_path(self.settings, user_id, call_id))
+        # All in one round trip (EXEC MSet): without the UUID the dialplan connects nothing.
+        values["OPENDEEP_AS_UUID"] = audiosocket_uuid
+        await agi.set_variables(values)
 
     # ------------------------------------------------------------ amd
 

@@ -26,15 +26,20 @@ from fastagi_server.protocol import (
     AgiHeaderError,
     AgiSession,
 )
+from opendeep.metrics import FASTAGI_SECONDS, FASTAGI_SESSIONS
 
-log = logging.getLogger("opendeep.fastagi")
+log = logging.getLogger(__name__)
 
 Route = Callable[[AgiSession], Awaitable[None]]
 STOP_GRACE_SECONDS = 5.0
 # Every OpenDeep route is a handful of commands and one transaction; a session still open after this long is
-# stuck (a silent peer, a locked database) and is closed. One deadline per session is also cheaper than a
-# timer per command.
+# stuck (a silent peer, a locked database) and is closed. One sweep over the open connections every
+# SWEEP_SECONDS enforces it and the header timeout: cheaper than a timer per connection or per command.
 SESSION_TIMEOUT_SECONDS = 60.0
+SWEEP_SECONDS = 1.0
+# Metric labels come from this fixed set; a route added later (another module's) is counted as "other" until
+# it is named here.
+METRIC_ROUTES = frozenset({"call-start", "call-answered", "call-end", "amd", "transfer"})
 
 
 class FastAgiServer:
@@ -61,7 +66,9 @@ class FastAgiServer:
         self.session_timeout = session_timeout
         self._server: asyncio.Server | None = None
         self._connecting: set[AgiConnection] = set()  # still sending their environment
-        self._sessions: set[asyncio.Task] = set()      # routes running
+        self._sessions: dict[asyncio.Task, float] = {}  # routes running -> their deadline (loop time)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._metrics: dict[str, tuple] = {}             # route -> bound metric children (labels() is not free)
 
     async def start(self) -> int:
         """Listen; returns the bound port (useful with port 0 in tests)."""
@@ -72,6 +79,9 @@ class FastAgiServer:
             raise OSError(exc.errno, f"FastAGI cannot listen on {self.host}:{self.port}: {exc.strerror} "
                                      "(check FASTAGI_BIND, or whether another process holds the port)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
+        # Often enough for the shortest deadline (tests use fractions of a second), at most once a second.
+        self._sweep_every = max(min(SWEEP_SECONDS, self.header_timeout / 3, self.session_timeout / 3), 0.02)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
         log.info("FastAGI listening on %s:%s (routes: %s)", self.host, self.port, ", ".join(sorted(self.routes)))
         return self.port
 
@@ -79,6 +89,9 @@ class FastAgiServer:
         """Stop accepting; give running sessions `grace` seconds, then cancel them."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while (self._sessions or self._connecting) and loop.time() < deadline:
@@ -114,24 +127,55 @@ class FastAgiServer:
 
     def _refused(self, connection: AgiConnection, error: AgiHeaderError) -> None:
         self._connecting.discard(connection)
+        self._count("header", "refused")
         log.warning("FastAGI session from %s dropped: %s", connection.peer, error)
 
     def _environment_received(self, connection: AgiConnection, env: AgiEnvironment) -> None:
         self._connecting.discard(connection)
         if not self._trusted(connection, env):
             self.refused_sessions += 1
+            self._count(env.script, "refused")
             connection.close()
             return
         route = self.routes.get(env.script)
         if route is None:
+            self._count(env.script, "refused")
             log.error("FastAGI: no route %r (from %s on %s); known routes: %s. Check the "
                       "AGI(agi://...) lines in extensions_opendeep.conf", env.script, connection.peer, env.channel,
                       ", ".join(sorted(self.routes)))
             connection.close()
             return
-        task = asyncio.get_running_loop().create_task(self._serve_session(route, connection, env))
-        self._sessions.add(task)
-        task.add_done_callback(self._sessions.discard)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._serve_session(route, connection, env))
+        self._sessions[task] = loop.time() + self.session_timeout
+        task.add_done_callback(self._session_done)
+
+    def _session_done(self, task: asyncio.Task) -> None:
+        self._sessions.pop(task, None)
+
+    def _sweep(self) -> None:
+        """Refuse connections still without a complete environment after header_timeout; cancel the sessions
+        past their deadline (the route sees CancelledError; _serve_session logs it)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in list(self._connecting):
+            connection.expire_header(now)
+        for task, deadline in list(self._sessions.items()):
+            if deadline <= now and not task.done():
+                self._sessions[task] = float("inf")  # cancelled once
+                task.cancel(msg="session timeout")
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+
+    def _count(self, route: str, result: str) -> None:
+        FASTAGI_SESSIONS.labels(route if route in METRIC_ROUTES else "other", result).inc()
+
+    def _route_metrics(self, route: str) -> tuple:
+        bound = self._metrics.get(route)
+        if bound is None:
+            label = route if route in METRIC_ROUTES else "other"
+            bound = self._metrics[route] = (FASTAGI_SESSIONS.labels(label, "ok"),
+                                            FASTAGI_SESSIONS.labels(label, "error"), FASTAGI_SECONDS.labels(label))
+        return bound
 
     def _trusted(self, connection: AgiConnection, env: AgiEnvironment) -> bool:
         """Asterisk, not someone who found the port: an allowed address and the secret (never logged)."""
@@ -150,24 +194,30 @@ class FastAgiServer:
         return True
 
     async def _serve_session(self, route: Route, connection: AgiConnection, env: AgiEnvironment) -> None:
+        ok, error, seconds = self._route_metrics(env.script)
+        counted = error
         try:
-            async with asyncio.timeout(self.session_timeout):
-                await route(connection.session)
-        except TimeoutError:
+            await route(connection.session)
+            counted = ok
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or self._sessions.get(task) != float("inf"):
+                raise  # the server is stopping
             log.warning("FastAGI %s on %s: still running after %g s; closed", env.script, env.channel,
                         self.session_timeout)
         except AgiHangup as exc:
+            counted = ok  # the callee hung up: nothing went wrong here
             log.info("FastAGI %s on %s: channel hung up (%s)", env.script, env.channel, exc)
         except AgiError as exc:
             log.warning("FastAGI %s on %s: %s", env.script, env.channel, exc)
         except (ConnectionError, OSError) as exc:
             log.info("FastAGI session from %s (%s): connection lost (%s)", connection.peer, env.script, exc)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("FastAGI route %s failed on %s", env.script, env.channel)
         finally:
             connection.close()  # ends the AGI: Asterisk sets AGISTATUS=SUCCESS and the dialplan goes on
+            counted.inc()
+            seconds.observe(asyncio.get_running_loop().time() - connection.connected_at)
 
 
 class FastAgiComponent:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="dialplan_command", required=True)
     render = dialplan.add_parser("render", help="print dialplan/ with the configured hosts and ports")
     render.add_argument("--out", type=Path, help="write the files into this folder instead of printing them")
+    render.add_argument("--server", help="the ASTERISK_SERVERS entry to render for (its FastAGI address and AMI "
+                        "login); default: the first")
     render.add_argument("--amd", action="store_true",
                         help="turn on answering-machine detection (AMD) for answered calls")
 
@@ -93,7 +95,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     if args.command == "serve":
         return await _serve(settings, args.only)
     if args.command == "dialplan":
-        return _dialplan_render(settings, args.out, args.amd)
+        return _dialplan_render(_for_server(settings, args.server), args.out, args.amd)
     with _database_errors(settings.database_url):
         if args.command == "db":
             from db.migrate import upgrade
@@ -159,6 +161,18 @@ async def _user_add(settings: Settings, name: str, password_stdin: bool, admin: 
         await session.commit()
         print(f"created user {name!r} (id {user.id})")
     return 0
+
+
+def _for_server(settings: Settings, name: str | None) -> Settings:
+    """The settings as one Asterisk server's dialplan sees them: its FastAGI address and its AMI login."""
+    import dataclasses
+
+    server = settings.asterisk_server(name)
+    if server is None:
+        known = ", ".join(s.name for s in settings.asterisk_servers)
+        raise CliError(f"--server {name!r}: not in ASTERISK_SERVERS (known: {known})", EXIT_USAGE)
+    return dataclasses.replace(settings, fastagi_advertise=server.fastagi_address, ami_username=server.ami_username,
+                               ami_secret=server.ami_secret)
 
 
 def _dialplan_render(settings: Settings, out: Path | None, amd: bool) -> int:

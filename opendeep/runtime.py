@@ -13,6 +13,7 @@ from opendeep.events import EventHub
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:  # imported for type checkers only: the AMI package is optional in `serve --only`
+    from ami_controller.actions import CallActions
     from ami_controller.manager import AmiController
 
 
@@ -22,7 +23,7 @@ class Runtime:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     events: EventHub
-    ami: AmiController | None = None   # set when the AMI component runs in this process
+    ami: CallActions | AmiController | None = None   # live-call actions; `serve` sets a CallActions in every process
     extras: dict[str, Any] | None = None
     components: dict[str, Any] = field(default_factory=dict)   # what `serve` runs here, by name (/healthz)
 

@@ -86,6 +86,10 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     started: list[Component] = []
+    # Live-call actions (DTMF, transfer, hangup) work in every process, whichever holds the call: through the
+    # `ami` part's controllers where it runs here, else over an AMI connection of this process's own.
+    from ami_controller.actions import CallActions
+    runtime.ami = actions = CallActions(runtime.settings, runtime.sessions)
     try:
         for name in names:
             component = COMPONENTS[name](runtime)
@@ -102,6 +106,8 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
                 log.info("%s stopped", component.name)
             except Exception:  # one failing stop must not keep the others running
                 log.exception("%s failed to stop cleanly", component.name)
+        await actions.close()
+        runtime.ami = None
         await runtime.close()
         for sig in handled:
             loop.remove_signal_handler(sig)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from opendeep.asterisk_servers import AsteriskServer, build_servers, parse_server_list
+
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use; the message names the setting."""
@@ -199,6 +201,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AMI_PORT", "ami_port", "5038", _positive_int, "AMI port"),
     Setting("AMI_USERNAME", "ami_username", "opendeep", str, "AMI user (see dialplan/manager_opendeep.conf)"),
     Setting("AMI_SECRET", "ami_secret", "", str, "AMI secret", secret=True),
+    Setting("ASTERISK_SERVERS", "asterisk_server_entries", "", parse_server_list,
+            "several Asterisk servers as a JSON list (name, ami, ami_username, ami_secret, audiosocket, fastagi, "
+            "max_calls); empty = one server from AMI_* (see opendeep/asterisk_servers.py)", secret=True),
     Setting("AMI_RECONNECT_MAX_SECONDS", "ami_reconnect_max_seconds", "30", _non_negative_float,
             "longest wait between AMI reconnect attempts (backoff doubles from 1 s)"),
     Setting("FASTAGI_BIND", "fastagi_bind", "127.0.0.1:4573", parse_host_port, "FastAGI server listen address"),
@@ -305,6 +310,7 @@ class Settings:
     ami_port: int
     ami_username: str
     ami_secret: str
+    asterisk_server_entries: tuple
     ami_reconnect_max_seconds: float
     fastagi_bind: HostPort
     fastagi_advertise: str
@@ -370,6 +376,21 @@ class Settings:
     @property
     def audiosocket_address(self) -> str:
         return self.audiosocket_advertise or str(self.audiosocket_bind)
+
+    @property
+    def asterisk_servers(self) -> tuple[AsteriskServer, ...]:
+        """Every Asterisk server calls go through (ASTERISK_SERVERS, else one from the AMI_* settings)."""
+        return build_servers(self.asterisk_server_entries, ami_host=self.ami_host, ami_port=self.ami_port,
+                             ami_username=self.ami_username, ami_secret=self.ami_secret,
+                             audiosocket_address=self.audiosocket_address, fastagi_address=self.fastagi_address,
+                             max_calls=self.max_concurrent_calls)
+
+    def asterisk_server(self, name: str | None) -> AsteriskServer | None:
+        """The server called `name`; a call recorded before servers had names (None) is on the first one."""
+        servers = self.asterisk_servers
+        if name is None:
+            return servers[0]
+        return next((server for server in servers if server.name == name), None)
 
     @property
     def llm_configured(self) -> bool:

@@ -300,7 +300,7 @@ async def test_ami_component_sets_runtime_ami_and_dials(fake, settings, sessions
     component = AmiComponent(runtime)
     await component.start()
     try:
-        assert runtime.ami is component.controller
+        assert runtime.ami.controllers["default"] is component.controller
         await fake.wait_for_action("Originate", timeout=5)
         await eventually(lambda: _task_status_in(sessions, task_id, TaskStatus.IN_PROGRESS))
     finally:

@@ -173,11 +173,12 @@ async def test_the_demo_simulator_runs_the_shipped_dialplan_from_chat_to_summary
     assert call.agi_scripts() == ["call-start", "call-answered", "call-end"]
     start, answered, end = (call.agi_run(name) for name in ("call-start", "call-answered", "call-end"))
     assert start.agi_status == answered.agi_status == "SUCCESS"
-    # call-start (on ;2) answers what Dial() rings; call-answered (on ;1) where the AI is, UUID last.
+    # call-start (on ;2) answers what Dial() rings; call-answered (on ;1) where the AI is: each in one EXEC MSet.
     assert call.local.variables["OPENDEEP_DIAL"] == f"PJSIP/{NUMBER}@opendeep-trunk"
     assert call.dialed == [[f"PJSIP/{NUMBER}@opendeep-trunk", "10"]]
-    assert [c.split()[2] for c in answered.commands if c.startswith("SET VARIABLE")] == [
-        "OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_RECORDING", "OPENDEEP_AS_UUID"]
+    assert [c.split()[:2] for c in answered.commands] == [["EXEC", "MSet"]]
+    assert {"OPENDEEP_AS_ADDR", "OPENDEEP_BRIDGE", "OPENDEEP_MAX_SECONDS", "OPENDEEP_RECORDING",
+            "OPENDEEP_AS_UUID"} <= set(answered.variables)
     connected = call.connected
     assert connected.name == call.fake.one.name and connected.name.endswith(";1")
     assert connected.variables["TIMEOUT(absolute)"] == "600"

@@ -14,13 +14,13 @@ from fastagi_server.protocol import (
     AgiHangup,
     AgiHeaderError,
     AgiInvalidCommand,
-    AgiSession,
     AgiUsageError,
+    mset_command,
     parse_environment,
     parse_reply_line,
     quote_argument,
-    read_environment,
 )
+from fastagi_server.server import FastAgiServer
 from tests.doubles.agi_client import (
     ENV_ANSWERED,
     ENV_H_EXTENSION,
@@ -103,27 +103,43 @@ def test_a_line_break_can_never_be_sent_as_a_value():
 
 
 async def _session_with(fake: FakeAsteriskAgi, route):
-    """Serve one connection of `fake` with `route(session)`; returns the fake's AgiRun."""
+    """Serve one connection of `fake` with `route(session)` on the FastAGI server production runs; returns the
+    fake's AgiRun and what the route returned (or raised)."""
     done = asyncio.get_running_loop().create_future()
 
-    async def handle(reader, writer):
-        env = await read_environment(reader)
-        session = AgiSession(reader, writer, env, command_timeout=2)
+    async def handle(session):
         try:
             done.set_result(await route(session))
         except Exception as exc:  # the test inspects what the route raised
             done.set_result(exc)
-        finally:
-            await session.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    fake.port = server.sockets[0].getsockname()[1]
+    server = FastAgiServer({"x": handle}, "127.0.0.1", 0)
+    fake.port = await server.start()
     try:
         run = await fake.run()
         return run, await asyncio.wait_for(done, 2)
     finally:
-        server.close()
-        await server.wait_closed()
+        await server.stop()
+
+
+async def test_several_variables_go_in_one_exec_mset_round_trip():
+    fake = FakeAsteriskAgi(0, script="x")
+
+    async def route(agi):
+        await agi.set_variables({"OPENDEEP_A": "1", "OPENDEEP_B": 'x, "y" = z\\'})
+        await agi.set_variables({"OPENDEEP_C": "only one"})
+
+    run, _ = await _session_with(fake, route)
+    assert run.commands == [r'EXEC MSet "OPENDEEP_A=1,OPENDEEP_B=x\\, \\\"y\\\" = z\\\\"',
+                            'SET VARIABLE OPENDEEP_C "only one"']
+    assert run.variables == {"OPENDEEP_A": "1", "OPENDEEP_B": 'x, "y" = z\\', "OPENDEEP_C": "only one"}
+
+
+def test_mset_refuses_what_it_cannot_send():
+    with pytest.raises(ValueError):
+        mset_command({"OPENDEEP_A": "1", "NOT A NAME": "2"})
+    with pytest.raises(ValueError):
+        mset_command({"OPENDEEP_A": "line\nbreak", "OPENDEEP_B": ""})
 
 
 async def test_get_set_and_full_variable_on_the_wire():

@@ -2,24 +2,28 @@
 
 Whatever Asterisk - or anything else that reaches port 4573 - sends, the parser returns a value or raises its
 own AgiError family (AgiHeaderError, AgiHangup, AgiCommandError...), never anything else, and never waits on a
-finished stream. At the socket level, no input kills the server: the next well-formed session is answered.
+finished connection. The bytes go through AgiConnection, the asyncio.Protocol the server runs, fed the way the
+event loop feeds it (data_received in any chunking, then eof_received). At the socket level, no input kills the
+server: the next well-formed session is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import parse_qs, urlsplit
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fastagi_server.protocol import (
-    MAX_HEADER_BYTES,
+    MAX_REPLY_LINE_BYTES,
+    AgiConnection,
     AgiError,
     AgiHeaderError,
     AgiSession,
     parse_environment,
     parse_reply_line,
-    read_environment,
+    split_script,
 )
 from fastagi_server.server import FastAgiServer
 from tests.doubles.agi_client import ENV_ANSWERED, FakeAsteriskAgi, build_environment
@@ -101,40 +105,104 @@ def test_a_well_formed_environment_round_trips_exactly(variables, args, script, 
     assert {k: v[0] for k, v in env.query.items()} == query
 
 
+class _Transport(asyncio.Transport):
+    """The event loop's side of one connection, as AgiConnection uses it: records what the server writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_extra_info(self, name, default=None):
+        return ("192.0.2.1", 40000) if name == "peername" else default
+
+
+def _connection(data: bytes, cut_at, **limits) -> tuple[AgiConnection, list, list]:
+    """An AgiConnection fed `data` in the chunks `cut_at` gives, then EOF; its (environments, refusals)."""
+    environments, refusals = [], []
+    connection = AgiConnection(lambda _conn, env: environments.append(env),
+                               lambda _conn, error: refusals.append(error), **limits)
+    connection.connection_made(_Transport())
+    for piece in chunked(data, cut_at):
+        connection.data_received(piece)
+    if not connection.eof_received():
+        connection.connection_lost(None)  # what the loop does when the protocol does not keep its half open
+    return connection, environments, refusals
+
+
 @FUZZ
 @given(environment_bytes, cuts)
-def test_reading_an_environment_from_a_stream_never_hangs_or_escapes(block, cut_at):
-    """The stream ends (EOF) after the bytes: the reader must decide without waiting, in any chunking."""
+def test_reading_an_environment_never_hangs_or_escapes(block, cut_at):
+    """The connection ends (EOF) after the bytes: the connection decides at once, in any chunking, and
+    exactly once: an environment (then a session) or a refusal (then the socket is closed)."""
     async def read():
-        reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
-        for piece in chunked(block, cut_at):
-            reader.feed_data(piece)
-        reader.feed_eof()
-        try:
-            return await read_environment(reader, timeout=None)
-        except AgiHeaderError:
-            return None
+        return _connection(block, cut_at)
 
     with asyncio.Runner() as runner:
-        env = run_bounded(runner, read(), timeout=2.0)
-    if env is not None:
-        assert b"\n\n" in block
+        connection, environments, refusals = run_bounded(runner, read(), timeout=2.0)
+    assert len(environments) + len(refusals) == 1, (environments, refusals)
+    assert all(isinstance(error, AgiHeaderError) for error in refusals)
+    if environments:
+        assert b"\n\n" in block and connection.session is not None
+    else:
+        assert connection.transport.is_closing() or connection.session is None
 
 
 def test_an_environment_over_the_size_cap_is_refused_without_a_hang():
     async def read():
-        reader = asyncio.StreamReader(limit=1024)
-        reader.feed_data(b"agi_network_script: call-start\n" + b"agi_x: " + b"y" * 4096 + b"\n\n")
-        reader.feed_eof()
-        return await read_environment(reader, timeout=None, max_bytes=1024)
+        return _connection(b"agi_network_script: call-start\n" + b"agi_x: " + b"y" * 4096 + b"\n\n", [],
+                           max_header_bytes=1024)
 
     with asyncio.Runner() as runner:
-        try:
-            run_bounded(runner, read(), timeout=2.0)
-        except AgiHeaderError as exc:
-            assert "limit" in str(exc)
-        else:
-            raise AssertionError("a 4 KiB environment passed a 1 KiB cap")
+        connection, environments, refusals = run_bounded(runner, read(), timeout=2.0)
+    assert environments == [] and len(refusals) == 1 and "limit" in str(refusals[0])
+    assert connection.transport.is_closing()
+
+
+def test_a_connection_refused_before_the_loop_hands_it_its_transport_still_closes_it():
+    """Found by test_random_bytes_never_kill_the_fastagi_server: the server's sweep may expire a connection between
+    the protocol factory and connection_made; it was refused but its socket was left open, and Asterisk's AGI()
+    would have waited on it."""
+    async def expire_early():
+        refusals = []
+        connection = AgiConnection(lambda *_: None, lambda _conn, error: refusals.append(error), header_timeout=0.3)
+        connection.expire_header(connection.connected_at + 1.0)
+        transport = _Transport()
+        connection.connection_made(transport)
+        return refusals, transport
+
+    with asyncio.Runner() as runner:
+        refusals, transport = run_bounded(runner, expire_early(), timeout=2.0)
+    assert len(refusals) == 1 and "within 0.3 s" in str(refusals[0])
+    assert transport.is_closing()
+
+
+@FUZZ
+@given(st.one_of(st.text(st.sampled_from("ab1-._~/?=&"), max_size=30), script_text))
+def test_the_fast_script_split_gives_what_urlsplit_and_parse_qs_give(raw):
+    """split_script splits plain scripts by hand (every session passes there); it must agree with the library."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return   # parse_environment turns this into AgiHeaderError (tested above)
+    expected = parts.path.strip("/"), parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
+    assert split_script(raw) == expected
 
 
 # ---------------------------------------------------------------- replies
@@ -158,45 +226,25 @@ def test_a_200_reply_gives_back_its_result_and_data(result, data):
     assert (reply.code, reply.result, reply.data) == (200, result, data)
 
 
-class _Writer:
-    """The server side of the socket, as AgiSession uses it; records the command lines."""
-
-    def __init__(self) -> None:
-        self.sent = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    async def drain(self) -> None:
-        return None
-
-
 @FUZZ
-@given(reply_stream, cuts, st.sampled_from([256, 64 * 1024]))
-def test_commands_over_any_reply_stream_return_or_raise_agi_error(stream, cut_at, limit):
+@given(reply_stream, cuts)
+def test_commands_over_any_reply_stream_return_or_raise_agi_error(stream, cut_at):
     """A route's commands read whatever Asterisk answered, then EOF: each returns a value or raises an
-    AgiError (AgiHangup at EOF); a line longer than the stream's buffer is an AgiError too, not a crash."""
-    env = parse_environment(CAPTURED)
-
+    AgiError (AgiHangup at EOF), never anything else, and never waits once the connection ended."""
     async def dialog():
-        reader = asyncio.StreamReader(limit=limit)
-        for piece in chunked(stream, cut_at):
-            reader.feed_data(piece)
-        reader.feed_eof()
-        session = AgiSession(reader, _Writer(), env, command_timeout=None)
+        connection, [env], _ = _connection(CAPTURED + stream, cut_at)
+        session = connection.session
+        assert session.env == env
         answered = 0
         try:
             for _ in range(20):  # EOF ends it at the latest: every reply consumes at least one line
                 await session.get_variable("OPENDEEP_CALL_ID")
                 await session.channel_status()
-                await session.set_variable("OPENDEEP_DIAL", 'PJSIP/+1 "x"')
+                await session.set_variables({"OPENDEEP_DIAL": 'PJSIP/+1 "x"', "OPENDEEP_RING_SECONDS": "30"})
                 answered += 1
         except AgiError:
             pass
-        return answered, session.writer.sent
+        return answered, connection.transport.sent
 
     with asyncio.Runner() as runner:
         answered, sent = run_bounded(runner, dialog(), timeout=2.0)
@@ -204,12 +252,10 @@ def test_commands_over_any_reply_stream_return_or_raise_agi_error(stream, cut_at
     assert sent.startswith(b"GET VARIABLE OPENDEEP_CALL_ID\n")
 
 
-def test_a_reply_line_longer_than_the_stream_buffer_is_an_agi_error():
+def test_a_reply_line_longer_than_the_limit_is_an_agi_error():
     async def dialog():
-        reader = asyncio.StreamReader(limit=128)
-        reader.feed_data(b"200 result=1 (" + b"x" * 1000 + b")\n")
-        reader.feed_eof()
-        return await AgiSession(reader, _Writer(), parse_environment(CAPTURED)).get_variable("X")
+        connection, _, _ = _connection(CAPTURED + b"200 result=1 (" + b"x" * MAX_REPLY_LINE_BYTES + b")\n", [4096])
+        return await connection.session.get_variable("X")
 
     with asyncio.Runner() as runner:
         try:
@@ -217,7 +263,7 @@ def test_a_reply_line_longer_than_the_stream_buffer_is_an_agi_error():
         except AgiError as exc:
             assert "longer than the limit" in str(exc)
         else:
-            raise AssertionError("a 1 KB reply passed a 128-byte stream limit")
+            raise AssertionError("a reply over MAX_REPLY_LINE_BYTES was accepted")
 
 
 # ---------------------------------------------------------------- the server on a real socket

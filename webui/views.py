@@ -122,7 +122,7 @@ def targets_refusal(campaign: Campaign) -> str | None:
 def asterisk_state(ami: Any) -> dict[str, Any] | None:
     """Whether calls can be placed now: {"connected", "address"} of the AMI controller, None where this process
     does not run it (`serve --only web`)."""
-    if ami is None:
+    if ami is None or ami.connected is None:   # None: no scheduler controller in this process (CallActions)
         return None
     return {"connected": bool(ami.connected), "address": ami.address}
 

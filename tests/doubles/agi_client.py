@@ -2,7 +2,8 @@
 
 It sends the environment captured from a real Asterisk 22.10.1 (tests/captures/agi-env-*.raw), byte for
 byte, with only the script, the AGI() arguments and chosen keys substituted; then it answers commands the way
-agi-dialog-*.txt shows: GET VARIABLE from a dict (`200 result=1 (v)` / `200 result=0`), SET VARIABLE into it,
+agi-dialog-*.txt shows: GET VARIABLE from a dict (`200 result=1 (v)` / `200 result=0`), SET VARIABLE and
+EXEC MSet (split like Asterisk's application arguments; tests/test_asterisk_mset.py checks it on a real one) into it,
 GET FULL VARIABLE with ${...} substitution, `511` for CHANNEL STATUS on a dead channel (the `h` extension),
 `510` for unknown commands, `520-` multi-line usage errors, and a `HANGUP` line in the middle of a command.
 Commands are split with the rules of res_agi.c's parse_args (quotes and backslash escapes).
@@ -60,6 +61,48 @@ def parse_args(line: str) -> list[str]:
     if current is not None:
         words[-1] = "".join(current)
     return words
+
+
+def separate_app_args(text: str, delim: str, limit: int = 99) -> list[str]:
+    """main/app.c __ast_app_separate_args() with remove_chars (AST_STANDARD_APP_ARGS /
+    AST_NONSTANDARD_APP_ARGS, as MSet uses them): split at `delim` outside (), [] and "quotes"; quotes are
+    dropped, a backslash makes the next character literal; the last of `limit` fields keeps the rest as is."""
+    fields: list[str] = []
+    index, paren, bracket, quote = 0, 0, 0, False
+    was_delim = False
+    while index < len(text) and len(fields) < limit - 1:
+        current: list[str] = []
+        was_delim = False
+        while index < len(text):
+            char = text[index]
+            if char == "(":
+                paren += 1
+            elif char == ")" and paren:
+                paren -= 1
+            elif char == "[":
+                bracket += 1
+            elif char == "]" and bracket:
+                bracket -= 1
+            elif char == '"' and delim != '"':
+                quote = not quote
+                index += 1
+                continue
+            elif char == "\\":
+                index += 1
+                if index < len(text):
+                    current.append(text[index])
+                    index += 1
+                continue
+            elif char == delim and not paren and not quote and not bracket:
+                index += 1
+                was_delim = True
+                break
+            current.append(char)
+            index += 1
+        fields.append("".join(current))
+    if index < len(text) or was_delim:
+        fields.append(text[index:])
+    return fields
 
 
 TEST_FASTAGI_SECRET = "test-fastagi-secret-0123456789"   # FASTAGI_SECRET of the tests' settings (conftest.py)
@@ -198,6 +241,14 @@ class FakeAsteriskAgi:
         if upper[:1] == ["VERBOSE"]:
             return b"200 result=1\n"
         if upper[:1] == ["NOOP"]:
+            return b"200 result=0\n"
+        if upper[:1] == ["EXEC"] and len(words) >= 2:
+            if words[1].upper() != "MSET":
+                return b"200 result=-2\n"   # res_agi: the application was not found
+            for pair in separate_app_args(words[2] if len(words) > 2 else "", ","):
+                name_value = separate_app_args(pair, "=", limit=2)
+                if len(name_value) == 2:
+                    self.variables[name_value[0]] = name_value[1]
             return b"200 result=0\n"
         return REPLY_510
 
