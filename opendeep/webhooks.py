@@ -92,9 +92,9 @@ def refused_address_reason(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for kind, flag in (("loopback", ip.is_loopback), ("private", ip.is_private),
-                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                       ("reserved", ip.is_reserved), ("unspecified", ip.is_unspecified)):
+    for kind, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
+                       ("multicast", ip.is_multicast), ("unspecified", ip.is_unspecified),
+                       ("reserved", ip.is_reserved), ("private", ip.is_private)):
         if flag:
             return kind
     return None if ip.is_global else "non-public"
