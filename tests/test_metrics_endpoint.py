@@ -90,3 +90,15 @@ async def test_metrics_are_off_by_default(serve_web):
         response = await client.get("/metrics")
     assert response.status_code == 404
     assert "opendeep_" not in response.text and "METRICS_ENABLED" in response.text
+
+
+def test_the_sample_grafana_dashboard_has_a_panel_for_every_metric():
+    import json
+    from pathlib import Path
+
+    from opendeep.metrics import REGISTRY
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-opendeep.json").read_text())
+    expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    names = {family.name for family in REGISTRY.collect()}
+    assert names and all(name in expressions for name in names), names
