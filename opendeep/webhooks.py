@@ -17,6 +17,7 @@ the checked address (Host header and TLS server name stay the URL's host), at sa
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -118,6 +119,8 @@ def check_url_form(url: str) -> tuple[str, str, int]:
 
 async def resolve_host(host: str, port: int) -> list[str]:
     """Every address `host` resolves to (an IP literal is itself)."""
+    with contextlib.suppress(ValueError):
+        return [str(ipaddress.ip_address(host))]
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -158,7 +161,14 @@ def pinned_request(client: httpx.AsyncClient, url: str, address: str, headers: d
 
 
 class WebhookSender:
-    """Claims due deliveries and sends each as its own asyncio task, within the per-endpoint and global limits."""
+    """Claims due deliveries in batches and sends them: per endpoint, a queue of what it holds and at most
+    WEBHOOK_CONCURRENCY_PER_ENDPOINT workers draining it; WEBHOOK_MAX_CONCURRENCY requests in all.
+
+    It holds up to PREFETCH times its request slots (per endpoint and in all), so one claim query feeds many
+    requests; the lease covers sending all of an endpoint's held deliveries one slot after another at the
+    request timeout each."""
+
+    PREFETCH = 4
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], *,
                  client: httpx.AsyncClient | None = None, clock: Callable[[], datetime] = utcnow,
@@ -170,43 +180,67 @@ class WebhookSender:
         self.timeout = settings.webhook_timeout_seconds
         self.per_endpoint = settings.webhook_concurrency_per_endpoint
         self.max_in_flight = settings.webhook_max_concurrency
+        self.lease_seconds = self.timeout * self.PREFETCH + LEASE_MARGIN_SECONDS
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout), follow_redirects=False, trust_env=False,
             limits=httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight))
         self._owns_client = client is None
-        self._in_flight: dict[int, int] = {}     # endpoint id -> requests now
-        self._sending: set[asyncio.Task] = set()
-        self._slot_freed = asyncio.Event()
+        self._requests = asyncio.Semaphore(self.max_in_flight)
+        self._held: dict[int, collections.deque[outbox.ClaimedDelivery]] = {}   # endpoint -> not yet sending
+        self._busy: dict[int, int] = {}                                          # endpoint -> held and sending
+        self._workers: dict[int, set[asyncio.Task]] = {}
+        self._room = asyncio.Event()
+        self._finished_since_claim = 0
 
     @property
     def in_flight(self) -> int:
-        return len(self._sending)
+        """Deliveries this sender holds (queued or being sent)."""
+        return sum(self._busy.values())
 
     async def run_once(self) -> int:
-        """Claim what is due and fits the limits, start sending it; returns how many were claimed."""
-        room = self.max_in_flight - self.in_flight
+        """Claim what is due and fits the limits, queue it for sending; returns how many were claimed."""
+        room = self.max_in_flight * self.PREFETCH - self.in_flight
         if room <= 0:
             return 0
-        free = {endpoint: self.per_endpoint - busy for endpoint, busy in self._in_flight.items()}
+        per_endpoint = self.per_endpoint * self.PREFETCH
+        free = {endpoint: per_endpoint - busy for endpoint, busy in self._busy.items()}
         now = self.clock()
         async with self.sessions() as session, session.begin():
             claimed = await outbox.claim_due_deliveries(
-                session, now=now, lease_seconds=self.timeout + LEASE_MARGIN_SECONDS, free_slots=free,
-                default_slots=self.per_endpoint, limit=min(room, CLAIM_BATCH))
+                session, now=now, lease_seconds=self.lease_seconds, free_slots=free, default_slots=per_endpoint,
+                limit=min(room, CLAIM_BATCH))
         for delivery in claimed:
-            self._in_flight[delivery.endpoint_id] = self._in_flight.get(delivery.endpoint_id, 0) + 1
-            task = asyncio.create_task(self._send(delivery), name=f"webhook-{delivery.id}")
-            self._sending.add(task)
-            task.add_done_callback(self._sent)
+            endpoint = delivery.endpoint_id
+            self._busy[endpoint] = self._busy.get(endpoint, 0) + 1
+            self._held.setdefault(endpoint, collections.deque()).append(delivery)
+            workers = self._workers.setdefault(endpoint, set())
+            if len(workers) < self.per_endpoint:
+                worker = asyncio.create_task(self._work(endpoint), name=f"webhooks-endpoint-{endpoint}")
+                workers.add(worker)
+                worker.add_done_callback(workers.discard)
         return len(claimed)
 
-    def _sent(self, task: asyncio.Task) -> None:
-        self._sending.discard(task)
-        self._slot_freed.set()
+    async def _work(self, endpoint: int) -> None:
+        """Send this endpoint's held deliveries one after another (one of its request slots)."""
+        queue = self._held[endpoint]
+        while queue:
+            delivery = queue.popleft()
+            try:
+                async with self._requests:
+                    await self._send(delivery)
+            finally:
+                left = self._busy.get(endpoint, 1) - 1
+                if left > 0:
+                    self._busy[endpoint] = left
+                else:
+                    self._busy.pop(endpoint, None)
+                    self._held.pop(endpoint, None)
+                self._finished_since_claim += 1
+                self._room.set()
 
     async def run_forever(self, poll_seconds: float = POLL_SECONDS) -> None:
-        """Claim and send until cancelled: at once again while work keeps coming, else every `poll_seconds` (or
-        as soon as a request finishes and frees a slot)."""
+        """Claim and send until cancelled: again once half of the last claim has been sent (so each claim query
+        feeds many requests), else every `poll_seconds`."""
         while True:
             try:
                 claimed = await self.run_once()
@@ -215,23 +249,33 @@ class WebhookSender:
             except Exception:
                 log.exception("claiming webhook deliveries failed; trying again in %.1fs", poll_seconds)
                 claimed = 0
-            if claimed:
-                await asyncio.sleep(0)
-                continue
-            self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), poll_seconds)
+            self._finished_since_claim = 0
+            deadline = asyncio.get_running_loop().time() + poll_seconds
+            while not claimed or self._finished_since_claim < max(claimed // 2, 1):
+                self._room.clear()
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), left)
+
+    def _all_workers(self) -> list[asyncio.Task]:
+        return [worker for workers in self._workers.values() for worker in workers]
 
     async def drain(self) -> None:
-        """Wait for every request in flight to finish and be recorded."""
-        while self._sending:
-            await asyncio.gather(*list(self._sending), return_exceptions=True)
+        """Wait until every held delivery is sent and recorded."""
+        while workers := self._all_workers():
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop: requests in flight are cancelled (their leases run out and they are sent again later)."""
-        for task in list(self._sending):
-            task.cancel()
-        await asyncio.gather(*list(self._sending), return_exceptions=True)
+        """Stop: requests in flight are cancelled, held deliveries dropped (their leases run out and they are
+        sent again later, by this process after a restart or by another sender)."""
+        workers = self._all_workers()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._held.clear()
+        self._busy.clear()
         if self._owns_client:
             await self.client.aclose()
 
@@ -256,12 +300,6 @@ class WebhookSender:
             raise
         except Exception:   # the database failed: the lease ends and the delivery is tried again
             log.exception("webhook delivery %s: recording the attempt failed", delivery.id)
-        finally:
-            left = self._in_flight.get(delivery.endpoint_id, 1) - 1
-            if left > 0:
-                self._in_flight[delivery.endpoint_id] = left
-            else:
-                self._in_flight.pop(delivery.endpoint_id, None)
 
     async def _post(self, delivery: outbox.ClaimedDelivery) -> tuple[int | None, str | None, bool, float]:
         """(status code, error or None, whether the error is final, milliseconds) of one attempt."""
