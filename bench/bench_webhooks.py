@@ -210,10 +210,8 @@ async def throughput(kind: str, deliveries: int, port: int, workdir: Path) -> di
 # ---------------------------------------------------------------- 2. the audio path under webhook retries
 
 
-async def webhook_load(port: int, workdir: Path, stop: asyncio.Event, stats: dict[str, int]) -> None:
+async def webhook_load(url: str, port: int, stop: asyncio.Event, stats: dict[str, int]) -> None:
     """A sender busy with a slow, a dead and a fast endpoint, and 50 new events a second for each."""
-    url = f"sqlite+aiosqlite:///{workdir / f'load_{time.monotonic_ns()}.db'}"
-    await upgrade(url)
     engine = create_engine(url)
     sessions = session_factory(engine)
     settings = load_settings({"DATABASE_URL": url, "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TIMEOUT_SECONDS": "5"},
@@ -249,7 +247,9 @@ async def audio_with_and_without_webhooks(calls: int, seconds: float, port: int,
     results.append(("no webhooks", baseline, {}))
     outbox.BACKOFF_BASE_SECONDS = 0.2   # retries within the measured seconds (the shipped base is 10 s)
     stop, stats = asyncio.Event(), {}
-    load = asyncio.create_task(webhook_load(port, workdir, stop, stats))
+    url = f"sqlite+aiosqlite:///{workdir / f'load_{time.monotonic_ns()}.db'}"
+    await upgrade(url)   # before the audio run's own migration: Alembic runs one at a time in a process
+    load = asyncio.create_task(webhook_load(url, port, stop, stats))
     try:
         loaded = await bench_audiosocket.run(calls, seconds, workdir, False, None)
     finally:

@@ -121,15 +121,16 @@ def _iso(value: datetime | None) -> str | None:
 async def call_ended(session: AsyncSession, user_id: int, call_id: int) -> int:
     """`call.ended`: the telephony outcome, duration and where the transcript is."""
     wanting = await endpoints_wanting(session, user_id, "call.ended")
-    row = wanting and (await session.execute(
-        select(Call, Task.campaign_id, Task.target_name).join(Task, Task.id == Call.task_id)
-        .where(Call.id == call_id, Call.user_id == user_id))).first()
-    if not row:
+    call = wanting and (await session.execute(
+        select(Call.id, Call.task_id, Task.campaign_id, Task.target_name, Call.dialed_number, Call.attempt_number,
+               Call.outcome, Call.dial_status, Call.hangup_cause, Call.duration_seconds, Call.answered_at,
+               Call.ended_at)
+        .join(Task, Task.id == Call.task_id).where(Call.id == call_id, Call.user_id == user_id))).first()
+    if not call:
         return 0
-    call, campaign_id, target_name = row
     return await enqueue_event(session, user_id, "call.ended", {
-        "call_id": call.id, "task_id": call.task_id, "campaign_id": campaign_id, "target_name": target_name,
-        "phone_number": call.dialed_number, "attempt": call.attempt_number,
+        "call_id": call.id, "task_id": call.task_id, "campaign_id": call.campaign_id,
+        "target_name": call.target_name, "phone_number": call.dialed_number, "attempt": call.attempt_number,
         "outcome": call.outcome.value if call.outcome else None, "dial_status": call.dial_status,
         "hangup_cause": call.hangup_cause, "duration_seconds": call.duration_seconds,
         "answered_at": _iso(call.answered_at), "ended_at": _iso(call.ended_at),
@@ -140,8 +141,10 @@ async def task_finished(session: AsyncSession, user_id: int, task_id: int, statu
     """`task.completed` / `task.failed`: the task's result and its latest call's analysis."""
     event_type = {TaskStatus.COMPLETED: "task.completed", TaskStatus.FAILED: "task.failed"}.get(status)
     wanting = event_type and await endpoints_wanting(session, user_id, event_type)
-    task = wanting and await session.scalar(select(Task).where(Task.id == task_id, Task.user_id == user_id)
-                                            .execution_options(populate_existing=True))
+    # Columns, not the Task object: the caller may hold that object, and must keep what it has in memory.
+    task = wanting and (await session.execute(
+        select(Task.id, Task.campaign_id, Task.target_name, Task.phone_number, Task.status_reason,
+               Task.attempt_count, Task.result).where(Task.id == task_id, Task.user_id == user_id))).first()
     if not task:
         return 0
     latest = (await session.execute(select(Call.id, Call.analysis).where(Call.task_id == task_id,
@@ -158,9 +161,9 @@ async def task_finished(session: AsyncSession, user_id: int, task_id: int, statu
 async def campaign_finished(session: AsyncSession, user_id: int, campaign_id: int) -> int:
     """`campaign.finished`: the stored summary (text, counts, one row per target)."""
     wanting = await endpoints_wanting(session, user_id, "campaign.finished")
-    campaign = wanting and await session.scalar(
-        select(Campaign).where(Campaign.id == campaign_id, Campaign.user_id == user_id)
-        .execution_options(populate_existing=True))
+    campaign = wanting and (await session.execute(
+        select(Campaign.id, Campaign.name, Campaign.status, Campaign.finished_at, Campaign.summary_text,
+               Campaign.summary).where(Campaign.id == campaign_id, Campaign.user_id == user_id))).first()
     if not campaign:
         return 0
     return await enqueue_event(session, user_id, "campaign.finished", {
@@ -173,18 +176,19 @@ async def campaign_finished(session: AsyncSession, user_id: int, campaign_id: in
 async def feedback_changed(session: AsyncSession, user_id: int, request_id: int, event_type: str) -> int:
     """`feedback.asked` / `feedback.answered`: the call AI's question to the user, and the user's answer."""
     wanting = await endpoints_wanting(session, user_id, event_type)
-    row = wanting and (await session.execute(
-        select(FeedbackRequest, Call.task_id).join(Call, Call.id == FeedbackRequest.call_id)
-        .where(FeedbackRequest.id == request_id, FeedbackRequest.user_id == user_id)
-        .execution_options(populate_existing=True))).first()
-    if not row:
+    request = wanting and (await session.execute(
+        select(FeedbackRequest.id, FeedbackRequest.call_id, Call.task_id, FeedbackRequest.question,
+               FeedbackRequest.status, FeedbackRequest.answer, FeedbackRequest.asked_at,
+               FeedbackRequest.answered_at, FeedbackRequest.timeout_at)
+        .join(Call, Call.id == FeedbackRequest.call_id)
+        .where(FeedbackRequest.id == request_id, FeedbackRequest.user_id == user_id))).first()
+    if not request:
         return 0
-    request, task_id = row
     return await enqueue_event(session, user_id, event_type, {
-        "request_id": request.id, "call_id": request.call_id, "task_id": task_id, "question": request.question,
-        "status": request.status.value, "answer": request.answer, "asked_at": _iso(request.asked_at),
-        "answered_at": _iso(request.answered_at), "timeout_at": _iso(request.timeout_at),
-        "feedback_url": "/feedback"}, wanting)
+        "request_id": request.id, "call_id": request.call_id, "task_id": request.task_id,
+        "question": request.question, "status": request.status.value, "answer": request.answer,
+        "asked_at": _iso(request.asked_at), "answered_at": _iso(request.answered_at),
+        "timeout_at": _iso(request.timeout_at), "feedback_url": "/feedback"}, wanting)
 
 
 async def list_deliveries(session: AsyncSession, user_id: int, *, endpoint_id: int | None = None,
@@ -307,8 +311,3 @@ async def record_attempt(session: AsyncSession, delivery: ClaimedDelivery, *, no
                                    .values(**values).execution_options(synchronize_session=False))
     return status if result.rowcount == 1 else None
 
-
-async def pending_count(session: AsyncSession) -> int:
-    """Deliveries waiting to be sent, all tenants (a count for monitoring, nothing of any tenant)."""
-    return await session.scalar(select(func.count()).select_from(WebhookDelivery)
-                                .where(WebhookDelivery.status == WebhookDeliveryStatus.PENDING)) or 0

@@ -38,6 +38,7 @@ from db.models import WebhookDeliveryStatus
 from db.types import utcnow
 from opendeep.health import task_running
 from opendeep.metrics import WEBHOOK_DELIVERIES
+from opendeep.periodic import finishing
 from opendeep.runtime import Runtime
 from opendeep.settings import Settings
 
@@ -51,7 +52,10 @@ LEASE_MARGIN_SECONDS = 30.0       # the lease outlasts the request's own timeout
 CLAIM_BATCH = 200
 MAX_URL_LENGTH = 2000
 
+RECORD_BATCH = 200
+
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+Attempt = tuple[int | None, str | None, bool, float]   # status code, error (None: delivered), final, milliseconds
 
 
 class UnsafeWebhookUrl(ValueError):
@@ -191,6 +195,8 @@ class WebhookSender:
         self._workers: dict[int, set[asyncio.Task]] = {}
         self._room = asyncio.Event()
         self._finished_since_claim = 0
+        self._to_record: asyncio.Queue = asyncio.Queue()
+        self._recorder: asyncio.Task | None = None
 
     @property
     def in_flight(self) -> int:
@@ -274,6 +280,10 @@ class WebhookSender:
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        if self._recorder is not None:
+            self._recorder.cancel()
+            await asyncio.gather(self._recorder, return_exceptions=True)
+            self._recorder = None
         self._held.clear()
         self._busy.clear()
         if self._owns_client:
@@ -281,12 +291,9 @@ class WebhookSender:
 
     async def _send(self, delivery: outbox.ClaimedDelivery) -> None:
         try:
-            status_code, error, final, elapsed_ms = await self._post(delivery)
-            async with self.sessions() as session, session.begin():
-                status = await outbox.record_attempt(
-                    session, delivery, now=self.clock(), ok=error is None, status_code=status_code, error=error,
-                    elapsed_ms=elapsed_ms, give_up_after=timedelta(hours=self.settings.webhook_retry_hours),
-                    final=final)
+            attempt = await self._post(delivery)
+            status = await self._record(delivery, attempt)
+            error = attempt[1]
             if status is None:
                 log.warning("webhook delivery %s: its lease ran out before the answer was recorded", delivery.id)
                 return
@@ -301,7 +308,43 @@ class WebhookSender:
         except Exception:   # the database failed: the lease ends and the delivery is tried again
             log.exception("webhook delivery %s: recording the attempt failed", delivery.id)
 
-    async def _post(self, delivery: outbox.ClaimedDelivery) -> tuple[int | None, str | None, bool, float]:
+    async def _record(self, delivery: outbox.ClaimedDelivery, attempt: Attempt) -> WebhookDeliveryStatus | None:
+        """Record an attempt through the one recorder task, which writes whatever has finished meanwhile in one
+        transaction (one commit for many requests; on SQLite, one turn of the write lock)."""
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_batches(), name="webhooks-recorder")
+        answered: asyncio.Future[WebhookDeliveryStatus | None] = asyncio.get_running_loop().create_future()
+        self._to_record.put_nowait((delivery, attempt, answered))
+        return await answered
+
+    async def _record_batches(self) -> None:
+        give_up_after = timedelta(hours=self.settings.webhook_retry_hours)
+        while True:
+            batch = [await self._to_record.get()]
+            while not self._to_record.empty() and len(batch) < RECORD_BATCH:
+                batch.append(self._to_record.get_nowait())
+
+            async def write(batch=batch) -> list[WebhookDeliveryStatus | None]:
+                async with self.sessions() as session, session.begin():
+                    return [await outbox.record_attempt(
+                        session, delivery, now=self.clock(), ok=error is None, status_code=code, error=error,
+                        elapsed_ms=ms, give_up_after=give_up_after, final=final)
+                        for delivery, (code, error, final, ms), _ in batch]
+
+            try:
+                statuses = await finishing(write())   # a stop lets the transaction finish
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                for _, _, answered in batch:
+                    if not answered.done():
+                        answered.set_exception(exc)
+                continue
+            for (_, _, answered), status in zip(batch, statuses, strict=True):
+                if not answered.done():
+                    answered.set_result(status)
+
+    async def _post(self, delivery: outbox.ClaimedDelivery) -> Attempt:
         """(status code, error or None, whether the error is final, milliseconds) of one attempt."""
         started = time.perf_counter()
 

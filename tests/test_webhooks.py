@@ -470,3 +470,45 @@ async def test_on_postgresql_a_claim_skips_rows_another_sender_is_claiming_inste
                 second, now=now, lease_seconds=40, free_slots={}, default_slots=6, limit=6), 10)
     assert len(held) == 3 and len(other) == 3
     assert not {d.id for d in held} & {d.id for d in other}
+
+
+async def test_no_outbox_function_lets_one_tenant_see_or_touch_anothers_rows(sessions, settings):
+    """Function by function, as tests/test_repo_isolation.py does for db/repo.py."""
+    import inspect
+
+    from db.models import TaskStatus
+
+    alice = await seed_task(sessions)
+    bob = await seed_task(sessions, username="bob")
+    call_id = await start_call(sessions, alice)
+    endpoint = await add_endpoint(sessions, alice.user_id, "https://hooks.example.com/a")
+    async with sessions() as session, session.begin():
+        question = await repo.create_feedback_request(session, alice.user_id, call_id, "Which day?")
+        await repo.set_task_status(session, alice.user_id, alice.task_id, TaskStatus.COMPLETED)
+    queued = len(await deliveries(sessions))
+    assert queued == 2
+    b = bob.user_id
+    async with sessions() as session, session.begin():
+        checks = {
+            "list_endpoints": await outbox.list_endpoints(session, b) == [],
+            "get_endpoint": await outbox.get_endpoint(session, b, endpoint) is None,
+            "set_endpoint_enabled": await outbox.set_endpoint_enabled(session, b, endpoint, False) is False,
+            "remove_endpoint": await outbox.remove_endpoint(session, b, endpoint) is False,
+            "list_deliveries": await outbox.list_deliveries(session, b, endpoint_id=endpoint) == [],
+            "endpoints_wanting": await outbox.endpoints_wanting(session, b, "call.ended") == [],
+            "enqueue_event": await outbox.enqueue_event(session, b, "call.ended", {}) == 0,
+            "call_ended": await outbox.call_ended(session, b, call_id) == 0,
+            "task_finished": await outbox.task_finished(session, b, alice.task_id, TaskStatus.COMPLETED) == 0,
+            "campaign_finished": await outbox.campaign_finished(session, b, alice.campaign_id) == 0,
+            "feedback_changed": await outbox.feedback_changed(session, b, question.id, "feedback.asked") == 0,
+            # Creates a row of B's own, counted against B's limit only.
+            "add_endpoint": (await outbox.add_endpoint(session, b, "https://b.example.com/", SECRET,
+                                                       ["call.ended"])).user_id == b,
+        }
+    tenant_functions = {name for name, fn in inspect.getmembers(outbox, inspect.iscoroutinefunction)
+                        if "user_id" in inspect.signature(fn).parameters}
+    assert tenant_functions == set(checks)
+    assert all(checks.values()), checks
+    async with sessions() as session:
+        assert (await outbox.get_endpoint(session, alice.user_id, endpoint)).enabled
+    assert len(await deliveries(sessions)) == queued
