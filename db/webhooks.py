@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import (
@@ -283,31 +283,61 @@ def retry_delay(attempt: int, delivery_id: int) -> timedelta:
     return timedelta(seconds=seconds * (1 + spread))
 
 
-async def record_attempt(session: AsyncSession, delivery: ClaimedDelivery, *, now: datetime, ok: bool,
-                         status_code: int | None, error: str | None, elapsed_ms: float,
-                         give_up_after: timedelta, final: bool = False) -> WebhookDeliveryStatus | None:
-    """Record one attempt's result, only while the claim is still ours. Returns the delivery's new status
-    (PENDING: retried at its next_attempt_at), or None when the claim was lost (lease over, another took it).
-    `final`: a failure not worth retrying (the URL now resolves to a refused address): given up at once."""
-    history = await session.scalar(select(WebhookDelivery.history).where(WebhookDelivery.id == delivery.id,
-                                                                         WebhookDelivery.claim == delivery.claim))
-    if history is None:
-        return None
-    entry = {"at": now.isoformat(), "attempt": delivery.attempt, "status_code": status_code,
-             "error": error, "ms": round(elapsed_ms, 1)}
-    values: dict[str, Any] = {"claim": None, "locked_until": None, "last_status_code": status_code,
-                              "last_error": error, "history": [*history, entry][-HISTORY_KEPT:]}
-    if ok:
-        status = WebhookDeliveryStatus.DELIVERED
-        values["delivered_at"] = now
-    else:
-        next_at = now + retry_delay(delivery.attempt, delivery.id)
-        status = WebhookDeliveryStatus.GAVE_UP if final or next_at > delivery.created_at + give_up_after \
-            else WebhookDeliveryStatus.PENDING
-        values["next_attempt_at"] = next_at
-    values["status"] = status
-    result = await session.execute(update(WebhookDelivery)
-                                   .where(WebhookDelivery.id == delivery.id, WebhookDelivery.claim == delivery.claim)
-                                   .values(**values).execution_options(synchronize_session=False))
-    return status if result.rowcount == 1 else None
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one request of a claimed delivery came to. `final`: a failure not worth retrying (the URL now
+    resolves to a refused address): given up at once."""
+
+    delivery: ClaimedDelivery
+    status_code: int | None
+    error: str | None          # None: delivered (2xx)
+    elapsed_ms: float
+    final: bool = False
+
+
+_RECORD = (
+    update(WebhookDelivery.__table__)
+    .where(WebhookDelivery.__table__.c.id == bindparam("b_id"),
+           WebhookDelivery.__table__.c.claim == bindparam("b_claim"))
+    .values(status=bindparam("v_status"), claim=None, locked_until=None, last_status_code=bindparam("v_code"),
+            last_error=bindparam("v_error"), history=bindparam("v_history"), next_attempt_at=bindparam("v_next"),
+            delivered_at=bindparam("v_delivered"))
+)
+
+
+async def record_attempts(session: AsyncSession, results: Sequence[AttemptResult], *, now: datetime,
+                          give_up_after: timedelta) -> list[WebhookDeliveryStatus | None]:
+    """Record many attempts in two statements, each only while its claim is still ours. Returns each delivery's
+    new status (PENDING: retried at its next_attempt_at), or None where the claim was lost (lease over, another
+    sender took it)."""
+    if not results:
+        return []
+    claims = {result.delivery.id: result.delivery.claim for result in results}
+    held = {row.id: row.history for row in await session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.claim, WebhookDelivery.history)
+        .where(WebhookDelivery.id.in_(claims))) if row.claim == claims[row.id]}
+    statuses: list[WebhookDeliveryStatus | None] = []
+    params = []
+    for result in results:
+        delivery = result.delivery
+        if delivery.id not in held:
+            statuses.append(None)
+            continue
+        entry = {"at": now.isoformat(), "attempt": delivery.attempt, "status_code": result.status_code,
+                 "error": result.error, "ms": round(result.elapsed_ms, 1)}
+        if result.error is None:
+            status, next_at, delivered = WebhookDeliveryStatus.DELIVERED, now, now
+        else:
+            next_at, delivered = now + retry_delay(delivery.attempt, delivery.id), None
+            status = WebhookDeliveryStatus.GAVE_UP if result.final or next_at > delivery.created_at + give_up_after \
+                else WebhookDeliveryStatus.PENDING
+        statuses.append(status)
+        params.append({"b_id": delivery.id, "b_claim": delivery.claim, "v_status": status,
+                       "v_code": result.status_code, "v_error": result.error,
+                       "v_history": [*(held[delivery.id] or []), entry][-HISTORY_KEPT:], "v_next": next_at,
+                       "v_delivered": delivered})
+    if params:
+        connection = await session.connection()
+        await connection.execute(_RECORD, params)
+    return statuses
 

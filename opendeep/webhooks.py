@@ -55,7 +55,6 @@ MAX_URL_LENGTH = 2000
 RECORD_BATCH = 200
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-Attempt = tuple[int | None, str | None, bool, float]   # status code, error (None: delivered), final, milliseconds
 
 
 class UnsafeWebhookUrl(ValueError):
@@ -220,7 +219,7 @@ class WebhookSender:
             self._busy[endpoint] = self._busy.get(endpoint, 0) + 1
             self._held.setdefault(endpoint, collections.deque()).append(delivery)
             workers = self._workers.setdefault(endpoint, set())
-            if len(workers) < self.per_endpoint:
+            if sum(1 for worker in workers if not worker.done()) < self.per_endpoint:
                 worker = asyncio.create_task(self._work(endpoint), name=f"webhooks-endpoint-{endpoint}")
                 workers.add(worker)
                 worker.add_done_callback(workers.discard)
@@ -228,8 +227,7 @@ class WebhookSender:
 
     async def _work(self, endpoint: int) -> None:
         """Send this endpoint's held deliveries one after another (one of its request slots)."""
-        queue = self._held[endpoint]
-        while queue:
+        while queue := self._held.get(endpoint):   # the current queue: one made after this worker began too
             delivery = queue.popleft()
             try:
                 async with self._requests:
@@ -292,8 +290,7 @@ class WebhookSender:
     async def _send(self, delivery: outbox.ClaimedDelivery) -> None:
         try:
             attempt = await self._post(delivery)
-            status = await self._record(delivery, attempt)
-            error = attempt[1]
+            status = await self._record(attempt)
             if status is None:
                 log.warning("webhook delivery %s: its lease ran out before the answer was recorded", delivery.id)
                 return
@@ -302,19 +299,19 @@ class WebhookSender:
             WEBHOOK_DELIVERIES.labels(result=result).inc()
             if status is WebhookDeliveryStatus.GAVE_UP:
                 log.warning("webhook delivery %s (%s) to endpoint %s given up after %s attempt(s): %s",
-                            delivery.id, delivery.event_type, delivery.endpoint_id, delivery.attempt, error)
+                            delivery.id, delivery.event_type, delivery.endpoint_id, delivery.attempt, attempt.error)
         except asyncio.CancelledError:
             raise
         except Exception:   # the database failed: the lease ends and the delivery is tried again
             log.exception("webhook delivery %s: recording the attempt failed", delivery.id)
 
-    async def _record(self, delivery: outbox.ClaimedDelivery, attempt: Attempt) -> WebhookDeliveryStatus | None:
+    async def _record(self, attempt: outbox.AttemptResult) -> WebhookDeliveryStatus | None:
         """Record an attempt through the one recorder task, which writes whatever has finished meanwhile in one
         transaction (one commit for many requests; on SQLite, one turn of the write lock)."""
         if self._recorder is None or self._recorder.done():
             self._recorder = asyncio.create_task(self._record_batches(), name="webhooks-recorder")
         answered: asyncio.Future[WebhookDeliveryStatus | None] = asyncio.get_running_loop().create_future()
-        self._to_record.put_nowait((delivery, attempt, answered))
+        self._to_record.put_nowait((attempt, answered))
         return await answered
 
     async def _record_batches(self) -> None:
@@ -326,26 +323,24 @@ class WebhookSender:
 
             async def write(batch=batch) -> list[WebhookDeliveryStatus | None]:
                 async with self.sessions() as session, session.begin():
-                    return [await outbox.record_attempt(
-                        session, delivery, now=self.clock(), ok=error is None, status_code=code, error=error,
-                        elapsed_ms=ms, give_up_after=give_up_after, final=final)
-                        for delivery, (code, error, final, ms), _ in batch]
+                    return await outbox.record_attempts(session, [result for result, _ in batch], now=self.clock(),
+                                                        give_up_after=give_up_after)
 
             try:
                 statuses = await finishing(write())   # a stop lets the transaction finish
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                for _, _, answered in batch:
+                for _, answered in batch:
                     if not answered.done():
                         answered.set_exception(exc)
                 continue
-            for (_, _, answered), status in zip(batch, statuses, strict=True):
+            for (_, answered), status in zip(batch, statuses, strict=True):
                 if not answered.done():
                     answered.set_result(status)
 
-    async def _post(self, delivery: outbox.ClaimedDelivery) -> Attempt:
-        """(status code, error or None, whether the error is final, milliseconds) of one attempt."""
+    async def _post(self, delivery: outbox.ClaimedDelivery) -> outbox.AttemptResult:
+        """One request: its status code, or why it failed, and how long it took."""
         started = time.perf_counter()
 
         def elapsed() -> float:
@@ -363,14 +358,17 @@ class WebhookSender:
                 response = await self.client.send(request, stream=True)
                 await response.aclose()   # the status is all we need; never read an endless body
         except UnsafeWebhookUrl as exc:
-            return None, str(exc), exc.refused, elapsed()   # a name that does not resolve may come back
+            # Refused by policy is final; a name that does not resolve may come back.
+            return outbox.AttemptResult(delivery, None, str(exc), elapsed(), final=exc.refused)
         except TimeoutError:
-            return None, f"no answer within {self.timeout:g} s (WEBHOOK_TIMEOUT_SECONDS)", False, elapsed()
+            return outbox.AttemptResult(delivery, None, f"no answer within {self.timeout:g} s "
+                                                        f"(WEBHOOK_TIMEOUT_SECONDS)", elapsed())
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:500], False, elapsed()
+            return outbox.AttemptResult(delivery, None, f"{type(exc).__name__}: {exc}"[:500], elapsed())
         if 200 <= response.status_code < 300:
-            return response.status_code, None, False, elapsed()
-        return response.status_code, f"HTTP {response.status_code} {response.reason_phrase}"[:500], False, elapsed()
+            return outbox.AttemptResult(delivery, response.status_code, None, elapsed())
+        return outbox.AttemptResult(delivery, response.status_code,
+                                    f"HTTP {response.status_code} {response.reason_phrase}"[:500], elapsed())
 
 
 class WebhookComponent:
