@@ -38,7 +38,7 @@ from db.models import WebhookDeliveryStatus
 from db.types import utcnow
 from opendeep.health import task_running
 from opendeep.metrics import WEBHOOK_DELIVERIES
-from opendeep.periodic import finishing
+from opendeep.periodic import FINISH_GRACE_SECONDS, finishing
 from opendeep.runtime import Runtime
 from opendeep.settings import Settings
 
@@ -194,7 +194,7 @@ class WebhookSender:
         self._workers: dict[int, set[asyncio.Task]] = {}
         self._room = asyncio.Event()
         self._finished_since_claim = 0
-        self._to_record: asyncio.Queue = asyncio.Queue()
+        self._to_record: asyncio.Queue[outbox.AttemptResult] = asyncio.Queue()
         self._recorder: asyncio.Task | None = None
 
     @property
@@ -231,7 +231,8 @@ class WebhookSender:
             delivery = queue.popleft()
             try:
                 async with self._requests:
-                    await self._send(delivery)
+                    attempt = await self._post(delivery)
+                self._record(attempt)
             finally:
                 left = self._busy.get(endpoint, 1) - 1
                 if left > 0:
@@ -270,6 +271,7 @@ class WebhookSender:
         """Wait until every held delivery is sent and recorded."""
         while workers := self._all_workers():
             await asyncio.gather(*workers, return_exceptions=True)
+        await self._to_record.join()
 
     async def close(self) -> None:
         """Stop: requests in flight are cancelled, held deliveries dropped (their leases run out and they are
@@ -279,6 +281,8 @@ class WebhookSender:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         if self._recorder is not None:
+            with contextlib.suppress(TimeoutError):   # what was sent is recorded, not sent again after the lease
+                await asyncio.wait_for(self._to_record.join(), FINISH_GRACE_SECONDS)
             self._recorder.cancel()
             await asyncio.gather(self._recorder, return_exceptions=True)
             self._recorder = None
@@ -287,32 +291,13 @@ class WebhookSender:
         if self._owns_client:
             await self.client.aclose()
 
-    async def _send(self, delivery: outbox.ClaimedDelivery) -> None:
-        try:
-            attempt = await self._post(delivery)
-            status = await self._record(attempt)
-            if status is None:
-                log.warning("webhook delivery %s: its lease ran out before the answer was recorded", delivery.id)
-                return
-            result = {WebhookDeliveryStatus.DELIVERED: "delivered", WebhookDeliveryStatus.PENDING: "failed",
-                      WebhookDeliveryStatus.GAVE_UP: "gave_up"}[status]
-            WEBHOOK_DELIVERIES.labels(result=result).inc()
-            if status is WebhookDeliveryStatus.GAVE_UP:
-                log.warning("webhook delivery %s (%s) to endpoint %s given up after %s attempt(s): %s",
-                            delivery.id, delivery.event_type, delivery.endpoint_id, delivery.attempt, attempt.error)
-        except asyncio.CancelledError:
-            raise
-        except Exception:   # the database failed: the lease ends and the delivery is tried again
-            log.exception("webhook delivery %s: recording the attempt failed", delivery.id)
-
-    async def _record(self, attempt: outbox.AttemptResult) -> WebhookDeliveryStatus | None:
-        """Record an attempt through the one recorder task, which writes whatever has finished meanwhile in one
-        transaction (one commit for many requests; on SQLite, one turn of the write lock)."""
+    def _record(self, attempt: outbox.AttemptResult) -> None:
+        """Hand an attempt to the one recorder task, which writes whatever has finished meanwhile in one
+        transaction (one commit for many requests; on SQLite, one turn of the write lock). The worker goes on
+        with its next request meanwhile; until recorded, the delivery stays leased to this sender."""
         if self._recorder is None or self._recorder.done():
             self._recorder = asyncio.create_task(self._record_batches(), name="webhooks-recorder")
-        answered: asyncio.Future[WebhookDeliveryStatus | None] = asyncio.get_running_loop().create_future()
-        self._to_record.put_nowait((attempt, answered))
-        return await answered
+        self._to_record.put_nowait(attempt)
 
     async def _record_batches(self) -> None:
         give_up_after = timedelta(hours=self.settings.webhook_retry_hours)
@@ -323,21 +308,33 @@ class WebhookSender:
 
             async def write(batch=batch) -> list[WebhookDeliveryStatus | None]:
                 async with self.sessions() as session, session.begin():
-                    return await outbox.record_attempts(session, [result for result, _ in batch], now=self.clock(),
-                                                        give_up_after=give_up_after)
+                    return await outbox.record_attempts(session, batch, now=self.clock(), give_up_after=give_up_after)
 
             try:
                 statuses = await finishing(write())   # a stop lets the transaction finish
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                for _, answered in batch:
-                    if not answered.done():
-                        answered.set_exception(exc)
-                continue
-            for (_, answered), status in zip(batch, statuses, strict=True):
-                if not answered.done():
-                    answered.set_result(status)
+            except Exception:   # the database failed: the leases end and these deliveries are tried again
+                log.exception("recording %d webhook attempt(s) failed", len(batch))
+                statuses = []
+            finally:
+                for _ in batch:
+                    self._to_record.task_done()
+            for attempt, status in zip(batch, statuses, strict=False):
+                self._count(attempt, status)
+
+    @staticmethod
+    def _count(attempt: outbox.AttemptResult, status: WebhookDeliveryStatus | None) -> None:
+        delivery = attempt.delivery
+        if status is None:
+            log.warning("webhook delivery %s: its lease ran out before the answer was recorded", delivery.id)
+            return
+        result = {WebhookDeliveryStatus.DELIVERED: "delivered", WebhookDeliveryStatus.PENDING: "failed",
+                  WebhookDeliveryStatus.GAVE_UP: "gave_up"}[status]
+        WEBHOOK_DELIVERIES.labels(result=result).inc()
+        if status is WebhookDeliveryStatus.GAVE_UP:
+            log.warning("webhook delivery %s (%s) to endpoint %s given up after %s attempt(s): %s",
+                        delivery.id, delivery.event_type, delivery.endpoint_id, delivery.attempt, attempt.error)
 
     async def _post(self, delivery: outbox.ClaimedDelivery) -> outbox.AttemptResult:
         """One request: its status code, or why it failed, and how long it took."""
