@@ -250,11 +250,17 @@ async def claim_due_deliveries(session: AsyncSession, *, now: datetime, lease_se
     token = str(uuid.uuid4())
     # PostgreSQL: rows another sender is claiming right now are skipped, not waited for. SQLite renders no
     # FOR UPDATE; its single writer makes the conditional UPDATE atomic.
+    # Two statements: as one (UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)) PostgreSQL ran the
+    # subquery once per row of the table (0.7 s for 2,000 rows). The UPDATE checks again for SQLite, which
+    # takes no row locks.
     lockable = (select(WebhookDelivery.id).where(WebhookDelivery.id.in_(chosen), _due(now))
                 .with_for_update(skip_locked=True))
+    locked = list((await session.scalars(lockable)).all())
+    if not locked:
+        return []
     claimed = await session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(lockable.scalar_subquery()), _due(now))
+        .where(WebhookDelivery.id.in_(locked), _due(now))
         .values(claim=token, locked_until=now + timedelta(seconds=lease_seconds),
                 attempts=WebhookDelivery.attempts + 1)
         .returning(WebhookDelivery.id, WebhookDelivery.endpoint_id, WebhookDelivery.event_id,
