@@ -102,3 +102,21 @@ def test_the_sample_grafana_dashboard_has_a_panel_for_every_metric():
     expressions = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
     names = {family.name for family in REGISTRY.collect()}
     assert names and all(name in expressions for name in names), names
+
+
+async def test_the_web_port_sends_each_answer_at_once_with_nagle_off(settings_env, engine, sessions):
+    """Found measuring scrape time: uvicorn writes an answer's head and body apart, and with Nagle on (asyncio
+    leaves it on for sockets made with proto 0, as WEB_BIND's is) the body waited ~40 ms for the client's delayed
+    ACK on every request. The accepted connection must have TCP_NODELAY."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # as WebComponent makes WEB_BIND's (proto 0)
+    sock.bind(("127.0.0.1", 0))
+    web = WebComponent(make_runtime(settings_env, engine, sessions), sock=sock)
+    await web.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.port}", timeout=10) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            (connection,) = web._server.server_state.connections
+            server_side = connection.transport.get_extra_info("socket")
+            assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await web.stop()
