@@ -248,7 +248,7 @@ class WebhookSender:
         feeds many requests), else every `poll_seconds`."""
         while True:
             try:
-                claimed = await self.run_once()
+                claimed = await finishing(self.run_once())   # a stop lets the claim's transaction finish
             except asyncio.CancelledError:
                 raise
             except Exception:
