@@ -15,6 +15,7 @@ from sqlalchemy import JSON, Row, bindparam, case, delete, func, insert, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db import webhooks
 from db.models import (
     Call,
     CallEvent,
@@ -153,6 +154,8 @@ async def set_task_status(session: AsyncSession, user_id: int, task_id: int, sta
     if only_from is not None:
         query = query.where(Task.status.in_(list(only_from)))
     result = await session.execute(query.values(**values))
+    if result.rowcount == 1 and status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+        await webhooks.task_finished(session, user_id, task_id, status)   # the outbox, in this transaction
     return result.rowcount == 1
 
 
@@ -305,6 +308,8 @@ async def record_call_event(session: AsyncSession, user_id: int, call_id: int, t
     event = CallEvent(user_id=user_id, call_id=call_id, type=type_, payload=payload or {})
     session.add(event)
     await session.flush()
+    if type_ == "call.ended":   # every call's end is recorded here once (ami_controller.outcomes.finish_call)
+        await webhooks.call_ended(session, user_id, call_id)
     return event
 
 
@@ -404,6 +409,7 @@ async def create_feedback_request(session: AsyncSession, user_id: int, call_id: 
     request = FeedbackRequest(user_id=user_id, call_id=call_id, question=question, timeout_at=timeout_at)
     session.add(request)
     await session.flush()
+    await webhooks.feedback_changed(session, user_id, request.id, "feedback.asked")
     return request
 
 
@@ -421,6 +427,8 @@ async def answer_feedback_request(session: AsyncSession, user_id: int, request_i
                FeedbackRequest.status == FeedbackStatus.PENDING)
         .values(answer=answer, status=FeedbackStatus.ANSWERED, answered_at=utcnow())
     )
+    if result.rowcount == 1:
+        await webhooks.feedback_changed(session, user_id, request_id, "feedback.answered")
     return result.rowcount == 1
 
 

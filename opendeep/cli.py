@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the components (default: all of them) in one process")
-    serve.add_argument("--only", help="comma-separated subset: fastagi,audiosocket,ami,aftercall,web")
+    serve.add_argument("--only", help="comma-separated subset: fastagi,audiosocket,ami,aftercall,webhooks,web")
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="migrate the database to the latest schema")

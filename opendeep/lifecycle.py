@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import repo, webhooks
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
 from opendeep.periodic import run_periodically
@@ -225,6 +225,8 @@ class LifecycleManager:
         )
         if result.rowcount != 1:
             return False
+        if status is TaskStatus.FAILED:   # set_task_status does this for the other paths
+            await webhooks.task_finished(session, task.user_id, task.id, status)
         await repo.record_task_event(session, task.user_id, task.id, "lifecycle.recovered", reason,
                                      {"from": task.status.value, "to": status.value, "attempt_count": attempts})
         published.append(("task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,

@@ -27,6 +27,11 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+def _webhooks(runtime: Runtime) -> Component:
+    from opendeep.webhooks import WebhookComponent
+    return WebhookComponent(runtime)
+
+
 def _web(runtime: Runtime) -> Component:
     from webui.app import WebComponent
     return WebComponent(runtime)
@@ -59,6 +64,7 @@ COMPONENTS: dict[str, Callable[[Runtime], Component]] = {
     "audiosocket": _audiosocket,
     "ami": _ami,
     "aftercall": _after_call,
+    "webhooks": _webhooks,
     "web": _web,
 }
 

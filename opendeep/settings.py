@@ -173,6 +173,13 @@ def _proxy_networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
         raise ValueError(f"expected comma-separated addresses or CIDR networks ({exc})") from None
 
 
+def _base_url_or_empty(raw: str) -> str:
+    raw = raw.strip().rstrip("/")
+    if raw and (urlsplit(raw).scheme not in ("http", "https") or not urlsplit(raw).netloc):
+        raise ValueError("expected http(s)://HOST[:PORT][/PATH] or nothing")
+    return raw
+
+
 def _log_level(raw: str) -> str:
     value = raw.upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -298,6 +305,22 @@ SETTINGS: tuple[Setting, ...] = (
             "empty = none"),
     Setting("SESSION_COOKIE_SECURE", "session_cookie_secure", "false", parse_bool,
             "send the session cookie over HTTPS only: set true when the web UI is behind TLS"),
+    # Webhooks and /metrics (opendeep/webhooks.py, webui/metrics_endpoint.py).
+    Setting("PUBLIC_BASE_URL", "public_base_url", "", _base_url_or_empty,
+            "the web UI's address as others reach it (https://opendeep.example.com), for links in webhooks; "
+            "empty = links are paths such as /calls/12"),
+    Setting("WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", "false", parse_bool,
+            "let webhook URLs reach loopback, private, link-local and reserved addresses (off: refused, SSRF)"),
+    Setting("WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", "10", _positive_float,
+            "one webhook delivery's whole request (connect, send, answer) must finish this soon"),
+    Setting("WEBHOOK_RETRY_HOURS", "webhook_retry_hours", "24", _positive_float,
+            "a webhook delivery is retried with exponential backoff for this long, then given up"),
+    Setting("WEBHOOK_CONCURRENCY_PER_ENDPOINT", "webhook_concurrency_per_endpoint", "4", _positive_int,
+            "deliveries in flight at once to one endpoint (a slow endpoint holds only these)"),
+    Setting("WEBHOOK_MAX_CONCURRENCY", "webhook_max_concurrency", "64", _positive_int,
+            "webhook deliveries in flight at once in one process"),
+    Setting("METRICS_ENABLED", "metrics_enabled", "false", parse_bool,
+            "serve Prometheus metrics at /metrics on the web port, without login (states and counts only)"),
 )
 
 
@@ -362,6 +385,13 @@ class Settings:
     web_max_connections: int
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     session_cookie_secure: bool
+    public_base_url: str
+    webhook_allow_private: bool
+    webhook_timeout_seconds: float
+    webhook_retry_hours: float
+    webhook_concurrency_per_endpoint: int
+    webhook_max_concurrency: int
+    metrics_enabled: bool
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

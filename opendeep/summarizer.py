@@ -24,7 +24,7 @@ import openai
 from sqlalchemy import case, exists, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import repo, webhooks
 from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, Task
 from db.types import UTCDateTime, utcnow
 from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
@@ -225,6 +225,7 @@ class CampaignSummarizer:
             )
             if result.rowcount != 1:
                 return False  # another summarizer stored it first
+            await webhooks.campaign_finished(session, user_id, campaign_id)   # the outbox, in this transaction
             note = await repo.add_notification(
                 session, user_id, "campaign.summarized",
                 f"Campaign '{campaign.name}' is finished: {content['summary'][:300]}",

@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
-from webui import api, pages, transfers
+from webui import api, metrics_endpoint, pages, transfers, webhooks
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
@@ -83,7 +83,7 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     """The web UI for this runtime. SECRET_KEY signs sessions; empty = a random key for this app's lifetime."""
     secret = runtime.settings.secret_key or secrets.token_urlsafe(32)
     app = Starlette(
-        routes=[*pages.routes(), *api.routes(), *transfers.routes(),
+        routes=[*pages.routes(), *api.routes(), *transfers.routes(), *webhooks.routes(), *metrics_endpoint.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),
@@ -231,6 +231,9 @@ class WebComponent:
                 self._sock.close()
                 raise RuntimeError(f"web UI cannot listen on {bind} ({exc.strerror}); set WEB_BIND") from None
         self.port = self._sock.getsockname()[1]
+        # Accepted sockets inherit this. asyncio sets it only on sockets made with proto=IPPROTO_TCP, not on
+        # these (proto 0): without it each answer written in two parts waited ~40 ms for a delayed ACK.
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         settings = self.runtime.settings
         limits = ConnectionLimits(settings.web_header_timeout_seconds, settings.web_body_timeout_seconds,
                                   settings.web_max_connections)
