@@ -29,6 +29,7 @@ class AmiComponent:
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self.scheduler_passes = 0   # finished passes, failed ones too (shown by /healthz)
 
     async def start(self) -> None:
         await self.controller.start()
@@ -48,7 +49,7 @@ class AmiComponent:
         """Healthy when logged in to Asterisk (and re-synced) and the scheduler loop runs."""
         connected, scheduler = self.controller.connected, task_running(self._loop_task)
         return {"ok": connected and scheduler, "asterisk": self.controller.address, "connected": connected,
-                "scheduler": scheduler}
+                "scheduler": scheduler, "scheduler_passes": self.scheduler_passes}
 
     def wake(self) -> None:
         """Run the next pass now instead of at the next poll (e.g. a campaign was just started)."""
@@ -69,6 +70,7 @@ class AmiComponent:
                              len(report.rescheduled), len(report.deferred))
             except Exception:  # a database hiccup must not stop the campaign for good
                 log.exception("scheduler pass failed; trying again in %.1f s", poll)
+            self.scheduler_passes += 1
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
