@@ -40,6 +40,7 @@ class AmiComponent:
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self._loop_task: asyncio.Task | None = None
         self._made_actions = False
+        self.scheduler_passes = 0   # finished passes, failed ones too (shown by /healthz)
 
     async def start(self) -> None:
         for controller in self.controllers:
@@ -69,7 +70,7 @@ class AmiComponent:
         """Healthy when logged in to every Asterisk (and re-synced) and the scheduler loop runs."""
         connected, scheduler = all(c.connected for c in self.controllers), task_running(self._loop_task)
         health = {"ok": connected and scheduler, "asterisk": self.controller.address, "connected": connected,
-                  "scheduler": scheduler}
+                  "scheduler": scheduler, "scheduler_passes": self.scheduler_passes}
         if len(self.controllers) > 1:
             health["servers"] = {c.server.name: {"asterisk": c.address, "connected": c.connected}
                                  for c in self.controllers}
@@ -97,4 +98,5 @@ class AmiComponent:
                              len(report.rescheduled), len(report.deferred))
             except Exception:  # a database hiccup must not stop the campaign for good
                 log.exception("scheduler pass failed; trying again in %.1f s", poll)
+            self.scheduler_passes += 1
             await asyncio.sleep(poll)

@@ -50,7 +50,8 @@ class AfterCallComponent:
 
     def health(self) -> dict:
         running = {task.get_name().removeprefix("aftercall-"): task_running(task) for task in self._tasks}
-        return {"ok": bool(running) and all(running.values()), **running}
+        return {"ok": bool(running) and all(running.values()), **running,
+                "lifecycle_passes": self.lifecycle.passes.finished}
 
     async def stop(self) -> None:
         """Cancel the loops and wait for them; an analysis cut off mid-way is retried when its lease runs out."""

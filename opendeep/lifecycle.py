@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo, webhooks
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
-from opendeep.periodic import run_periodically
+from opendeep.periodic import PassCount, run_periodically
 from opendeep.recordings import delete_expired_recordings
 from opendeep.settings import Settings
 
@@ -90,6 +90,7 @@ class LifecycleManager:
         self.settings = settings
         self.sessions = sessions
         self.events = events
+        self.passes = PassCount()
         self.stuck_after = timedelta(seconds=settings.stuck_task_seconds)
         # An open call row is only ended once no real call could still be on the line (ringing + the hard call
         # limit + slack): ending a live call's row would let the scheduler dial the same person again.
@@ -125,7 +126,7 @@ class LifecycleManager:
 
     async def run_forever(self, interval: float) -> None:
         """The first pass runs at once (startup after a crash), then every `interval` seconds until cancelled."""
-        await run_periodically(self.run_once, interval, "lifecycle pass")
+        await run_periodically(self.run_once, interval, "lifecycle pass", self.passes)
 
     async def run_tenant(self, user_id: int, now: datetime | None = None) -> dict[str, int]:
         """Every rule, for one tenant."""

@@ -26,7 +26,16 @@ async def finishing(work: Awaitable[T], grace: float = FINISH_GRACE_SECONDS) -> 
         raise
 
 
-async def run_periodically(one_pass: Callable[[], Awaitable[object]], interval: float, what: str) -> None:
+class PassCount:
+    """How many passes a loop has finished (failed ones too): /healthz shows it, and a test that checks that
+    nothing happened waits for passes to have run rather than for a guessed time."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+
+async def run_periodically(one_pass: Callable[[], Awaitable[object]], interval: float, what: str,
+                           passes: PassCount | None = None) -> None:
     """Run `one_pass()` now and then every `interval` seconds until cancelled; an exception is logged (naming
     `what`) and the next pass runs as usual."""
     while True:
@@ -36,4 +45,6 @@ async def run_periodically(one_pass: Callable[[], Awaitable[object]], interval: 
             raise
         except Exception:
             log.exception("%s failed; trying again in %.1fs", what, interval)
+        if passes is not None:
+            passes.finished += 1
         await asyncio.sleep(interval)

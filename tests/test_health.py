@@ -45,11 +45,15 @@ async def test_healthy_while_logged_in_to_asterisk_and_503_naming_ami_when_aster
             assert report["database"]["ok"] and report["database"]["dialect"] == engine.dialect.name
             assert set(report["components"]) == set(COMPONENTS)
             assert all(state["ok"] for state in report["components"].values())
-            assert report["components"]["ami"] == {"ok": True, "asterisk": f"127.0.0.1:{ami_port}",
-                                                   "connected": True, "scheduler": True}
+            ami, aftercall = report["components"]["ami"], report["components"]["aftercall"]
+            assert ami == {"ok": True, "asterisk": f"127.0.0.1:{ami_port}", "connected": True, "scheduler": True,
+                           "scheduler_passes": ami["scheduler_passes"]}
             assert report["components"]["audiosocket"]["live_calls"] == 0
-            assert report["components"]["aftercall"] == {"ok": True, "lifecycle": True, "analyzer": True,
-                                                         "summarizer": True}
+            assert aftercall == {"ok": True, "lifecycle": True, "analyzer": True, "summarizer": True,
+                                 "lifecycle_passes": aftercall["lifecycle_passes"]}
+            # Passes are counted as they finish (the loops keep running).
+            later = await eventually(lambda: health(200), timeout=15, what="/healthz 200")
+            assert later["components"]["aftercall"]["lifecycle_passes"] >= aftercall["lifecycle_passes"] >= 1
 
             await fake.stop()   # Asterisk goes away: the controller reconnects with backoff
             report = await eventually(lambda: health(503), timeout=10, what="/healthz 503")

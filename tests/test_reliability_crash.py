@@ -10,10 +10,10 @@ Two ways the truth comes back after a crash, and neither may dial anybody twice:
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import select, update
 
 from db import repo
@@ -32,7 +32,7 @@ from tests.doubles.reliability_serve import (
     window_open_now,
 )
 
-ONLY = "fastagi,audiosocket,ami,aftercall"
+ONLY = "fastagi,audiosocket,ami,aftercall,web"   # web: /healthz counts the passes
 # Small on purpose: the lifecycle manager ends an open call ORIGINATE_TIMEOUT + MAX_CALL + 60 s = 75 s after it
 # was placed, and not one second earlier.
 CRASH_ENV = {"ORIGINATE_TIMEOUT_SECONDS": "5", "MAX_CALL_SECONDS": "10", "STUCK_TASK_SECONDS": "1",
@@ -45,6 +45,24 @@ def dialed(fake: FakeAmi) -> Counter[str]:
     """Originates per number, as Asterisk received them."""
     return Counter((pairs_get(action, "Channel") or "").split("@")[0].removeprefix("Local/")
                    for action in fake.actions_named("Originate"))
+
+
+async def passes_run(app: CrashableServe, *, lifecycle: int = 0, scheduler: int = 0) -> None:
+    """Wait until the running process has finished this many more lifecycle / scheduler passes (as /healthz
+    counts them): a check that nothing happened then holds however slow the machine is."""
+    async def counts() -> tuple[int, int] | None:
+        try:
+            async with httpx.AsyncClient(base_url=app.web_url, timeout=10) as client:
+                components = (await client.get("/healthz")).json()["components"]
+        except httpx.TransportError:   # the web port is not listening yet
+            return None
+        return components["aftercall"]["lifecycle_passes"], components["ami"]["scheduler_passes"]
+
+    start = await eventually(counts, timeout=30, what="/healthz")
+    async def enough() -> bool:
+        now = await counts()
+        return now is not None and now[0] >= start[0] + lifecycle and now[1] >= start[1] + scheduler
+    await eventually(enough, timeout=60, interval=0.1, what=f"{lifecycle} lifecycle and {scheduler} scheduler passes")
 
 
 async def calls_of(sessions, task_id: int) -> list[Call]:
@@ -119,7 +137,7 @@ async def test_killed_mid_call_with_asterisk_gone_the_lifecycle_recovers_and_red
         await stack.app.kill9()
         await stack.fake.stop()
         await stack.app.start()
-        await asyncio.sleep(1.5)   # five lifecycle passes, AMI retrying in the background
+        await passes_run(stack.app, lifecycle=5)   # AMI retrying in the background
         (call,) = await calls_of(stack.sessions, task_id)
         assert call.status is CallStatus.ANSWERED       # too young to be sure it is over: left alone
         assert await task_status(stack.sessions, task_id) is TaskStatus.IN_PROGRESS
@@ -141,7 +159,7 @@ async def test_killed_mid_call_with_asterisk_gone_the_lifecycle_recovers_and_red
         await stack.fake.start(port=stack.ami_port)
         stack.fake.hold_seconds = 0.3
         await eventually(lambda: _status_is(stack.sessions, task_id, TaskStatus.COMPLETED), timeout=30, interval=0.2)
-        await asyncio.sleep(1.0)   # more scheduler passes: still nothing dialed twice
+        await passes_run(stack.app, lifecycle=3, scheduler=5)   # still nothing dialed twice
         exit_code = await stack.app.stop()
         calls = await calls_of(stack.sessions, task_id)
         async with stack.sessions() as session:
@@ -179,7 +197,7 @@ async def test_killed_mid_call_the_ami_resync_keeps_the_live_call_and_settles_th
         assert await ended_by(stack.sessions, user_id, dead_call.id) == "ami.resync"
         await eventually(lambda: _status_is(stack.sessions, dead_task, TaskStatus.COMPLETED), timeout=15)
 
-        await asyncio.sleep(1.5)   # scheduler and lifecycle passes: the live call is left to Asterisk
+        await passes_run(stack.app, lifecycle=5, scheduler=5)   # the live call is left to Asterisk
         (still,) = await calls_of(stack.sessions, live_task)
         assert still.status is CallStatus.ANSWERED
         assert await task_status(stack.sessions, live_task) is TaskStatus.IN_PROGRESS
