@@ -37,6 +37,7 @@ from ami_controller.outcomes import finish_call, map_dial_status
 from db import repo, transfers
 from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus
 from db.types import utcnow
+from fastagi_server.callbacks import CallbackRoutes
 from fastagi_server.protocol import AgiError, AgiSession
 from opendeep.recordings import recording_path
 from opendeep.settings import Settings
@@ -105,6 +106,7 @@ class CallRoutes:
         self.sessions = sessions
         self.events = events
         self._batcher = GroupCommit(self.decide_call_start_batch)
+        self.callbacks = CallbackRoutes(settings, sessions, events)   # [opendeep-inbound]
         try:
             settings.dial_string_template.format(number="+15550100", digits="15550100")
         except (KeyError, IndexError, ValueError) as exc:
@@ -119,6 +121,7 @@ class CallRoutes:
             "call-end": self.call_end,
             "amd": self.amd,
             "transfer": self.transfer,
+            **self.callbacks.table(),
         }
 
     # ------------------------------------------------------------ call-start

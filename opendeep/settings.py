@@ -269,6 +269,10 @@ SETTINGS: tuple[Setting, ...] = (
             "where Asterisk writes the recordings and the web UI reads them (the same path on both)"),
     Setting("RECORDING_RETENTION_DAYS", "recording_retention_days", "30", _positive_int,
             "recordings older than this are deleted"),
+    Setting("CALLBACK_WINDOW_DAYS", "callback_window_days", "7", _positive_int,
+            "a caller who rings back within this many days of our last call to their number reaches that task"),
+    Setting("CALLBACK_NUMBER", "callback_number", "", _e164_or_empty,
+            "the number callees ring back (E.164), spoken in voicemail messages; empty = the number in CALLER_ID"),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Setting("WEB_HEADER_TIMEOUT_SECONDS", "web_header_timeout_seconds", "10", _positive_float,
             "a web client must send a whole request head this soon after connecting (or after the last answer)"),
@@ -337,6 +341,8 @@ class Settings:
     record_calls: bool
     recordings_dir: str
     recording_retention_days: int
+    callback_window_days: int
+    callback_number: str
     log_level: str
     web_header_timeout_seconds: float
     web_body_timeout_seconds: float
@@ -357,6 +363,14 @@ class Settings:
     @property
     def audiosocket_address(self) -> str:
         return self.audiosocket_advertise or str(self.audiosocket_bind)
+
+    @property
+    def callback_number_e164(self) -> str:
+        """The number callees ring back: CALLBACK_NUMBER, else the +digits in CALLER_ID, else ""."""
+        if self.callback_number:
+            return self.callback_number
+        match = re.search(r"\+[1-9]\d{6,14}", self.caller_id)
+        return match.group(0) if match else ""
 
     @property
     def llm_configured(self) -> bool:
