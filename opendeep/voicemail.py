@@ -1,0 +1,21 @@
+"""The message OpenDeep leaves on an answering machine: the planner's text plus the number to call back.
+Shared by the plan page (what the user confirms) and the call AI (what it says), so both are the same words."""
+
+from __future__ import annotations
+
+
+def voicemail_script(message: str, callback_number: str) -> str:
+    """The message left on a machine: the planner's text, with the callback number added when it lacks it.
+    What the plan page shows is what the AI says."""
+    text = " ".join((message or "").split())
+    digits = callback_number.lstrip("+")
+    if callback_number and digits not in "".join(ch for ch in text if ch.isdigit()):
+        text = f"{text} You can call us back at {spoken_number(callback_number)}.".strip()
+    return text
+
+
+def spoken_number(number: str) -> str:
+    """+14155550123 -> "plus 1 4 1 5, 5 5 5, 0 1 2 3": digit by digit, grouped, as a person reads it out."""
+    digits = number.lstrip("+")
+    groups = [digits[max(0, i - 4):i] for i in range(len(digits), 0, -4)][::-1]
+    return ("plus " if number.startswith("+") else "") + ", ".join(" ".join(group) for group in groups)
