@@ -15,7 +15,12 @@ def voicemail_script(message: str, callback_number: str) -> str:
 
 
 def spoken_number(number: str) -> str:
-    """+14155550123 -> "plus 1 4 1 5, 5 5 5, 0 1 2 3": digit by digit, grouped, as a person reads it out."""
+    """+14155550123 -> "plus 1, 4 1 5, 5 5 5, 0 1 2 3": digit by digit, the last four together and threes before
+    them, as a person reads a number out."""
     digits = number.lstrip("+")
-    groups = [digits[max(0, i - 4):i] for i in range(len(digits), 0, -4)][::-1]
+    groups = [digits[-4:]] if digits else []
+    rest = digits[:-4]
+    while rest:
+        groups.insert(0, rest[-3:])
+        rest = rest[:-3]
     return ("plus " if number.startswith("+") else "") + ", ".join(" ".join(group) for group in groups)
