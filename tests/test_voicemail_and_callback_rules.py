@@ -150,3 +150,45 @@ async def test_callback_settings_take_only_the_users_own_transfer_target(setting
         assert page.status_code == 200 and "ring Front desk" in page.text and "Bob" not in page.text
     finally:
         await alice.aclose()
+
+
+async def test_the_plan_page_shows_each_message_as_it_will_be_spoken(settings_env, engine, sessions):
+    runtime = make_runtime(settings_env, engine, sessions, CALLBACK_NUMBER="+14155550100")
+    alice_id = await add_user(runtime, "alice")
+    plan = validate_plan(a_plan(voicemail={"action": "leave_message", "message": MESSAGE})).plan
+    async with sessions() as session, session.begin():
+        chat = await repo.create_chat_session(session, alice_id)
+        chat.plan = plan
+        chat_id = chat.id
+    alice = WebClient(create_app(runtime))
+    await alice.login("alice")
+    try:
+        page = (await alice.http.get(f"/chat/{chat_id}")).text
+    finally:
+        await alice.aclose()
+    spoken = voicemail_script(MESSAGE, "+14155550100").replace("'", "&#39;")
+    assert "leave a message after the beep" in page and page.count(spoken) == 2   # both targets
+
+
+async def test_without_amd_the_call_ai_hears_the_machine_and_leaves_the_plans_message(scene, sessions, realtime):
+    """The model's own verdict: told the plan, it says the message after the beep and ends with voicemail_left,
+    which becomes the call's outcome (the analyzer reads it)."""
+    from tests.doubles.audiosocket_calls import asterisk_call, audiosocket_server, seed_call
+    from tests.doubles.fake_realtime import FakeResponse
+
+    realtime.greeting = FakeResponse(function_call=("end_call", {"outcome": "voicemail_left", "summary": "left"}))
+    seeded = await seed_call(sessions)
+    async with sessions() as db, db.begin():
+        task = await repo.get_task(db, seeded.user_id, seeded.task_id)
+        task.voicemail_message = MESSAGE
+        (await repo.get_campaign(db, seeded.user_id, task.campaign_id)).voicemail_action = \
+            VoicemailAction.LEAVE_MESSAGE
+    async with audiosocket_server(scene(CALLBACK_NUMBER="+14155550100")) as server, \
+            asterisk_call(server, seeded.as_uuid) as asterisk:
+        model = await realtime.wait_for_connection()
+        await asterisk.wait_hangup(timeout=5)
+    instructions = model.session_config()["instructions"]
+    assert "wait for the beep" in instructions and voicemail_script(MESSAGE, "+14155550100") in instructions
+    async with sessions() as db:
+        call = await repo.get_call(db, seeded.user_id, seeded.call_id)
+    assert call.outcome is CallOutcome.VOICEMAIL_LEFT
