@@ -431,7 +431,8 @@ class AmiController:
             calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES)))).all()
             for call in calls:
                 one, two = call_uniqueids(call.id)
-                if one in live or two in live:
+                # asterisk_uniqueid: a callback's inbound channel (fastagi_server/callbacks.py) has Asterisk's own.
+                if one in live or two in live or (call.asterisk_uniqueid and call.asterisk_uniqueid in live):
                     log.info("re-sync: call %s is still up in Asterisk", call.id)
                     continue
                 outcome = CallOutcome.ANSWERED if call.answered_at is not None else CallOutcome.FAILED

@@ -145,3 +145,51 @@ def _heard_share_and_shape(spoken: bytes, heard: bytes) -> tuple[float, float]:
     best = max((audio_match._correlation(said, arrived[i:i + len(said)])
                 for i in range(len(arrived) - len(said) + 1)), default=0.0)
     return share, best
+
+
+async def test_the_ami_resync_keeps_a_live_callback_and_ends_one_whose_channel_is_gone(asterisk, settings, sessions):
+    """After every AMI login OpenDeep ends the calls Asterisk no longer has. A callback's channel has Asterisk's
+    own Uniqueid (not opendeep-<id>), recorded by the callback route: a live one must survive the re-sync."""
+    import dataclasses
+
+    from ami_controller.manager import AmiController
+    from db import repo
+    from db.models import Call
+    from db.types import utcnow
+    from tests.asterisk.instance import TEST_AMI_SECRET, TEST_AMI_USER
+    from tests.asterisk.observer import AmiObserver
+
+    observer = AmiObserver(asterisk.ami_port)
+    await observer.start()
+    controller = None
+    try:
+        # A channel that stays up: a caller still ringing (the test callee that never answers).
+        response = await observer.action("Originate", Channel="Local/14155550103@opendeep-test-callees/n",
+                                         Application="Wait", Data="30", ChannelId="inbound-live",
+                                         OtherChannelId="inbound-live-b", Timeout="30000", Async="true")
+        assert response["Response"] == "Success", response
+        channel = (await observer.wait_event("Newchannel", 10, Uniqueid="inbound-live"))["Channel"]
+        async with sessions() as db, db.begin():
+            user = await repo.create_user(db, "alice", "x")
+            campaign = await repo.create_campaign(db, user.id, name="Callbacks")
+            task = await repo.add_task(db, user.id, campaign.id, target_name="Callee", phone_number=BUSY)
+            live, gone = (Call(user_id=user.id, task_id=task.id, attempt_number=0, dialed_number=BUSY,
+                               direction=CallDirection.INBOUND, status=CallStatus.ANSWERED, asterisk_uniqueid=uid,
+                               started_at=utcnow(), answered_at=utcnow()) for uid in ("inbound-live", "gone-1"))
+            db.add_all([live, gone])
+            await db.flush()
+            live_id, gone_id, user_id = live.id, gone.id, user.id
+        ami = dataclasses.replace(settings, ami_port=asterisk.ami_port, ami_username=TEST_AMI_USER,
+                                  ami_secret=TEST_AMI_SECRET)
+        controller = AmiController(ami, sessions, None, end_grace_seconds=0.1)
+        await controller.start()
+        await controller.wait_connected(10)   # connected = logged in and re-synced
+
+        async with sessions() as db:
+            statuses = [(await repo.get_call(db, user_id, call_id)).status for call_id in (live_id, gone_id)]
+        assert statuses == [CallStatus.ANSWERED, CallStatus.ENDED]
+        await observer.action("Hangup", Channel=channel)
+    finally:
+        if controller is not None:
+            await controller.stop()
+        await observer.stop()
