@@ -461,7 +461,8 @@ class AmiController:
                                                               self.carries_call()))).all()
             for call in calls:
                 one, two = call_uniqueids(call.id)
-                if one in live or two in live:
+                # asterisk_uniqueid: a callback's inbound channel (fastagi_server/callbacks.py) has Asterisk's own.
+                if one in live or two in live or (call.asterisk_uniqueid and call.asterisk_uniqueid in live):
                     log.info("re-sync: call %s is still up in Asterisk", call.id)
                     continue
                 outcome = CallOutcome.ANSWERED if call.answered_at is not None else CallOutcome.FAILED

@@ -18,13 +18,14 @@ import openai
 from sqlalchemy import CursorResult, select, update
 
 from audiosocket.bridge import BridgeLimits, CallBridge, ConnectModel, EndReason
-from audiosocket.instructions import build_instructions, user_display_name
+from audiosocket.instructions import build_instructions, user_display_name, voicemail_plan_line
 from audiosocket.protocol import DEFAULT_MAX_PAYLOAD, HANGUP_FRAME, Frame, FrameReader, Kind, ProtocolError
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession
 from audiosocket.recorder import CallRef, RecordWriter
+from audiosocket.special_calls import call_instructions, voicemail_plan
 from audiosocket.tools import tool_definitions
 from db import repo, transfers
-from db.models import Call, CallStatus
+from db.models import Call, CallDirection, CallOutcome, CallStatus
 from db.types import utcnow
 from opendeep.llm import LlmNotConfigured, realtime_client
 from opendeep.metrics import AUDIOSOCKET_LIVE_CALLS
@@ -274,11 +275,16 @@ class AudioSocketServer:
             if task is None or user is None:
                 return None
             campaign = await repo.get_campaign(db, call.user_id, task.campaign_id)
-            targets = [t.name for t in await transfers.list_transfer_targets(db, call.user_id)]
-            instructions = build_instructions(task=task, user=user, campaign=campaign, transfer_targets=targets,
-                                              recorded=self.runtime.settings.record_calls)
-            return (CallRef(call.user_id, call.id, task.id), instructions, user_display_name(user),
-                    tool_definitions(targets))
+            if call.direction is CallDirection.INBOUND or call.outcome is CallOutcome.VOICEMAIL:
+                instructions, tools = call_instructions(self.runtime.settings, call, task, user, campaign)
+            else:
+                targets = [t.name for t in await transfers.list_transfer_targets(db, call.user_id)]
+                instructions = build_instructions(
+                    task=task, user=user, campaign=campaign, transfer_targets=targets,
+                    recorded=self.runtime.settings.record_calls,
+                    voicemail=voicemail_plan_line(*voicemail_plan(self.runtime.settings, task, campaign)))
+                tools = tool_definitions(targets)
+            return (CallRef(call.user_id, call.id, task.id), instructions, user_display_name(user), tools)
 
     async def _connect_realtime(self, instructions: str, tools: list[dict[str, Any]]) -> RealtimeSession:
         if self._client is None:

@@ -46,7 +46,8 @@ class AiCallOutcome(enum.StrEnum):
     OBJECTIVE_NOT_MET = "objective_not_met"
     CALLBACK_REQUESTED = "callback_requested"
     WRONG_NUMBER = "wrong_number"
-    VOICEMAIL = "voicemail"
+    VOICEMAIL = "voicemail"              # a machine answered; no message left
+    VOICEMAIL_LEFT = "voicemail_left"    # a machine answered and the task's message was left after the beep
     DO_NOT_CALL = "do_not_call"
     OTHER = "other"
 
@@ -162,8 +163,8 @@ class CallTools:
             verdict = AiCallOutcome.OTHER
         self._record("ai.end_call", {"outcome": verdict.value, "summary": summary,
                                            "outcome_given": outcome})
-        if verdict is AiCallOutcome.VOICEMAIL:
-            await self._set_outcome_hint(CallOutcome.VOICEMAIL)
+        if verdict in (AiCallOutcome.VOICEMAIL, AiCallOutcome.VOICEMAIL_LEFT):
+            await self._set_outcome_hint(CallOutcome(verdict.value))
         self.on_end_call(verdict, summary)
         return {"ok": True, "status": "the call ends after your last words; say nothing more"}
 

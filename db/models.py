@@ -18,6 +18,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import (
+    true as sa_true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.types import UTCDateTime, utcnow
@@ -79,8 +82,21 @@ class CallOutcome(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     DND_BLOCKED = "dnd_blocked"
-    VOICEMAIL = "voicemail"
+    VOICEMAIL = "voicemail"            # a machine answered (AMD or the call AI); no message left
+    VOICEMAIL_LEFT = "voicemail_left"  # a machine answered and the call AI left the task's message after the beep
     FAILED_AI = "failed_ai"
+
+
+class CallDirection(enum.StrEnum):
+    OUTBOUND = "outbound"   # OpenDeep dialed (AMI Originate)
+    INBOUND = "inbound"     # a callee rang back the number that called them ([opendeep-inbound])
+
+
+class VoicemailAction(enum.StrEnum):
+    """What a campaign does when a machine answers (its plan's `voicemail.action`)."""
+
+    HANG_UP = "hang_up"              # hang up and retry later
+    LEAVE_MESSAGE = "leave_message"  # wait for the beep, speak the task's message, hang up
 
 
 class Speaker(enum.StrEnum):
@@ -115,6 +131,12 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Bumped by logout and password change: a session cookie of an older version is refused.
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Callbacks (fastagi_server/callbacks.py): whether the call AI answers a callee who rings back, and who gets
+    # the callbacks it does not take (one of the user's transfer targets; none = a polite message, then hangup).
+    callback_ai: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    # No foreign key (users <-> transfer_targets would be a cycle): read only through transfers.py, by user_id;
+    # a deleted target simply falls back to the message.
+    callback_fallback_target_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class TransferTarget(Base):
@@ -150,6 +172,8 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
     summarized_at: Mapped[datetime | None] = mapped_column()
+    voicemail_action: Mapped[VoicemailAction] = mapped_column(
+        _enum(VoicemailAction), default=VoicemailAction.HANG_UP, server_default=VoicemailAction.HANG_UP.value)
 
     tasks: Mapped[list[Task]] = relationship(back_populates="campaign", order_by="Task.id")
 
@@ -175,6 +199,8 @@ class Task(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     inter_call_context: Mapped[str] = mapped_column(Text, default="")
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What the call AI says to an answering machine when the campaign leaves messages (written by the planner).
+    voicemail_message: Mapped[str | None] = mapped_column(Text)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -195,10 +221,12 @@ class Call(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    attempt_number: Mapped[int] = mapped_column(Integer)
+    attempt_number: Mapped[int] = mapped_column(Integer)   # 0 for an inbound callback: not an attempt of ours
+    direction: Mapped[CallDirection] = mapped_column(_enum(CallDirection), default=CallDirection.OUTBOUND,
+                                                     server_default=CallDirection.OUTBOUND.value)
     status: Mapped[CallStatus] = mapped_column(_enum(CallStatus), default=CallStatus.CREATED)
     outcome: Mapped[CallOutcome | None] = mapped_column(_enum(CallOutcome))
-    dialed_number: Mapped[str] = mapped_column(String(20))
+    dialed_number: Mapped[str] = mapped_column(String(20))   # the callee's number (inbound: the caller's)
     channel: Mapped[str | None] = mapped_column(String(128))
     asterisk_uniqueid: Mapped[str | None] = mapped_column(String(64), index=True)   # the ;1 half (ChannelId)
     asterisk_other_uniqueid: Mapped[str | None] = mapped_column(String(64))          # the ;2 half (agi_uniqueid)
@@ -222,6 +250,9 @@ class Call(Base):
     analysis_claim: Mapped[str | None] = mapped_column(String(36))
     analysis_locked_until: Mapped[datetime | None] = mapped_column()
     analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    # A callback is matched to the latest call to the caller's number (fastagi_server/callbacks.py).
+    __table_args__ = (Index("ix_calls_number_started", "dialed_number", "started_at"),)
 
 
 class CallTranscript(Base):

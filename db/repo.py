@@ -296,7 +296,7 @@ async def owned_calls(session: AsyncSession, user_calls: Iterable[tuple[int, int
 
 async def list_calls(session: AsyncSession, user_id: int, task_id: int) -> Sequence[Call]:
     rows = await session.scalars(
-        select(Call).where(Call.user_id == user_id, Call.task_id == task_id).order_by(Call.attempt_number)
+        select(Call).where(Call.user_id == user_id, Call.task_id == task_id).order_by(Call.id)
     )
     return rows.all()
 

@@ -35,8 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami_controller.outcomes import finish_call, map_dial_status
 from db import repo, transfers
-from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus
+from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus, VoicemailAction
 from db.types import utcnow
+from fastagi_server.callbacks import CallbackRoutes
 from fastagi_server.protocol import AgiError, AgiSession
 from opendeep.recordings import recording_path
 from opendeep.settings import Settings
@@ -78,6 +79,7 @@ class AmdAction(enum.StrEnum):
 
     TALK = "talk"
     HANGUP = "hangup"
+    VOICEMAIL = "voicemail"   # a machine, and the campaign leaves messages: wait for the beep, then the AI speaks
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class CallRoutes:
         self.sessions = sessions
         self.events = events
         self._batcher = GroupCommit(self.decide_call_start_batch)
+        self.callbacks = CallbackRoutes(settings, sessions, events)   # [opendeep-inbound]
         try:
             settings.dial_string_template.format(number="+15550100", digits="15550100")
         except (KeyError, IndexError, ValueError) as exc:
@@ -119,6 +122,7 @@ class CallRoutes:
             "call-end": self.call_end,
             "amd": self.amd,
             "transfer": self.transfer,
+            **self.callbacks.table(),
         }
 
     # ------------------------------------------------------------ call-start
@@ -291,8 +295,10 @@ class CallRoutes:
     # ------------------------------------------------------------ amd
 
     async def amd(self, agi: AgiSession) -> None:
-        """After AMD(): MACHINE -> voicemail (hint kept on the call, the dialplan hangs up); HUMAN and
-        NOTSURE -> talk (human first: a person hung up on costs more than an AI greeting a mailbox)."""
+        """After AMD(): MACHINE -> voicemail (hint kept on the call): the dialplan hangs up, or, when the
+        campaign's plan leaves messages (and the task has one, and an AI can speak it), waits for the beep and
+        lets the AI speak it. HUMAN and NOTSURE -> talk (human first: a person hung up on costs more than an AI
+        greeting a mailbox)."""
         call_id, user_id = await _identity(agi, LOCAL_ONE)
         status = (await agi.get_variable("AMDSTATUS") or "").upper()
         cause = await agi.get_variable("AMDCAUSE") or ""
@@ -305,6 +311,8 @@ class CallRoutes:
                 else:
                     if status == "MACHINE" and call.status is not CallStatus.ENDED:
                         call.outcome = CallOutcome.VOICEMAIL  # a hint until call-end ends the call with it
+                        if self._bridge_decision()[0] and await _leaves_messages(db, user_id, call.task_id):
+                            action = AmdAction.VOICEMAIL
                     db.add(_call_event(call, "agi.amd", {"amd_status": status or None, "amd_cause": cause,
                                                          "action": action.value}))
         await agi.set_variable("OPENDEEP_AMD_ACTION", action)
@@ -353,7 +361,7 @@ class CallRoutes:
                 log.warning("call-end: call %s of user %s not found", call_id, user_id)
                 return
             if outcome is CallOutcome.ANSWERED:
-                if call.outcome in (CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI):
+                if call.outcome in (CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT, CallOutcome.FAILED_AI):
                     outcome = call.outcome  # a hint set during the call (AMD, or the call AI lost its model)
                 elif not self._bridge_decision()[0]:
                     outcome = CallOutcome.FAILED_AI  # answered, but no AI could take the call
@@ -445,6 +453,15 @@ class GroupCommit:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+async def _leaves_messages(db: AsyncSession, user_id: int, task_id: int) -> bool:
+    """Whether the task's campaign leaves a message on machines, and the task has one to leave."""
+    task = await repo.get_task(db, user_id, task_id)
+    if task is None or not (task.voicemail_message or "").strip():
+        return False
+    campaign = await repo.get_campaign(db, user_id, task.campaign_id)
+    return campaign is not None and campaign.voicemail_action is VoicemailAction.LEAVE_MESSAGE
 
 
 def _call_event(call, type_: str, payload: dict) -> CallEvent:

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("opendeep.analyzer")
 
 # Telephony outcomes that mean somebody (or a machine) was on the line: the analyzer reads these.
-ANALYZABLE_OUTCOMES = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI)
+ANALYZABLE_OUTCOMES = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT,
+                       CallOutcome.FAILED_AI)
 # Asterisk may report a call's end before the AudioSocket side has saved its last transcript lines: a call
 # bridged to the AI is analyzed once its `audiosocket.ended` event is written, or this long after it ended
 # (that process died and the event will never come).
@@ -72,6 +73,7 @@ class AnalysisOutcome(enum.StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     VOICEMAIL = "voicemail"
+    VOICEMAIL_LEFT = "voicemail_left"
     WRONG_NUMBER = "wrong_number"
     DO_NOT_CALL = "do_not_call"
 
@@ -113,7 +115,10 @@ You get the task (who was called and why), the call's telephony facts, the trans
 - partial: some of it was met; say in should_retry whether another call could finish it.
 - retry: nothing decisive happened but another call may succeed (callee busy, asked to call back, cut off).
 - failed: the objective cannot be met with this target (refused, closed for good, not possible).
-- voicemail: only a voicemail / answering machine was reached.
+- voicemail: only a voicemail / answering machine was reached, and no message was left.
+- voicemail_left: an answering machine was reached and the AI left its message (telephony_outcome
+  voicemail_left, or an "ai.end_call" event with outcome voicemail_left); the callee may call back.
+A call with "direction": "inbound" is the callee calling us back about the task: judge it like any call.
 - wrong_number: the number does not belong to the target.
 - do_not_call: the callee asked not to be called again (also set add_to_dnd).
 Only report facts present in the transcript. Answer in the JSON schema given."""
@@ -167,6 +172,7 @@ def build_analysis_messages(task: Task, call: Call, transcript: list[CallTranscr
                  "attempt": call.attempt_number, "max_attempts": task.max_attempts,
                  "learned_on_earlier_calls": task.inter_call_context or ""},
         "call": {"telephony_outcome": call.outcome.value if call.outcome else None,
+                 "direction": call.direction.value if call.direction else "outbound",
                  "duration_seconds": call.duration_seconds, "dial_status": call.dial_status,
                  "hangup_cause": call.hangup_cause,
                  "answered_at": call.answered_at.isoformat() if call.answered_at else None,
@@ -234,6 +240,15 @@ def decide(task: Task, analysis: dict[str, Any], settings: Settings, now: dateti
         if analysis["should_retry"] and task.attempt_count < task.max_attempts:
             return retry_or_fail("partly done")
         return Decision(TaskStatus.COMPLETED, f"partly done (no further call planned): {why}")
+    if outcome is AnalysisOutcome.VOICEMAIL_LEFT:
+        # A message asked them to call back: give them the longest backoff to do it before we call again.
+        if task.attempt_count >= task.max_attempts:
+            return Decision(TaskStatus.FAILED, f"voicemail left on {attempts}; no attempts left (a callback still "
+                                               f"reaches this task): {why}")
+        when = max(next_retry_time(task.attempt_count, settings, now),
+                   now + timedelta(seconds=settings.retry_backoff_max_seconds))
+        return Decision(TaskStatus.RETRY_SCHEDULED, f"voicemail left on {attempts}; waiting for a callback, "
+                        f"next call at {when:%Y-%m-%d %H:%M} UTC: {why}", next_action_time=when)
     if outcome in (AnalysisOutcome.RETRY, AnalysisOutcome.VOICEMAIL):
         return retry_or_fail("voicemail" if outcome is AnalysisOutcome.VOICEMAIL else "not finished")
     if outcome is AnalysisOutcome.WRONG_NUMBER:

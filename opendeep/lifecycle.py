@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("opendeep.lifecycle")
 
 OPEN_TASK_STATUSES = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
-ANALYZABLE = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI)
+ANALYZABLE = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT, CallOutcome.FAILED_AI)
 RECOVERED_REASON = "recovered after restart"
 
 # The call AI reads this at the start of every call: keep it short enough not to crowd out the objective.

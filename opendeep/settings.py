@@ -292,6 +292,10 @@ SETTINGS: tuple[Setting, ...] = (
             "where Asterisk writes the recordings and the web UI reads them (the same path on both)"),
     Setting("RECORDING_RETENTION_DAYS", "recording_retention_days", "30", _positive_int,
             "recordings older than this are deleted"),
+    Setting("CALLBACK_WINDOW_DAYS", "callback_window_days", "7", _positive_int,
+            "a caller who rings back within this many days of our last call to their number reaches that task"),
+    Setting("CALLBACK_NUMBER", "callback_number", "", _e164_or_empty,
+            "the number callees ring back (E.164), spoken in voicemail messages; empty = the number in CALLER_ID"),
     Setting("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Setting("WEB_HEADER_TIMEOUT_SECONDS", "web_header_timeout_seconds", "10", _positive_float,
             "a web client must send a whole request head this soon after connecting (or after the last answer)"),
@@ -379,6 +383,8 @@ class Settings:
     record_calls: bool
     recordings_dir: str
     recording_retention_days: int
+    callback_window_days: int
+    callback_number: str
     log_level: str
     web_header_timeout_seconds: float
     web_body_timeout_seconds: float
@@ -421,6 +427,13 @@ class Settings:
         if name is None:
             return servers[0]
         return next((server for server in servers if server.name == name), None)
+
+    def callback_number_e164(self) -> str:
+        """The number callees ring back: CALLBACK_NUMBER, else the +digits in CALLER_ID, else ""."""
+        if self.callback_number:
+            return self.callback_number
+        match = re.search(r"\+[1-9]\d{6,14}", self.caller_id)
+        return match.group(0) if match else ""
 
     @property
     def llm_configured(self) -> bool:

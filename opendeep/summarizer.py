@@ -87,7 +87,7 @@ def rule_based_summary(campaign: Campaign, rows: list[dict[str, Any]]) -> dict[s
     with_results = [row for row in rows if row["result"]]
     findings += [f"{row['target']} result: " + ", ".join(f"{k}={v}" for k, v in row["result"].items())
                  for row in with_results]
-    retry = [row["target"] for row in rows if row["outcome"] in ("retry", "voicemail", "failed")]
+    retry = [row["target"] for row in rows if row["outcome"] in ("retry", "voicemail", "voicemail_left", "failed")]
     return {
         "summary": f"Campaign '{campaign.name}' finished: {len(rows)} target(s) called — {tally}.",
         "key_findings": findings,

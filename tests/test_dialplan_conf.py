@@ -26,7 +26,7 @@ def plain_settings():
 
 def test_the_shipped_dialplan_parses_cleanly():
     plan = parse(shipped(EXTENSIONS))
-    assert set(plan.contexts) == {"opendeep-outbound", "opendeep-connected", "opendeep-transfer"}
+    assert set(plan.contexts) == {"opendeep-outbound", "opendeep-connected", "opendeep-transfer", "opendeep-inbound"}
     assert set(plan.contexts["opendeep-outbound"]) == {"_[+0-9].", "h"}
 
 
@@ -123,7 +123,7 @@ def test_render_fills_in_the_fastagi_address_and_secret_and_the_ami_user(setting
     extensions, manager = files[EXTENSIONS], files[MANAGER]
     steps = "\n".join(line for line in extensions.splitlines() if not line.lstrip().startswith(";"))
     agi_calls = re.findall(r"AGI\(([^,)]*)", steps)
-    assert len(agi_calls) == 5 and "127.0.0.1:4573" not in extensions and "CHANGE_ME" not in steps
+    assert len(agi_calls) == 7 and "127.0.0.1:4573" not in extensions and "CHANGE_ME" not in steps
     assert all(re.fullmatch(rf"agi://10\.1\.2\.3:4600/[a-z-]+\?secret={settings.fastagi_secret}", url)
                for url in agi_calls), agi_calls
     assert "\n[deep]\n" in manager and "secret = s3cr\\;et" in manager

@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
-from webui import api, metrics_endpoint, pages, transfers, webhooks
+from webui import api, callback_settings, metrics_endpoint, pages, transfers, webhooks
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
@@ -84,6 +84,7 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     secret = runtime.settings.secret_key or secrets.token_urlsafe(32)
     app = Starlette(
         routes=[*pages.routes(), *api.routes(), *transfers.routes(), *webhooks.routes(), *metrics_endpoint.routes(),
+                *callback_settings.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),

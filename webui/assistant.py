@@ -73,6 +73,9 @@ callee's time zone; default {window}) and how many attempts per target (default 
 - If something essential is missing, call {ask} with short, concrete questions.
 - When the plan is complete, call {plan}. If it comes back with errors, fix them and submit again.
 - Put facts the caller needs (the user's name, dates, constraints) in the goal, objectives or target context.
+- Answering machines: set voicemail.action to leave_message when a message helps (a business that calls back),
+  else hang_up. A message is two or three short spoken sentences: who calls, on whose behalf, why, and a request
+  to call back; OpenDeep adds the callback number{callback}.
 Today is {today} (UTC). The user's name: {user_name}."""
 
 
@@ -160,7 +163,9 @@ class UIAssistantService:
             rows = list(await repo.list_chat_messages(session, user_id, chat_id))
         system = SYSTEM_PROMPT.format(window=self.settings.default_calling_window, business=ToolName.BUSINESS,
                                       ask=ToolName.ASK, plan=ToolName.PLAN, today=utcnow().date().isoformat(),
-                                      user_name=(user.profile or {}).get("name") or user.username)
+                                      user_name=(user.profile or {}).get("name") or user.username,
+                                      callback=(f" ({self.settings.callback_number_e164})"
+                                                if self.settings.callback_number_e164 else ""))
         messages = [{"role": "system", "content": system}, *history_for_model(rows)]
         turn = AssistantTurn()
         new_rows: list[dict[str, Any]] = []

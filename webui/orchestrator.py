@@ -15,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import Campaign, ChatSession, Task
+from db.models import Campaign, ChatSession, Task, VoicemailAction
 from opendeep.events import EventHub
-from webui.plan import validate_plan
+from webui.plan import validate_plan, voicemail_message_for
 
 log = logging.getLogger("opendeep.webui.orchestrator")
 
@@ -92,14 +92,17 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
         session, user_id, name=plan["name"], goal=plan["goal"], master_prompt=plan.get("master_prompt", ""),
         window_start=_hhmm(window["start"]), window_end=_hhmm(window["end"]), plan=plan, source_key=source_key,
     )
+    campaign.voicemail_action = VoicemailAction(plan["voicemail"]["action"])
     tasks = []
     for target in plan["targets"]:
-        tasks.append(await repo.add_task(
+        task = await repo.add_task(
             session, user_id, campaign.id, target_name=target["name"], phone_number=target["phone_number"],
             objective=target["objective"], context=target.get("context") or {},
             language=target.get("language", "en"),
             max_attempts=target.get("max_attempts", plan["max_attempts"]),
-        ))
+        )
+        task.voicemail_message = voicemail_message_for(plan, target)
+        tasks.append(task)
     if chat_id is not None:
         chat = await repo.get_chat_session(session, user_id, chat_id)
         if isinstance(chat, ChatSession):

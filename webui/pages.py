@@ -20,6 +20,7 @@ from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
+from opendeep.voicemail import voicemail_script
 from webui import views
 from webui.auth import (
     PasswordChangeError,
@@ -45,7 +46,7 @@ from webui.csv_import import (
 )
 from webui.live import RETRY_AFTER_SECONDS, FeedbackError, TooManyStreams, answer_feedback, live_hub
 from webui.orchestrator import PlanRejected, chat_source_key, confirm_plan
-from webui.plan import plan_fingerprint
+from webui.plan import plan_fingerprint, voicemail_message_for
 from webui.routing import HttpError, form_data, not_found, page
 
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -212,7 +213,11 @@ async def chat_page(request: Request) -> Response:
     if chat is None:
         raise not_found("chat")
     source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat["plan"] else ""
-    return _render(request, "chat.html", {"chat": chat, "source_key": source_key})
+    callback_number = _runtime(request).settings.callback_number_e164
+    voicemail = [(target["name"], voicemail_script(message, callback_number))
+                 for target in (chat["plan"] or {}).get("targets", [])
+                 if (message := voicemail_message_for(chat["plan"], target))]
+    return _render(request, "chat.html", {"chat": chat, "source_key": source_key, "voicemail": voicemail})
 
 
 async def chat_message(request: Request) -> Response:

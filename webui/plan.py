@@ -15,11 +15,13 @@ from typing import Any
 
 import jsonschema
 
+from db.models import VoicemailAction
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.settings import parse_window
 
 MAX_TARGETS = 200
 MAX_ATTEMPTS_LIMIT = 10
+MAX_VOICEMAIL_CHARS = 1000
 
 _HHMM = r"^([01]?\d|2[0-3]):[0-5]\d$"
 
@@ -42,6 +44,18 @@ PLAN_SCHEMA: dict[str, Any] = {
         },
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT,
                          "description": "calls per target before giving up"},
+        "voicemail": {
+            "type": "object", "additionalProperties": False, "required": ["action"],
+            "description": "what happens when an answering machine answers",
+            "properties": {
+                "action": {"type": "string", "enum": [a.value for a in VoicemailAction],
+                           "description": "hang_up: hang up and call again later; leave_message: wait for the "
+                                          "beep, say the message, hang up"},
+                "message": {"type": "string", "maxLength": MAX_VOICEMAIL_CHARS,
+                            "description": "for leave_message: who is calling, for whom, why, and a request to "
+                                           "call back (OpenDeep adds the callback number if it is missing)"},
+            },
+        },
         "targets": {
             "type": "array", "minItems": 1, "maxItems": MAX_TARGETS,
             "items": {
@@ -56,6 +70,8 @@ PLAN_SCHEMA: dict[str, Any] = {
                     "language": {"type": "string", "minLength": 2, "maxLength": 16},
                     "context": {"type": "object", "description": "facts the call AI may need (address, hours...)"},
                     "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT},
+                    "voicemail_message": {"type": "string", "maxLength": MAX_VOICEMAIL_CHARS,
+                                          "description": "this target's voicemail message (else the plan's)"},
                 },
             },
         },
@@ -103,6 +119,9 @@ def validate_plan(raw: Any) -> PlanCheck:
         if not plan[key]:
             errors.append(f"{key}: must not be blank")
     plan.setdefault("master_prompt", "")
+    voicemail = plan.setdefault("voicemail", {"action": VoicemailAction.HANG_UP.value})
+    voicemail["message"] = " ".join(voicemail.get("message", "").split())
+    leaves_messages = voicemail["action"] == VoicemailAction.LEAVE_MESSAGE.value
     seen: dict[str, int] = {}
     for index, target in enumerate(plan["targets"]):
         target["name"] = target["name"].strip()
@@ -112,6 +131,11 @@ def validate_plan(raw: Any) -> PlanCheck:
         for key in ("name", "objective"):
             if not target[key]:
                 errors.append(f"targets[{index}].{key}: must not be blank")
+        if "voicemail_message" in target:
+            target["voicemail_message"] = " ".join(target["voicemail_message"].split())
+        if leaves_messages and not (target.get("voicemail_message") or voicemail["message"]):
+            errors.append(f"targets[{index}]: voicemail.action is leave_message but there is no message: write "
+                          f"voicemail.message (or this target's voicemail_message)")
         try:
             target["phone_number"] = normalize_e164(target["phone_number"])
         except InvalidPhoneNumber as exc:
@@ -122,6 +146,14 @@ def validate_plan(raw: Any) -> PlanCheck:
                           f"targets[{seen[target['phone_number']]}]")
         seen.setdefault(target["phone_number"], index)
     return PlanCheck(None, errors) if errors else PlanCheck(plan)
+
+
+def voicemail_message_for(plan: dict[str, Any], target: dict[str, Any]) -> str | None:
+    """The message a validated plan leaves on this target's machine (None when the plan hangs up)."""
+    voicemail = plan.get("voicemail") or {}
+    if voicemail.get("action") != VoicemailAction.LEAVE_MESSAGE.value:
+        return None
+    return target.get("voicemail_message") or voicemail.get("message") or None
 
 
 def plan_fingerprint(plan: dict[str, Any]) -> str:

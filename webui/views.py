@@ -88,6 +88,7 @@ def task_dict(task: Task) -> dict[str, Any]:
 def call_dict(call: Call) -> dict[str, Any]:
     return {
         "id": call.id, "task_id": call.task_id, "attempt_number": call.attempt_number, "status": call.status.value,
+        "direction": call.direction.value if call.direction else "outbound",
         "outcome": call.outcome.value if call.outcome else None, "dialed_number": call.dialed_number,
         "dial_status": call.dial_status, "hangup_cause": call.hangup_cause,
         "started_at": _iso(call.started_at or call.created_at), "answered_at": _iso(call.answered_at),

@@ -55,6 +55,14 @@ class AmiObserver:
                     self._changed.notify_all()
                 current = {}
 
+    async def action(self, action: str, **headers: str) -> Message:
+        """Send one AMI action (e.g. an Originate of a test caller) and return its response."""
+        action_id = f"observer-{action.lower()}-{len(self.messages)}"
+        lines = [f"Action: {action}", f"ActionID: {action_id}"] + [f"{k}: {v}" for k, v in headers.items()]
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await self.wait_for(lambda m: m.get("ActionID") == action_id and "Response" in m, 10,
+                                   what=f"the response to {action}")
+
     def events(self, name: str) -> list[Message]:
         return [m for m in self.messages if m.get("Event") == name]
 

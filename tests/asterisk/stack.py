@@ -41,6 +41,7 @@ PERSON = "+14155550106"
 HANGS_UP_FIRST = "+14155550107"
 ANSWERING_MACHINE = "+14155550108"
 SPEAKS_LATER = "+14155550109"
+MACHINE_WITH_BEEP = "+14155550130"   # a greeting, the beep, then it records (silence)
 
 
 class RealStack:

@@ -30,7 +30,7 @@ APPLICATIONS: dict[str, tuple[int, int]] = {
     "AGI": (1, 99), "Answer": (0, 2), "Dial": (1, 4), "Hangup": (0, 1), "AMD": (0, 9), "AudioSocket": (2, 2),
     "Playback": (1, 2), "Return": (0, 1), "Gosub": (1, 1), "MixMonitor": (1, 3),
 }
-FUNCTIONS = {"TIMEOUT", "FILTER", "CHANNEL", "LOCAL"}
+FUNCTIONS = {"TIMEOUT", "FILTER", "CHANNEL", "LOCAL", "CALLERID"}
 LOG_LEVELS = {"ERROR", "WARNING", "NOTICE", "DEBUG", "VERBOSE", "DTMF"}
 DIAL_OPTION_WITH_ARG = set("ADFGLMSUbr")
 # Codecs chan_audiosocket's c() option takes here (ast_format_cache_get names; AudioSocket speaks slin).
