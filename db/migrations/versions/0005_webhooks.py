@@ -14,7 +14,7 @@ import db.types
 
 
 revision = '0005_webhooks'
-down_revision = '0003_security'
+down_revision = '0004_scaleout'
 branch_labels = None
 depends_on = None
 

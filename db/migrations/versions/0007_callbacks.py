@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 
 revision = '0007_callbacks'
-down_revision = '0003_security'
+down_revision = '0005_webhooks'
 branch_labels = None
 depends_on = None
 
