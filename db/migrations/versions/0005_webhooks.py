@@ -1,7 +1,7 @@
 """webhooks: endpoints per user and the delivery outbox
 
 Revision ID: 0005_webhooks
-Revises: 0003_security
+Revises: 0004_scaleout
 Create Date: 2026-12-02 13:20:00
 
 - webhook_endpoints: a user's URLs, the secret that signs each delivery, and the event types each wants.

@@ -1,7 +1,7 @@
 """callbacks and voicemail: inbound calls, the per-user callback fallback, the campaign's voicemail plan
 
 Revision ID: 0007_callbacks
-Revises: 0003_security
+Revises: 0005_webhooks
 Create Date: 2026-12-02 13:30:00
 
 - calls.direction: outbound (OpenDeep dialed) or inbound (the callee rang back; fastagi_server/callbacks.py).
