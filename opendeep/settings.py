@@ -428,6 +428,7 @@ class Settings:
             return servers[0]
         return next((server for server in servers if server.name == name), None)
 
+    @property
     def callback_number_e164(self) -> str:
         """The number callees ring back: CALLBACK_NUMBER, else the +digits in CALLER_ID, else ""."""
         if self.callback_number:
