@@ -189,7 +189,8 @@ class WebhookSender:
             limits=httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight))
         self._owns_client = client is None
         self._requests = asyncio.Semaphore(self.max_in_flight)
-        self._held: dict[int, collections.deque[outbox.ClaimedDelivery]] = {}   # endpoint -> not yet sending
+        # endpoint -> (delivery, monotonic time its lease ends) not yet being sent
+        self._held: dict[int, collections.deque[tuple[outbox.ClaimedDelivery, float]]] = {}
         self._busy: dict[int, int] = {}                                          # endpoint -> held and sending
         self._workers: dict[int, set[asyncio.Task]] = {}
         self._room = asyncio.Event()
@@ -214,10 +215,11 @@ class WebhookSender:
             claimed = await outbox.claim_due_deliveries(
                 session, now=now, lease_seconds=self.lease_seconds, free_slots=free, default_slots=per_endpoint,
                 limit=min(room, CLAIM_BATCH))
+        lease_ends = asyncio.get_running_loop().time() + self.lease_seconds - LEASE_MARGIN_SECONDS / 2
         for delivery in claimed:
             endpoint = delivery.endpoint_id
             self._busy[endpoint] = self._busy.get(endpoint, 0) + 1
-            self._held.setdefault(endpoint, collections.deque()).append(delivery)
+            self._held.setdefault(endpoint, collections.deque()).append((delivery, lease_ends))
             workers = self._workers.setdefault(endpoint, set())
             if sum(1 for worker in workers if not worker.done()) < self.per_endpoint:
                 worker = asyncio.create_task(self._work(endpoint), name=f"webhooks-endpoint-{endpoint}")
@@ -228,9 +230,15 @@ class WebhookSender:
     async def _work(self, endpoint: int) -> None:
         """Send this endpoint's held deliveries one after another (one of its request slots)."""
         while queue := self._held.get(endpoint):   # the current queue: one made after this worker began too
-            delivery = queue.popleft()
+            delivery, lease_ends = queue.popleft()
             try:
                 async with self._requests:
+                    if asyncio.get_running_loop().time() + self.timeout > lease_ends:
+                        # Waited so long for a request slot that the lease could end mid-request, and another
+                        # sender could send it too: leave it to be claimed again.
+                        log.info("webhook delivery %s: lease nearly over before sending; left for a new claim",
+                                 delivery.id)
+                        continue
                     attempt = await self._post(delivery)
                 self._record(attempt)
             finally:

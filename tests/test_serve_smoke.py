@@ -60,7 +60,7 @@ def test_serve_runs_everything_and_waits_for_asterisk(tmp_path):
         states = health.json()["components"]
         assert states["ami"] == {"ok": False, "asterisk": f"127.0.0.1:{ami}", "connected": False, "scheduler": True}
         assert [name for name, state in states.items() if state["ok"]] == ["fastagi", "audiosocket", "aftercall",
-                                                                          "web"]
+                                                                          "webhooks", "web"]
     finally:
         process.send_signal(signal.SIGTERM)
         try:
