@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
 from db.types import utcnow
+from opendeep.costs import record_trunk_usage
 from opendeep.retry import next_retry_time
 from opendeep.settings import Settings
 
@@ -128,6 +129,7 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
         call.answered_at = now - timedelta(seconds=answered_seconds)
     if call.answered_at is not None and call.duration_seconds is None:
         call.duration_seconds = max(int((now - call.answered_at).total_seconds()), 0)
+    await record_trunk_usage(session, settings, call)   # answered seconds -> trunk cost, campaign budget
     await repo.record_call_event(session, user_id, call_id, "call.ended", {
         "source": source, "outcome": outcome.value, "dial_status": dial_status, "hangup_cause": hangup_cause,
         "answered_seconds": answered_seconds,

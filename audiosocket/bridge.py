@@ -29,6 +29,7 @@ from audiosocket.protocol import HANGUP_FRAME, Frame, FrameReader, Kind, Protoco
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession, ServerEvent, mulaw_to_slin, resample
 from audiosocket.recorder import CallRecorder, CallRef, RecordWriter
 from audiosocket.tools import TOOL_DEFINITIONS, AiCallOutcome, CallTools
+from audiosocket.usage import observe_usage
 from db.models import CallOutcome, Speaker
 from opendeep.runtime import Runtime
 
@@ -331,6 +332,7 @@ class CallBridge:
 
     async def _on_model_event(self, event: dict[str, Any]) -> None:
         type_ = event.get("type")
+        observe_usage(self.recorder, self.runtime.settings, self.model.model, event)   # tokens -> cost, budget
         if type_ == ServerEvent.AUDIO_DELTA:
             self._on_audio_delta(event)
         elif type_ == ServerEvent.SPEECH_STARTED:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import costs, repo
 from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Speaker
 from db.types import utcnow
 from opendeep.events import EventHub
@@ -171,6 +171,11 @@ async def _write(db: AsyncSession, ref: CallRef, kind: str, args: tuple[Any, ...
         (outcome,) = args
         await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id,
                                             Call.status != CallStatus.ENDED).values(outcome=outcome))
+    elif kind == "usage":   # the call AI's / transcription's tokens (audiosocket/usage.py)
+        (entry,) = args
+        scope = await costs.call_scope(db, ref.user_id, ref.call_id)
+        if scope is not None:
+            await costs.record_usage(db, scope, entry)
     elif kind == "bridged":
         await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id)
                          .values(bridged_to_ai=True))
@@ -195,6 +200,10 @@ class CallRecorder:
     def outcome_hint(self, outcome: CallOutcome) -> None:
         """Set calls.outcome while the call is live; the `h` extension's call-end ends the call with it."""
         self.writer.put(self.call, ("hint", (outcome,)))
+
+    def usage(self, entry: costs.UsageEntry) -> None:
+        """Model usage of the call (priced already); written with the call's other records."""
+        self.writer.put(self.call, ("usage", (entry,)))
 
     def bridged(self) -> None:
         self.writer.put(self.call, ("bridged", ()))

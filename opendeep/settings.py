@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from opendeep.prices import PriceTable, parse_model_prices
+
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use; the message names the setting."""
@@ -282,6 +284,13 @@ SETTINGS: tuple[Setting, ...] = (
             "empty = none"),
     Setting("SESSION_COOKIE_SECURE", "session_cookie_secure", "false", parse_bool,
             "send the session cookie over HTTPS only: set true when the web UI is behind TLS"),
+    Setting("MODEL_PRICES", "model_prices", "", parse_model_prices,
+            "JSON {model: {text_in, text_cached_in, text_out, audio_in, audio_cached_in, audio_out, per_minute}} in "
+            "USD per 1M tokens (per_minute: USD per audio minute); empty = the documented list prices"),
+    Setting("TRUNK_PRICE_PER_MINUTE", "trunk_price_per_minute", "0", _non_negative_float,
+            "USD per answered minute on your trunk; 0 = trunk minutes are counted but cost nothing"),
+    Setting("TRUNK_BILLING_INCREMENT_SECONDS", "trunk_billing_increment_seconds", "1", _positive_int,
+            "your carrier bills answered time in whole increments of this many seconds (60 for per-minute billing)"),
 )
 
 
@@ -343,6 +352,9 @@ class Settings:
     web_max_connections: int
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     session_cookie_secure: bool
+    model_prices: PriceTable
+    trunk_price_per_minute: float
+    trunk_billing_increment_seconds: int
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
