@@ -165,6 +165,22 @@ def usd_to_microusd(usd: Any) -> int:
     return _rounded(value * MICRO)
 
 
+MAX_BUDGET_USD = 1_000_000
+
+
+def parse_budget(raw: Any) -> int | None:
+    """A campaign budget as given in a form, CSV import or the API ("", None: no budget) -> micro-dollars.
+    ValueError says what is wrong."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    microusd = usd_to_microusd(raw.strip().removeprefix("$") if isinstance(raw, str) else raw)
+    if microusd <= 0:
+        raise ValueError("a budget must be above 0 USD (leave it empty for no budget)")
+    if microusd > MAX_BUDGET_USD * MICRO:
+        raise ValueError(f"a budget must be at most {MAX_BUDGET_USD:,} USD")
+    return microusd
+
+
 def format_usd(microusd: int | None, places: int = 4) -> str:
     """Micro-dollars for people: $1.2345 (None: '—')."""
     if microusd is None:

@@ -75,6 +75,7 @@ callee's time zone; default {window}) and how many attempts per target (default 
 - If something essential is missing, call {ask} with short, concrete questions.
 - When the plan is complete, call {plan}. If it comes back with errors, fix them and submit again.
 - Put facts the caller needs (the user's name, dates, constraints) in the goal, objectives or target context.
+- If the user names a spending limit for the calls, put it in budget_usd (USD).
 Today is {today} (UTC). The user's name: {user_name}."""
 
 

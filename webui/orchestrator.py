@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import Campaign, ChatSession, Task
 from opendeep.events import EventHub
+from opendeep.prices import usd_to_microusd
 from webui.plan import validate_plan
 
 log = logging.getLogger("opendeep.webui.orchestrator")
@@ -92,6 +93,7 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
         session, user_id, name=plan["name"], goal=plan["goal"], master_prompt=plan.get("master_prompt", ""),
         window_start=_hhmm(window["start"]), window_end=_hhmm(window["end"]), plan=plan, source_key=source_key,
     )
+    campaign.budget_microusd = usd_to_microusd(plan["budget_usd"]) if plan.get("budget_usd") else None
     tasks = []
     for target in plan["targets"]:
         tasks.append(await repo.add_task(

@@ -42,6 +42,9 @@ PLAN_SCHEMA: dict[str, Any] = {
         },
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT,
                          "description": "calls per target before giving up"},
+        "budget_usd": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1_000_000,
+                       "description": "spending limit in USD (models and trunk) if the user named one; dialing "
+                                      "pauses once it is spent"},
         "targets": {
             "type": "array", "minItems": 1, "maxItems": MAX_TARGETS,
             "items": {
