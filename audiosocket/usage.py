@@ -15,18 +15,15 @@ The bridge calls `observe_usage` for every non-audio server event; anything else
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from audiosocket.recorder import CallRecorder
 from db.costs import UsageEntry
 from db.models import UsageKind
+from opendeep.costs import warn_unpriced_once
 from opendeep.prices import TokenUsage, price_usage
 from opendeep.settings import Settings
 
-log = logging.getLogger("opendeep.audiosocket.usage")
-
-_warned: set[tuple[str, str]] = set()   # (kind, model) already logged as unpriced by this process
 RESPONSE_DONE = "response.done"
 TRANSCRIPTION_DONE = "conversation.item.input_audio_transcription.completed"
 
@@ -85,8 +82,6 @@ def observe_usage(recorder: CallRecorder, settings: Settings, model: str, event:
     if usage.empty:
         return
     priced = price_usage(settings.model_prices, model, usage)
-    if priced.cost_microusd is None and (kind.value, model) not in _warned:
-        _warned.add((kind.value, model))
-        log.warning("%s usage of %r is recorded without a cost: %s (first seen on call %s)", kind.value, model,
-                    priced.unpriced_reason, recorder.call.call_id)
+    if priced.cost_microusd is None:
+        warn_unpriced_once(kind, model, priced.unpriced_reason)
     recorder.usage(UsageEntry(kind, model, usage, priced))

@@ -19,6 +19,29 @@ from opendeep.prices import Priced, TokenUsage, price_usage, trunk_cost_microusd
 from opendeep.settings import Settings
 
 log = logging.getLogger("opendeep.costs")
+_warned: set[str] = set()   # models already logged as unpriced by this process
+
+
+def unpriced_models(settings: Settings) -> list[str]:
+    """The configured models (OPENAI_*_MODEL) that MODEL_PRICES has no price for."""
+    models = {settings.openai_realtime_model, settings.openai_transcribe_model, settings.openai_chat_model,
+              settings.openai_analyzer_model}
+    return sorted(model for model in models if settings.model_prices.price_for(model) is None)
+
+
+def warn_unpriced_once(kind: UsageKind, model: str, reason: str) -> None:
+    """Log (once per model and process) that a usage is recorded without a cost, and why."""
+    if model not in _warned:
+        _warned.add(model)
+        log.warning("%s usage of %r is recorded without a cost: %s", kind.value, model, reason)
+
+
+def warn_unpriced_models(settings: Settings) -> None:
+    """Say at start which configured models will be recorded without a cost (and count nothing to budgets)."""
+    for model in unpriced_models(settings):
+        _warned.add(model)
+        log.warning("MODEL_PRICES has no price for model %r: its usage is recorded without a cost and counts "
+                    "nothing towards campaign budgets", model)
 
 
 def _count(data: Any, key: str) -> int:
@@ -51,6 +74,8 @@ async def record_chat_usage(sessions: async_sessionmaker[AsyncSession], settings
     if total.empty:
         return None
     priced = price_usage(settings.model_prices, model, total)
+    if priced.cost_microusd is None:
+        warn_unpriced_once(kind, model, priced.unpriced_reason)
     try:
         async with sessions() as session, session.begin():
             return await costs.record_usage(session, scope, UsageEntry(kind, model, total, priced))

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from opendeep.costs import warn_unpriced_models
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.serve")
@@ -86,6 +87,7 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     started: list[Component] = []
+    warn_unpriced_models(runtime.settings)
     try:
         for name in names:
             component = COMPONENTS[name](runtime)

@@ -145,3 +145,15 @@ def test_configured_prices_replace_the_defaults():
                               "TRUNK_PRICE_PER_MINUTE": "0.01"}, dotenv=None)
     assert list(settings.model_prices.models) == ["gpt-realtime"]
     assert settings.trunk_price_per_minute == 0.01 and settings.trunk_billing_increment_seconds == 1
+
+
+def test_configured_models_without_a_price_are_named_at_start(caplog):
+    from opendeep.costs import unpriced_models, warn_unpriced_models
+
+    settings = load_settings({"MODEL_PRICES": '{"gpt-realtime": {"audio_out": 64}}',
+                              "OPENAI_CHAT_MODEL": "my-local-model"}, dotenv=None)
+    assert unpriced_models(settings) == ["gpt-4.1-mini", "gpt-4o-mini-transcribe", "my-local-model"]
+    assert unpriced_models(load_settings({}, dotenv=None)) == []   # the defaults price every default model
+    with caplog.at_level("WARNING", logger="opendeep.costs"):
+        warn_unpriced_models(settings)
+    assert any("no price for model 'my-local-model'" in record.message for record in caplog.records)
