@@ -149,7 +149,9 @@ class RecordWriter:
             for call in {call for call, _ in records if (call.user_id, call.call_id) not in owned}:
                 log.error("call %s of user %s is gone; its records are not saved", call.call_id, call.user_id)
             records = [(call, record) for call, record in records if (call.user_id, call.call_id) in owned]
-            for call, (kind, args) in records:
+            # Usage last: it updates the campaign's row, and finish_call locks a call before its campaign; taking
+            # them in the same order means two transactions never wait for each other (PostgreSQL deadlock).
+            for call, (kind, args) in sorted(records, key=lambda record: record[1][0] == "usage"):
                 await _write(db, call, kind, args)
         if self.events is not None:
             for call, (kind, args) in records:

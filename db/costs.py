@@ -82,9 +82,12 @@ async def record_usage(session: AsyncSession, scope: Scope, entry: UsageEntry,
     if scope.campaign_id is None or not priced.cost_microusd:
         await session.flush()
         return None
-    await session.execute(
+    spent = (await session.execute(
         update(Campaign).where(Campaign.id == scope.campaign_id, Campaign.user_id == scope.user_id)
-        .values(spent_microusd=Campaign.spent_microusd + priced.cost_microusd))
+        .values(spent_microusd=Campaign.spent_microusd + priced.cost_microusd)
+        .returning(Campaign.spent_microusd, Campaign.budget_microusd))).first()
+    if spent is None or spent.budget_microusd is None or spent.spent_microusd < spent.budget_microusd:
+        return None
     return await pause_if_budget_spent(session, scope.user_id, scope.campaign_id)
 
 
