@@ -129,7 +129,6 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
         call.answered_at = now - timedelta(seconds=answered_seconds)
     if call.answered_at is not None and call.duration_seconds is None:
         call.duration_seconds = max(int((now - call.answered_at).total_seconds()), 0)
-    await record_trunk_usage(session, settings, call)   # answered seconds -> trunk cost, campaign budget
     await repo.record_call_event(session, user_id, call_id, "call.ended", {
         "source": source, "outcome": outcome.value, "dial_status": dial_status, "hangup_cause": hangup_cause,
         "answered_seconds": answered_seconds,
@@ -137,6 +136,7 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
     task = await repo.get_task(session, user_id, call.task_id)
     assert task is not None
     new_status = await _move_task_on(session, settings, task, outcome, call_id)
+    await record_trunk_usage(session, settings, call)   # answered seconds -> trunk cost, campaign budget
     log.info("call %s ended: %s (%s); task %s -> %s", call_id, outcome.value, source, task.id,
              new_status.value if new_status else task.status.value)
     if events is not None:
