@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.engine import create_engine
 from db.models import Campaign, UsageKind, UsageRecord
-from tests.asterisk.stack import HANGS_UP_FIRST
+from tests.asterisk.stack import ANSWERS
 from tests.doubles.ami_helpers import eventually
 from tests.doubles.fake_realtime import FakeResponse
 
@@ -21,10 +21,11 @@ pytestmark = pytest.mark.asterisk
 
 async def test_an_answered_calls_trunk_seconds_and_model_tokens_are_priced_into_the_campaign(make_stack, asterisk):
     stack = await make_stack(TRUNK_PRICE_PER_MINUTE="0.6", TRUNK_BILLING_INCREMENT_SECONDS="6")
+    # The AI greets and ends the call (end_call): the bridge plays its answer out, response.done included.
     stack.fake.realtime.script = lambda conn, index: FakeResponse(
-        audio=stack.models.speech, transcript="Hello, this is an AI assistant.", chunk_interval=0.1) \
-        if index == 0 else None
-    campaign_id, [task_id] = await stack.import_campaign([("Hangs up", HANGS_UP_FIRST)])
+        audio=stack.models.speech, transcript="Hello, this is an AI assistant. Goodbye.", chunk_interval=0.1,
+        function_call=("end_call", {"outcome": "objective_met", "summary": "greeted"})) if index == 0 else None
+    campaign_id, [task_id] = await stack.import_campaign([("Answers", ANSWERS)])
     await stack.wait_task(task_id, "completed", "failed", "retry_scheduled", timeout=60)
     await eventually(lambda: _summarized(stack, campaign_id), 30, 0.2, what="the summary (its usage is the last)")
     (call, _, _), = await stack.call_rows(task_id)
