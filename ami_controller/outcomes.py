@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
 from db.types import utcnow
+from opendeep.costs import record_trunk_usage
 from opendeep.metrics import CALL_OUTCOMES
 from opendeep.retry import next_retry_time
 from opendeep.settings import Settings
@@ -137,6 +138,7 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
     task = await repo.get_task(session, user_id, call.task_id)
     assert task is not None
     new_status = await _move_task_on(session, settings, task, outcome, call_id)
+    await record_trunk_usage(session, settings, call)   # answered seconds -> trunk cost, campaign budget
     log.info("call %s ended: %s (%s); task %s -> %s", call_id, outcome.value, source, task.id,
              new_status.value if new_status else task.status.value)
     if events is not None:

@@ -34,6 +34,7 @@ from audiosocket.protocol import HANGUP_FRAME, Frame, FrameReader, Kind, Protoco
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession, ServerEvent, mulaw_to_slin, resample
 from audiosocket.recorder import CallRecorder, CallRef, RecordWriter
 from audiosocket.tools import TOOL_DEFINITIONS, AiCallOutcome, CallTools
+from audiosocket.usage import observe_usage
 from db.models import CallOutcome, Speaker
 from opendeep.metrics import MODEL_CONNECT_SECONDS, MODEL_FIRST_AUDIO_SECONDS
 from opendeep.runtime import Runtime
@@ -375,6 +376,7 @@ class CallBridge:
     def _on_model_event(self, event: dict[str, Any]) -> None:
         """Every server event but audio deltas, in arrival order: the one place they are dispatched."""
         type_ = event.get("type")
+        observe_usage(self.recorder, self.runtime.settings, self.model.model if self.model else "", event)   # cost
         if type_ == ServerEvent.SPEECH_STARTED:
             self._barge_in(event)
         elif type_ == ServerEvent.SPEECH_STOPPED:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import costs, repo
 from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Speaker
 from db.types import utcnow
 from opendeep.events import EventHub
@@ -150,7 +150,9 @@ class RecordWriter:
             for call in {call for call, _ in records if (call.user_id, call.call_id) not in owned}:
                 log.error("call %s of user %s is gone; its records are not saved", call.call_id, call.user_id)
             records = [(call, record) for call, record in records if (call.user_id, call.call_id) in owned]
-            for call, (kind, args) in records:
+            # Usage last: it updates the campaign's row, and finish_call locks a call before its campaign; taking
+            # them in the same order means two transactions never wait for each other (PostgreSQL deadlock).
+            for call, (kind, args) in sorted(records, key=lambda record: record[1][0] == "usage"):
                 await _write(db, call, kind, args)
         if self.events is not None:
             for call, (kind, args) in records:
@@ -172,6 +174,11 @@ async def _write(db: AsyncSession, ref: CallRef, kind: str, args: tuple[Any, ...
         (outcome,) = args
         await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id,
                                             Call.status != CallStatus.ENDED).values(outcome=outcome))
+    elif kind == "usage":   # the call AI's / transcription's tokens (audiosocket/usage.py)
+        (entry,) = args
+        scope = await costs.call_scope(db, ref.user_id, ref.call_id)
+        if scope is not None:
+            await costs.record_usage(db, scope, entry)
     elif kind == "bridged":
         await db.execute(update(Call).where(Call.id == ref.call_id, Call.user_id == ref.user_id)
                          .values(bridged_to_ai=True))
@@ -196,6 +203,10 @@ class CallRecorder:
     def outcome_hint(self, outcome: CallOutcome) -> None:
         """Set calls.outcome while the call is live; the `h` extension's call-end ends the call with it."""
         self.writer.put(self.call, ("hint", (outcome,)))
+
+    def usage(self, entry: costs.UsageEntry) -> None:
+        """Model usage of the call (priced already); written with the call's other records."""
+        self.writer.put(self.call, ("usage", (entry,)))
 
     def bridged(self) -> None:
         self.writer.put(self.call, ("bridged", ()))

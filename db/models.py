@@ -112,6 +112,23 @@ class FeedbackStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class UsageKind(enum.StrEnum):
+    """What a usage record paid for."""
+
+    CALL_AI = "call_ai"              # the realtime model on a call (its response.done usage)
+    TRANSCRIPTION = "transcription"  # the callee's side transcribed during a call
+    ANALYZER = "analyzer"            # the post-call analyzer's verdict on a call
+    SUMMARIZER = "summarizer"        # a finished campaign's summary
+    ASSISTANT = "assistant"          # the web assistant (planner chat)
+    TRUNK = "trunk"                  # answered minutes on the trunk
+
+
+class PauseReason(enum.StrEnum):
+    """Why OpenDeep (not the user) paused a campaign."""
+
+    BUDGET_SPENT = "budget_spent"
+
+
 class ChatRole(enum.StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
@@ -174,6 +191,11 @@ class Campaign(Base):
     summarized_at: Mapped[datetime | None] = mapped_column()
     voicemail_action: Mapped[VoicemailAction] = mapped_column(
         _enum(VoicemailAction), default=VoicemailAction.HANG_UP, server_default=VoicemailAction.HANG_UP.value)
+    # Cost control (opendeep/prices.py, db/costs.py): micro-dollars. spent_microusd is the sum of the campaign's
+    # usage_records, kept in the same transaction as each record, so a budget check is one row read.
+    budget_microusd: Mapped[int | None] = mapped_column(BigInteger)
+    spent_microusd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pause_reason: Mapped[PauseReason | None] = mapped_column(_enum(PauseReason))
 
     tasks: Mapped[list[Task]] = relationship(back_populates="campaign", order_by="Task.id")
 
@@ -340,6 +362,38 @@ class ChatMessage(Base):
     tool_calls: Mapped[list[Any] | None] = mapped_column()
     tool_call_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageRecord(Base):
+    """What one model request, Realtime response or call's trunk time used, and what it cost when it happened.
+
+    The cost is priced from MODEL_PRICES / TRUNK_PRICE_PER_MINUTE when recorded and stored with the prices used:
+    changing the prices later changes new records only, never history. cost_microusd NULL = not priced (the
+    model has no price; `unpriced_reason` says which)."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    chat_id: Mapped[int | None] = mapped_column(ForeignKey("chat_sessions.id", ondelete="SET NULL"))
+    kind: Mapped[UsageKind] = mapped_column(_enum(UsageKind))
+    model: Mapped[str] = mapped_column(String(100))     # the model, or "trunk"
+    text_in: Mapped[int] = mapped_column(Integer, default=0)           # uncached input text tokens
+    text_cached_in: Mapped[int] = mapped_column(Integer, default=0)
+    text_out: Mapped[int] = mapped_column(Integer, default=0)
+    audio_in: Mapped[int] = mapped_column(Integer, default=0)          # uncached input audio tokens
+    audio_cached_in: Mapped[int] = mapped_column(Integer, default=0)
+    audio_out: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[int] = mapped_column(Integer, default=0)           # trunk: answered seconds; whisper: audio
+    cost_microusd: Mapped[int | None] = mapped_column(BigInteger)
+    price: Mapped[dict[str, Any] | None] = mapped_column()             # {"name": entry, "prices": {...}}
+    unpriced_reason: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_usage_records_user_at", "user_id", "at"),)
 
 
 class Notification(Base):

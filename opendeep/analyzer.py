@@ -28,8 +28,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Task, TaskStatus
+from db.costs import Scope
+from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Task, TaskStatus, UsageKind
 from db.types import utcnow
+from opendeep.costs import record_chat_usage
 from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
 from opendeep.periodic import run_periodically
 from opendeep.retry import next_retry_time
@@ -185,12 +187,13 @@ def build_analysis_messages(task: Task, call: Call, transcript: list[CallTranscr
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-async def request_analysis(client: openai.AsyncOpenAI, model: str,
-                           messages: list[dict[str, str]]) -> dict[str, Any]:
-    """One structured-output request; returns the validated verdict or raises AnalysisError."""
+async def request_analysis(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, str]],
+                           on_usage: Any = None) -> dict[str, Any]:
+    """One structured-output request; returns the validated verdict or raises AnalysisError. `on_usage` gets
+    the response's token usage (see structured_completion)."""
     try:
         content = await structured_completion(client, model, messages, name="call_analysis",
-                                              schema=ANALYSIS_SCHEMA)
+                                              schema=ANALYSIS_SCHEMA, on_usage=on_usage)
     except LlmRequestError as exc:
         raise AnalysisError(f"the analyzer {exc}") from None
     return validate_analysis(content)
@@ -359,12 +362,16 @@ class PostCallAnalyzer:
                 f"the analyzer stopped before finishing {call.analysis_attempts - 1} time(s)", permanent=True))
             return True
         # No database transaction is open while the model thinks.
+        usage: list[Any] = []   # what the model used is recorded whether its answer is usable or not
+        model, scope = self.settings.openai_analyzer_model, Scope(user_id, task.campaign_id, task.id, call.id)
         try:
-            analysis = await request_analysis(self._llm(), self.settings.openai_analyzer_model,
-                                              build_analysis_messages(task, call, transcript, events))
+            analysis = await request_analysis(self._llm(), model,
+                                              build_analysis_messages(task, call, transcript, events), usage.append)
         except AnalysisError as exc:
+            await record_chat_usage(self.sessions, self.settings, scope, UsageKind.ANALYZER, model, usage)
             await self._record_failure(user_id, call, task, token, exc)
             return True
+        await record_chat_usage(self.sessions, self.settings, scope, UsageKind.ANALYZER, model, usage)
         await self._apply(user_id, call, task, token, analysis)
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -49,9 +50,12 @@ class LlmRequestError(RuntimeError):
 
 
 async def structured_completion(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, str]], *,
-                                name: str, schema: dict[str, Any]) -> str:
+                                name: str, schema: dict[str, Any],
+                                on_usage: Callable[[Any], None] | None = None) -> str:
     """One chat completion with strict JSON-schema output; returns the answer's text (the caller parses and
-    validates it). Every failure to get an answer is LlmRequestError."""
+    validates it). Every failure to get an answer is LlmRequestError. `on_usage` receives the response's
+    `usage` (an openai CompletionUsage, or None) as soon as a response arrives, whether or not it is usable:
+    it was paid for either way."""
     try:
         response = await client.chat.completions.create(
             model=model, messages=messages, temperature=0,
@@ -65,6 +69,8 @@ async def structured_completion(client: openai.AsyncOpenAI, model: str, messages
         raise LlmRequestError(f"cannot reach model {model!r} (OPENAI_BASE_URL): {exc}") from None
     except openai.APIError as exc:  # e.g. a response the SDK cannot parse
         raise LlmRequestError(f"model {model!r} gave an unusable response: {exc}") from None
+    if on_usage is not None:
+        on_usage(response.usage)
     if not response.choices:
         raise LlmRequestError(f"model {model!r} returned no choices")
     message = response.choices[0].message

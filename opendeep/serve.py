@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from opendeep.costs import warn_unpriced_models
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.serve")
@@ -96,6 +97,7 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
     # `ami` part's controllers where it runs here, else over an AMI connection of this process's own.
     from ami_controller.actions import CallActions
     runtime.ami = actions = CallActions(runtime.settings, runtime.sessions)
+    warn_unpriced_models(runtime.settings)
     try:
         for name in names:
             component = COMPONENTS[name](runtime)

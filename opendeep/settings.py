@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from opendeep.asterisk_servers import AsteriskServer, build_servers, parse_server_list
+from opendeep.prices import PriceTable, parse_model_prices
 
 
 class SettingsError(ValueError):
@@ -325,6 +326,13 @@ SETTINGS: tuple[Setting, ...] = (
             "webhook deliveries in flight at once in one process"),
     Setting("METRICS_ENABLED", "metrics_enabled", "false", parse_bool,
             "serve Prometheus metrics at /metrics on the web port, without login (states and counts only)"),
+    Setting("MODEL_PRICES", "model_prices", "", parse_model_prices,
+            "JSON {model: {text_in, text_cached_in, text_out, audio_in, audio_cached_in, audio_out, per_minute}} in "
+            "USD per 1M tokens (per_minute: USD per audio minute); empty = the documented list prices"),
+    Setting("TRUNK_PRICE_PER_MINUTE", "trunk_price_per_minute", "0", _non_negative_float,
+            "USD per answered minute on your trunk; 0 = trunk minutes are counted but cost nothing"),
+    Setting("TRUNK_BILLING_INCREMENT_SECONDS", "trunk_billing_increment_seconds", "1", _positive_int,
+            "your carrier bills answered time in whole increments of this many seconds (60 for per-minute billing)"),
 )
 
 
@@ -398,6 +406,9 @@ class Settings:
     webhook_concurrency_per_endpoint: int
     webhook_max_concurrency: int
     metrics_enabled: bool
+    model_prices: PriceTable
+    trunk_price_per_minute: float
+    trunk_billing_increment_seconds: int
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

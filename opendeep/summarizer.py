@@ -25,8 +25,10 @@ from sqlalchemy import case, exists, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo, webhooks
-from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, Task
+from db.costs import Scope
+from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, Task, UsageKind
 from db.types import UTCDateTime, utcnow
+from opendeep.costs import record_chat_usage
 from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
 from opendeep.periodic import run_periodically
 from opendeep.settings import Settings
@@ -125,8 +127,9 @@ def summary_csv(campaign: Campaign) -> str:
 
 
 async def request_summary(client: openai.AsyncOpenAI, model: str, campaign: Campaign,
-                          rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Ask the LLM for the summary in SUMMARY_SCHEMA; SummaryError on any failure."""
+                          rows: list[dict[str, Any]], on_usage: Any = None) -> dict[str, Any]:
+    """Ask the LLM for the summary in SUMMARY_SCHEMA; SummaryError on any failure. `on_usage` gets the
+    response's token usage (see structured_completion)."""
     facts = {"campaign": campaign.name, "goal": campaign.goal,
              "targets": [{k: row[k] for k in ("target", "status", "outcome", "attempts", "summary", "result")}
                          for row in rows]}
@@ -134,7 +137,7 @@ async def request_summary(client: openai.AsyncOpenAI, model: str, campaign: Camp
                 {"role": "user", "content": json.dumps(facts, ensure_ascii=False, indent=1)}]
     try:
         content = await structured_completion(client, model, messages, name="campaign_summary",
-                                              schema=SUMMARY_SCHEMA)
+                                              schema=SUMMARY_SCHEMA, on_usage=on_usage)
     except LlmRequestError as exc:
         raise SummaryError(f"the summary {exc}") from None
     try:
@@ -241,10 +244,12 @@ class CampaignSummarizer:
     async def _write(self, campaign: Campaign, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
         """The LLM's summary, or the rule-based one once the LLM has failed max_llm_failures times (None: the
         LLM failed and the campaign waits for its next try)."""
+        usage: list[Any] = []
+        model = self.settings.openai_analyzer_model
         try:
             if self._client is None:
                 self._client = chat_client(self.settings)
-            return await request_summary(self._client, self.settings.openai_analyzer_model, campaign, rows), "llm"
+            return await request_summary(self._client, model, campaign, rows, usage.append), "llm"
         except (SummaryError, LlmNotConfigured) as exc:
             self._failures[campaign.id] += 1
             failures = self._failures[campaign.id]
@@ -256,3 +261,6 @@ class CampaignSummarizer:
             log.warning("campaign %s: LLM summary failed (%d of %d): %s; retrying in %s", campaign.id, failures,
                         self.max_llm_failures, exc, self.retry_after)
             return None
+        finally:   # what the model used is recorded whether its answer is usable or not
+            await record_chat_usage(self.sessions, self.settings, Scope(campaign.user_id, campaign.id),
+                                    UsageKind.SUMMARIZER, model, usage)

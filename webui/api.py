@@ -19,6 +19,7 @@ from db import repo
 from opendeep.health import health_report
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
+from opendeep.prices import parse_budget
 from opendeep.runtime import Runtime
 from webui import views
 from webui.auth import (
@@ -279,12 +280,17 @@ async def campaign_import(request: Request) -> Response:
     if not name:
         raise HttpError(400, "invalid_field", "give the campaign a name: ?name=...")
     try:
+        budget = parse_budget(request.query_params.get("budget_usd"))
+    except ValueError as exc:
+        raise HttpError(400, "invalid_budget", f"budget_usd: {exc}") from None
+    try:
         rows = parse_targets_csv(await _csv_text(request))
     except CsvImportError as exc:
         raise _csv_error(exc) from None
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name[:200], goal=goal)
+        campaign.budget_microusd = budget
         task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
                                         default_objective=goal)
         await session.commit()

@@ -21,8 +21,10 @@ import openai
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import ChatMessage, ChatRole
+from db.costs import Scope
+from db.models import ChatMessage, ChatRole, UsageKind
 from db.types import utcnow
+from opendeep.costs import record_chat_usage
 from opendeep.llm import LlmNotConfigured, chat_client
 from opendeep.settings import Settings
 from webui.lookup_tools import PlacesLookup, SearchProvider, ToolError, default_search_provider
@@ -76,6 +78,7 @@ callee's time zone; default {window}) and how many attempts per target (default 
 - Answering machines: set voicemail.action to leave_message when a message helps (a business that calls back),
   else hang_up. A message is two or three short spoken sentences: who calls, on whose behalf, why, and a request
   to call back; OpenDeep adds the callback number{callback}.
+- If the user names a spending limit for the calls, put it in budget_usd (USD).
 Today is {today} (UTC). The user's name: {user_name}."""
 
 
@@ -169,14 +172,17 @@ class UIAssistantService:
         messages = [{"role": "system", "content": system}, *history_for_model(rows)]
         turn = AssistantTurn()
         new_rows: list[dict[str, Any]] = []
+        usage: list[Any] = []
         try:
-            await self._loop(client, messages, new_rows, turn)
+            await self._loop(client, messages, new_rows, turn, usage)
         except openai.APIError as exc:
             turn.error = _describe_llm_error(exc, self.settings)
             log.warning("assistant turn for chat %s failed: %s", chat_id, turn.error)
             new_rows.append({"role": ChatRole.SYSTEM, "content": f"The assistant could not answer: {turn.error}"})
         finally:
             await client.close()
+            await record_chat_usage(sessions, self.settings, Scope(user_id, chat.campaign_id, chat_id=chat_id),
+                                    UsageKind.ASSISTANT, self.settings.openai_chat_model, usage)
         async with sessions() as session:
             for row in new_rows:
                 await repo.add_chat_message(session, user_id, chat_id, row["role"], row.get("content") or "",
@@ -188,11 +194,12 @@ class UIAssistantService:
         return turn
 
     async def _loop(self, client: openai.AsyncOpenAI, messages: list[dict[str, Any]],
-                    new_rows: list[dict[str, Any]], turn: AssistantTurn) -> None:
+                    new_rows: list[dict[str, Any]], turn: AssistantTurn, usage: list[Any]) -> None:
         submissions = 0
         for _ in range(MAX_ROUNDS):
             completion = await client.chat.completions.create(
                 model=self.settings.openai_chat_model, messages=messages, tools=self.tools())
+            usage.append(completion.usage)   # each model call's tokens, for the user's costs
             message = completion.choices[0].message
             calls = [{"id": call.id, "name": call.function.name, "arguments": call.function.arguments or "{}"}
                      for call in (message.tool_calls or []) if call.type == "function"]

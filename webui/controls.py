@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import repo
+from db import costs, repo
 from db.models import CallStatus, CampaignStatus, TaskStatus
 from db.repo import TaskMove
 from db.types import utcnow
@@ -144,9 +144,13 @@ async def control_campaign(runtime: Runtime, user_id: int, campaign_id: int,
                 raise ControlError("already_finished", f"campaign {campaign_id} is already {campaign.status.value}")
             code, wanted = ("not_active", "active") if action is ControlAction.PAUSE else ("not_paused", "paused")
             raise ControlError(code, f"campaign {campaign_id} is {campaign.status.value}, not {wanted}")
+        if action is ControlAction.RESUME and (refusal := costs.budget_refusal(campaign)):
+            raise ControlError("budget_spent", f"campaign {campaign_id} cannot resume: {refusal}")
         if not await repo.set_campaign_status(session, user_id, campaign_id, new_status,
                                               only_from=(campaign.status,)):
             raise ControlError("changed", f"campaign {campaign_id} changed meanwhile; look at it again and retry")
+        if action is ControlAction.RESUME:
+            await costs.clear_pause_reason(session, user_id, campaign_id)
         live = await repo.count_tasks(session, user_id, campaign_id, LIVE) if action is ControlAction.PAUSE else 0
         await session.commit()
     changed, channels = await _move_campaign_tasks(runtime, user_id, campaign_id, new_status,

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import Campaign, ChatSession, Task, VoicemailAction
 from opendeep.events import EventHub
+from opendeep.prices import usd_to_microusd
 from webui.plan import validate_plan, voicemail_message_for
 
 log = logging.getLogger("opendeep.webui.orchestrator")
@@ -93,6 +94,7 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
         window_start=_hhmm(window["start"]), window_end=_hhmm(window["end"]), plan=plan, source_key=source_key,
     )
     campaign.voicemail_action = VoicemailAction(plan["voicemail"]["action"])
+    campaign.budget_microusd = usd_to_microusd(plan["budget_usd"]) if plan.get("budget_usd") else None
     tasks = []
     for target in plan["targets"]:
         task = await repo.add_task(

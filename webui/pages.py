@@ -18,6 +18,7 @@ from starlette.routing import Route
 from db import repo
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
+from opendeep.prices import parse_budget
 from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
 from opendeep.voicemail import voicemail_script
@@ -360,16 +361,23 @@ async def campaign_import(request: Request) -> Response:
     form = await form_data(request)
     name = (await _text_field(form, "name")).strip()
     goal = (await _text_field(form, "goal")).strip()
+    budget_usd = (await _text_field(form, "budget_usd")).strip()
     if not name:
         return _render(request, "import.html", {"error": "Give the campaign a name.", "goal": goal}, 400)
+    try:
+        budget = parse_budget(budget_usd)
+    except ValueError as exc:
+        return _render(request, "import.html", {"error": f"Budget: {exc}.", "name": name, "goal": goal,
+                                                "budget_usd": budget_usd}, 400)
     try:
         rows = parse_targets_csv(await _upload_text(form, "file"))
     except CsvImportError as exc:
         return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors,
-                                                "name": name, "goal": goal}, 400)
+                                                "name": name, "goal": goal, "budget_usd": budget_usd}, 400)
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
+        campaign.budget_microusd = budget
         task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
                                         default_objective=goal)
         await session.commit()

@@ -56,6 +56,9 @@ PLAN_SCHEMA: dict[str, Any] = {
                                            "call back (OpenDeep adds the callback number if it is missing)"},
             },
         },
+        "budget_usd": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1_000_000,
+                       "description": "spending limit in USD (models and trunk) if the user named one; dialing "
+                                      "pauses once it is spent"},
         "targets": {
             "type": "array", "minItems": 1, "maxItems": MAX_TARGETS,
             "items": {

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import repo
+from db import costs, repo
 from db.models import (
     Call,
     CallEvent,
@@ -71,6 +71,7 @@ def campaign_dict(campaign: Campaign, counts: dict[str, int] | None = None) -> d
         "created_at": _iso(campaign.created_at), "finished_at": _iso(campaign.finished_at),
         "has_summary": campaign.summary is not None or bool(campaign.summary_text),
         "task_counts": counts or {},
+        "pause_reason": campaign.pause_reason.value if campaign.pause_reason else None,
     }
 
 
@@ -168,6 +169,7 @@ async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int)
                      "master_prompt": campaign.master_prompt},
         "tasks": [{**task_dict(task), "calls": calls_by_task[task.id], "events": task_events[task.id]}
                   for task in tasks],
+        "costs": await costs.campaign_costs(session, user_id, campaign_id),
     }
 
 
@@ -178,7 +180,8 @@ async def call_detail(session: AsyncSession, user_id: int, call_id: int) -> dict
     transcript = await repo.list_transcript(session, user_id, call_id)
     events = await repo.list_call_events(session, user_id, call_id)
     return {**call_dict(call), "transcript": [transcript_dict(line) for line in transcript],
-            "events": [{"type": e.type, "payload": e.payload, "at": _iso(e.at)} for e in events]}
+            "events": [{"type": e.type, "payload": e.payload, "at": _iso(e.at)} for e in events],
+            "costs": await costs.call_costs(session, user_id, call_id)}
 
 
 async def feedback_card(session: AsyncSession, user_id: int, request: FeedbackRequest) -> dict[str, Any]:

@@ -38,13 +38,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from tests.doubles.fake_realtime import FakeRealtime, FakeRealtimeConnection, FakeResponse
+from tests.doubles.fake_realtime import FakeRealtime, FakeRealtimeConnection, FakeResponse, text_tokens
 from tests.doubles.local_http import LocalHttpServer
 
 
 class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.usage_sent: list[tuple[str, dict[str, Any]]] = []   # (model, usage) of every completion answered
         self.responder: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
         self._replies: deque[dict[str, Any]] = deque()
         self._ids = itertools.count(1)
@@ -90,8 +91,24 @@ class FakeOpenAI:
             "id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": self._usage(body, message),
         })
+
+    def _usage(self, body: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+        """The usage block as the real API reports it: prompt tokens counted over the messages and tools sent
+        (a prompt over 1,024 tokens has its earlier part cached, as OpenAI's prompt caching does), completion
+        tokens over the answer."""
+        sent = [body.get(key) for key in ("messages", "tools", "response_format") if body.get(key)]
+        prompt = sum(text_tokens(json.dumps(part)) for part in sent)
+        completion = text_tokens(message.get("content") or "") + (
+            text_tokens(json.dumps(message["tool_calls"])) if message.get("tool_calls") else 0)
+        cached = (prompt - 1024) // 128 * 128 if prompt > 1024 and len(self.requests) > 1 else 0
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                 "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                               "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+        self.usage_sent.append((body.get("model", ""), usage))
+        return usage
 
     async def _realtime_session(self, websocket: WebSocket) -> None:
         if self.realtime.refuse_connections:

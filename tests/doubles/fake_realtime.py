@@ -45,6 +45,22 @@ class FakeResponse:
     chunk_bytes: int = 800          # mu-law bytes per delta (100 ms); the real API streams faster than realtime
     chunk_interval: float = 0.0     # seconds between deltas
     callee_reply: str = ""          # what the callee then says, as the API's input transcription reports it
+    usage: dict[str, Any] | None = None   # response.done's usage; None = counted like the real API (below)
+
+
+def text_tokens(text: str) -> int:
+    """About what OpenAI's tokenizer gives for English text: one token per 4 characters."""
+    return max(1, -(-len(text) // 4)) if text else 0
+
+
+# The real API's audio token rates (developers.openai.com, "Realtime API costs"): input audio 1 token per 100 ms,
+# output audio 1 token per 50 ms; G.711 mu-law is 8,000 bytes a second.
+def input_audio_tokens(mulaw_bytes: int) -> int:
+    return -(-mulaw_bytes // 800)
+
+
+def output_audio_tokens(mulaw_bytes: int) -> int:
+    return -(-mulaw_bytes // 400)
 
 
 class FakeRealtimeConnection:
@@ -66,6 +82,11 @@ class FakeRealtimeConnection:
         self.current_item: str | None = None
         self.greeting_pending = True
         self.responses_created = 0             # response.create events answered so far
+        self.usage_sent: list[dict[str, Any]] = []   # every usage object this session reported, in order
+        self._context_text = 0                 # tokens of the conversation so far (the next Response's input)
+        self._context_audio = 0
+        self._audio_in_counted = 0             # appended bytes already in the conversation
+        self._cached = (0, 0)                  # (text, audio) tokens the server has cached: the last input
 
     def events(self, type_: str) -> list[dict[str, Any]]:
         return [event for event in self.received if event.get("type") == type_]
@@ -123,7 +144,8 @@ class FakeRealtimeConnection:
             if response.callee_reply:
                 await self.send({"type": "conversation.item.input_audio_transcription.completed",
                                  "item_id": self.next_id("item"), "content_index": 0,
-                                 "transcript": response.callee_reply})
+                                 "transcript": response.callee_reply,
+                                 "usage": self.transcription_usage(response.callee_reply)})
             output: list[dict[str, Any]] = []
             if response.function_call:
                 name, arguments = response.function_call
@@ -134,13 +156,55 @@ class FakeRealtimeConnection:
                                  "arguments": json.dumps(arguments)})
                 output.append({"type": "function_call", "id": call_item, "call_id": call_id, "name": name,
                                "arguments": json.dumps(arguments), "status": "completed"})
-            await self.send({"type": "response.done",
-                             "response": {"id": response_id, "status": "completed", "output": output}})
+            await self.send({"type": "response.done", "response": {
+                "id": response_id, "status": "completed", "output": output,
+                "usage": self._usage(response, response.audio, response.transcript)}})
         except asyncio.CancelledError:
-            await self.send({"type": "response.done", "response": {"id": response_id, "status": "cancelled"}})
+            # A cancelled Response is billed too: for what it generated until then.
+            await self.send({"type": "response.done", "response": {
+                "id": response_id, "status": "cancelled", "usage": self._usage(response, b"", "")}})
             raise
         finally:
             self.response_active = False
+
+    def _usage(self, response: FakeResponse, audio: bytes, transcript: str) -> dict[str, Any]:
+        """response.done's usage as the real API counts it: the whole conversation so far is the input (the
+        instructions, what the callee said, the AI's earlier answers), the part the previous Response already
+        read is cached, and the output is this Response's audio and transcript text."""
+        if response.usage is not None:
+            self.usage_sent.append(response.usage)
+            return response.usage
+        if not self._context_text:
+            instructions = self.session_config().get("instructions", "")
+            tools = json.dumps(self.session_config().get("tools", []))
+            self._context_text = text_tokens(instructions) + text_tokens(tools)
+        self._context_audio += input_audio_tokens(len(self.audio_in) - self._audio_in_counted)
+        self._audio_in_counted = len(self.audio_in)
+        text_in, audio_in = self._context_text, self._context_audio
+        cached_text, cached_audio = (min(self._cached[0], text_in) // 64 * 64, min(self._cached[1], audio_in))
+        text_out, audio_out = text_tokens(transcript), output_audio_tokens(len(audio))
+        usage = {"total_tokens": text_in + audio_in + text_out + audio_out,
+                 "input_tokens": text_in + audio_in, "output_tokens": text_out + audio_out,
+                 "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "image_tokens": 0,
+                                         "cached_tokens": cached_text + cached_audio,
+                                         "cached_tokens_details": {"text_tokens": cached_text,
+                                                                   "audio_tokens": cached_audio,
+                                                                   "image_tokens": 0}},
+                 "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
+        self._cached = (text_in, audio_in)
+        self._context_text += text_out          # the answer becomes input of the next Response
+        self._context_audio += audio_out
+        self.usage_sent.append(usage)
+        return usage
+
+    def transcription_usage(self, transcript: str, seconds: float = 1.0) -> dict[str, Any]:
+        """A token-billed transcription's usage (gpt-4o-mini-transcribe), as the API reports it."""
+        audio = input_audio_tokens(int(seconds * 8000))
+        usage = {"type": "tokens", "input_tokens": audio, "output_tokens": text_tokens(transcript),
+                 "total_tokens": audio + text_tokens(transcript),
+                 "input_token_details": {"text_tokens": 0, "audio_tokens": audio}}
+        self.usage_sent.append(usage)
+        return usage
 
     async def _on_event(self, event: dict[str, Any]) -> None:
         type_ = event.get("type")

@@ -1,7 +1,7 @@
 """callbacks and voicemail: inbound calls, the per-user callback fallback, the campaign's voicemail plan
 
 Revision ID: 0007_callbacks
-Revises: 0005_webhooks
+Revises: 0006_cost
 Create Date: 2026-12-02 13:30:00
 
 - calls.direction: outbound (OpenDeep dialed) or inbound (the callee rang back; fastagi_server/callbacks.py).
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 
 revision = '0007_callbacks'
-down_revision = '0005_webhooks'
+down_revision = '0006_cost'
 branch_labels = None
 depends_on = None
 
