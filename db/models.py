@@ -238,7 +238,6 @@ class Task(Base):
 
 class Call(Base):
     __tablename__ = "calls"
-    __table_args__ = (Index("ix_calls_server_status", "asterisk_server", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -274,7 +273,8 @@ class Call(Base):
     analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # A callback is matched to the latest call to the caller's number (fastagi_server/callbacks.py).
-    __table_args__ = (Index("ix_calls_number_started", "dialed_number", "started_at"),)
+    __table_args__ = (Index("ix_calls_server_status", "asterisk_server", "status"),
+                      Index("ix_calls_number_started", "dialed_number", "started_at"))
 
 
 class CallTranscript(Base):
