@@ -23,6 +23,7 @@ from audiosocket.protocol import DEFAULT_MAX_PAYLOAD, HANGUP_FRAME, Frame, Frame
 from audiosocket.realtime import ModelConnectionLost, RealtimeSession
 from audiosocket.recorder import CallRef, RecordWriter
 from audiosocket.tools import tool_definitions
+from audiosocket.wrap_up import watch_for_wrap_up
 from db import repo, transfers
 from db.models import Call, CallStatus
 from db.types import utcnow
@@ -157,10 +158,15 @@ class AudioSocketServer:
                             records=self.records, user_name=user_name, stats=stats, tools=tools)
         log.info("AudioSocket %s from %s: call %s (user %s)", as_uuid, peer, ref.call_id, ref.user_id)
         self.bridges.add(bridge)
+        # Until-one-succeeds campaigns: a call is wrapped up politely once another call met the goal.
+        watcher = asyncio.create_task(watch_for_wrap_up(self.runtime, bridge), name=f"call-{ref.call_id}-wrap-up")
         try:
             await bridge.run()
         finally:
             self.bridges.discard(bridge)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
 
     @staticmethod
     async def _first_frames(reader: asyncio.StreamReader, frames: FrameReader) -> tuple[Frame | None, list[Frame]]:

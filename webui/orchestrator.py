@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Campaign, ChatSession, Task
+from opendeep.campaign_goal import held_at_start, parse_goal
 from opendeep.events import EventHub
 from webui.plan import validate_plan
 
@@ -92,14 +93,18 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
         session, user_id, name=plan["name"], goal=plan["goal"], master_prompt=plan.get("master_prompt", ""),
         window_start=_hhmm(window["start"]), window_end=_hhmm(window["end"]), plan=plan, source_key=source_key,
     )
+    goal = parse_goal(plan.get("goal_type"))
+    campaign.goal_type, campaign.parallel_calls = goal, int(plan.get("parallel_calls", 1))
     tasks = []
-    for target in plan["targets"]:
+    for index, target in enumerate(plan["targets"]):
         tasks.append(await repo.add_task(
             session, user_id, campaign.id, target_name=target["name"], phone_number=target["phone_number"],
             objective=target["objective"], context=target.get("context") or {},
             language=target.get("language", "en"),
             max_attempts=target.get("max_attempts", plan["max_attempts"]),
         ))
+        # Until one succeeds: the targets after the first `parallel_calls` wait their turn (opendeep/campaign_goal).
+        tasks[-1].held = held_at_start(goal, campaign.parallel_calls, index)
     if chat_id is not None:
         chat = await repo.get_chat_session(session, user_id, chat_id)
         if isinstance(chat, ChatSession):
