@@ -144,19 +144,20 @@ async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, tas
         campaign.goal_met_task_id = winner.id
         done.goals_met.append(campaign.id)
         log.info("campaign %s: goal met by task %s (%s)", campaign.id, winner.id, winner.target_name)
-    reason = f"goal met: {winner.target_name} succeeded, so this target is not needed"
+    reason = f"the goal was met with {winner.target_name}"
     for task in tasks:
-        if task.status.is_terminal:
+        was = task.status   # read before the UPDATE, which refreshes the loaded object
+        if was.is_terminal:
             continue
         result = await session.execute(
-            update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.status == task.status)
+            update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.status == was)
             .values(status=TaskStatus.CANCELLED, status_reason=reason, held=False, updated_at=utcnow()))
         if result.rowcount != 1:
             continue   # moved meanwhile (a call ended): the next pass sees it as it is now
         await repo.record_task_event(session, task.user_id, task.id, "goal.cancelled", reason,
-                                     {"goal_met_by_task": winner.id, "was": task.status.value})
+                                     {"goal_met_by_task": winner.id, "was": was.value})
         done.cancelled.append(task.id)
-        if task.status in LIVE:
+        if was in LIVE:
             for call in await repo.list_calls(session, task.user_id, task.id):
                 if call.status is CallStatus.ENDED:
                     continue
@@ -181,14 +182,15 @@ async def _release_next(session: AsyncSession, campaign: Campaign, tasks: list[T
     previous = finished[-1].target_name if finished else None
     reason = (f"its turn: {previous} did not succeed" if previous else "its turn")
     for task in waiting[:free]:
+        was = task.status
         values: dict[str, Any] = {"held": False, "updated_at": utcnow()}
-        if task.status is TaskStatus.PENDING:   # a task paused on its own keeps its pause
+        if was is TaskStatus.PENDING:   # a task paused on its own keeps its pause
             values["next_action_time"] = now
         if carried:
             values["context"] = {**(task.context or {}), CARRIED_KEY: carried}
         result = await session.execute(
             update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.held.is_(True),
-                               Task.status == task.status).values(**values))
+                               Task.status == was).values(**values))
         if result.rowcount != 1:
             continue
         await repo.record_task_event(session, task.user_id, task.id, "goal.released", reason,
