@@ -84,6 +84,7 @@ def target_row(task: Task, calls: list[Call]) -> dict[str, Any]:
     row = {
         "task_id": task.id, "target": task.target_name, "phone_number": task.phone_number,
         "status": task.status.value, "outcome": result.get("outcome") or task.status.value,
+        "verdict": result.get("outcome"),   # the analyzer's, if a call was judged
         "attempts": task.attempt_count, "calls_placed": len(calls),
         "summary": result.get("summary") or task.status_reason or "",
         "reason": task.status_reason or "",
@@ -102,8 +103,8 @@ def outcome_in_words(row: dict[str, Any]) -> str:
         return "not called: the number is on a do-not-call list"
     if status == "cancelled":
         return f"{'stopped calling' if placed else 'not called'}: {reason or 'cancelled'}"
-    if row["outcome"] in OUTCOME_WORDS:
-        return OUTCOME_WORDS[row["outcome"]]
+    if row.get("verdict") in OUTCOME_WORDS:
+        return OUTCOME_WORDS[row["verdict"]]
     if status == "failed":
         return f"not reached after {placed} call(s)" if placed else f"not called: {reason or 'failed'}"
     return status.replace("_", " ")
@@ -114,7 +115,7 @@ def count_line(rows: list[dict[str, Any]]) -> str:
     called = [row for row in rows if row.get("calls_placed", 0) > 0]
     placed = sum(row.get("calls_placed", 0) for row in rows)
     text = f"{len(called)} of {len(rows)} target(s) called ({placed} call(s) placed)"
-    outcomes = Counter(OUTCOME_WORDS.get(row["outcome"], row["outcome"].replace("_", " ")) for row in called)
+    outcomes = Counter(outcome_in_words(row).split(":")[0] for row in called)
     if outcomes:
         text += ": " + ", ".join(f"{n} {words}" for words, n in outcomes.most_common())
     not_called = len(rows) - len(called)
