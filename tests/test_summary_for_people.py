@@ -71,7 +71,7 @@ async def test_the_summary_table_is_for_a_person_and_its_csv_is_formula_safe(ali
     for dump in ("task_id", "transcript_url", "{}", "<th>result</th>"):
         assert dump not in page
     assert "objective met" in page and "Booked Tuesday 10:00. price: =120" in page
-    assert f'href="/calls/' in page and "listen / read the call" in page
+    assert 'href="/calls/' in page and "listen / read the call" in page
     assert "Each target: 1 of 2 target(s) met the objective." in page
     assert "1 of 2 target(s) called (1 call(s) placed): 1 objective met; 1 not called" in page
     rows = list(csv.reader(io.StringIO((await client.http.get(
