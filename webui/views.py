@@ -270,14 +270,17 @@ def summary_people(summary: Any) -> list[dict[str, Any]] | None:
     for row in summary["targets"]:
         if not isinstance(row, dict):
             continue
-        facts = row.get("result") if isinstance(row.get("result"), dict) else {}
+        result = row.get("result")
         learned = str(row.get("summary") or "").strip()
-        if facts:
-            learned = (learned + " " if learned else "") + "; ".join(f"{k}: {v}" for k, v in facts.items())
+        if isinstance(result, dict) and result:
+            learned = (learned + " " if learned else "") + "; ".join(f"{k}: {v}" for k, v in result.items())
+        elif result and not isinstance(result, dict):   # a summary written before the per-target facts were a dict
+            learned = (learned + " " if learned else "") + str(result)
         if learned == (row.get("reason") or ""):
             learned = ""   # a bare status reason is the outcome, not something learned
         people.append({"target": row.get("target") or "", "phone_number": row.get("phone_number") or "",
-                       "outcome": row.get("outcome_words") or str(row.get("outcome") or "").replace("_", " "),
+                       "outcome": row.get("outcome_words")
+                       or str(row.get("outcome") or row.get("status") or "").replace("_", " "),
                        "learned": learned, "calls_placed": row.get("calls_placed", row.get("attempts", 0)),
                        "call_url": row.get("transcript_url") or ""})
     return people
