@@ -161,9 +161,11 @@ async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, tas
             for call in await repo.list_calls(session, task.user_id, task.id):
                 if call.status is CallStatus.ENDED:
                     continue
+                # Recorded for every open call: one answered later (it was ringing) is wrapped up as soon as
+                # its AI connects. (Not yet at call-start: FastAGI refuses to dial a cancelled task.)
+                await repo.record_call_event(session, task.user_id, call.id, "goal.wrap_up", {"reason": reason})
                 if call.bridged_to_ai or call.answered_at is not None:
                     done.wrap_up.append((task.user_id, call.id))
-                    await repo.record_call_event(session, task.user_id, call.id, "goal.wrap_up", {"reason": reason})
                 elif call.channel:
                     done.hang_up.append(call.channel)
 

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from ami_controller.scheduler import claim_due_tasks
 from db import repo
-from db.models import Campaign, CampaignGoal, CampaignStatus, Task, TaskEvent, TaskStatus
+from db.models import Call, CallEvent, CallStatus, Campaign, CampaignGoal, CampaignStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
 from opendeep.campaign_goal import CARRIED_KEY, describe_goal, keep_goals, parse_goal
 from opendeep.events import EventHub
@@ -150,6 +150,31 @@ async def test_no_success_anywhere_leaves_the_goal_unmet(sessions):
     assert (await keep_goals(sessions)).released == []
     async with sessions() as session:
         assert (await session.get(Campaign, campaign_id)).goal_met_task_id is None
+
+
+async def test_live_calls_of_cancelled_targets_are_wrapped_up_hung_up_or_marked(sessions):
+    user_id, campaign_id, (a, b, c) = await _campaign(sessions, parallel=3)
+    assert sorted(await _claim(sessions)) == [a, b, c]
+    now = utcnow()
+    async with sessions() as session, session.begin():
+        await session.execute(update(Task).values(status=TaskStatus.IN_PROGRESS))
+        talking = Call(user_id=user_id, task_id=b, attempt_number=1, status=CallStatus.ANSWERED, answered_at=now,
+                       bridged_to_ai=True, dialed_number=NUMBERS[1], channel="Local/x@opendeep-outbound-1;1")
+        ringing = Call(user_id=user_id, task_id=c, attempt_number=1, status=CallStatus.RINGING,
+                       dialed_number=NUMBERS[2], channel="Local/y@opendeep-outbound-2;1")
+        session.add_all([talking, ringing])
+    await _finish(sessions, a, TaskStatus.COMPLETED, "success", "Booked.")
+    hung_up: list[str] = []
+
+    async def hang_up(channel: str) -> None:
+        hung_up.append(channel)
+    done = await keep_goals(sessions, hang_up=hang_up)
+    assert done.wrap_up == [(user_id, talking.id)]   # the AI is told to wrap up (audiosocket/wrap_up.py)
+    assert hung_up == ["Local/y@opendeep-outbound-2;1"]   # the ringing call is hung up ...
+    async with sessions() as session:
+        marked = (await session.scalars(select(CallEvent.call_id).where(CallEvent.type == "goal.wrap_up"))).all()
+    # ... and marked too: were it answered in that instant, its AI would wrap up as soon as it connects.
+    assert sorted(marked) == sorted([talking.id, ringing.id])
 
 
 def test_the_goal_in_words_and_bad_values():
