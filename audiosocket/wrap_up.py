@@ -43,9 +43,11 @@ async def goal_can_wrap_up(runtime: Runtime, user_id: int, task_id: int) -> bool
     return goal is CampaignGoal.UNTIL_ONE_SUCCEEDS
 
 
-async def watch_for_wrap_up(runtime: Runtime, bridge: CallBridge, *, poll_seconds: float = POLL_SECONDS,
-                            grace_seconds: float = GRACE_SECONDS) -> None:
+async def watch_for_wrap_up(runtime: Runtime, bridge: CallBridge, *, poll_seconds: float | None = None,
+                            grace_seconds: float | None = None) -> None:
     """Run beside the bridge (cancelled when it ends): wrap the call up once the goal keeper asks."""
+    poll_seconds = POLL_SECONDS if poll_seconds is None else poll_seconds
+    grace_seconds = GRACE_SECONDS if grace_seconds is None else grace_seconds
     call = bridge.call
     if not await goal_can_wrap_up(runtime, call.user_id, call.task_id):
         return
