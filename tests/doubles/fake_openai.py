@@ -175,7 +175,7 @@ def goal_from_words(said: str, targets: int) -> str | None:
     """The goal a user's words ask for, as the assistant's prompt reads them; None: ambiguous, ask."""
     if targets <= 1:
         return "each_target"
-    text = f" {said.lower()} "
+    text = f" {said.replace(GOAL_QUESTION, ' ').lower()} "   # the page's answer form repeats the question
     if any(w in text for w in (" one of ", "just one", "only one", "one appointment", " one in total", "the first ")):
         return "until_one_succeeds"
     if any(w in text for w in (" each ", " every ", " all ", " both ")):
@@ -262,6 +262,14 @@ class ScriptedModels:
 
     @staticmethod
     def summary(body: dict[str, Any]) -> dict[str, Any]:
+        try:   # the summarizer sends its facts as JSON, the rule-based report against the goal included
+            facts = json.loads((body.get("messages") or [{}])[-1].get("content") or "{}")
+        except ValueError:
+            facts = {}
+        if "until one succeeds" in str(facts.get("goal_type", "")).lower():
+            return {"summary": "One cleaning was booked, as asked; the other practices were not needed.",
+                    "key_findings": ["Appointments are available next week."],
+                    "next_steps": ["Add the appointment to your calendar."]}
         return {"summary": "Every practice was reached and a cleaning was booked.",
                 "key_findings": ["Appointments are available next week."],
                 "next_steps": ["Add the appointment to your calendar."]}
