@@ -185,3 +185,28 @@ def test_the_goal_in_words_and_bad_values():
     with pytest.raises(ValueError, match="use one of each_target, until_one_succeeds"):
         parse_goal("best_of")
 
+
+
+async def test_the_0008_goal_migration_goes_down_and_up_again(engine, database_url):
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from db.migrate import alembic_config
+
+    config = alembic_config(database_url)
+
+    def migrate(sync_connection, to: str, step) -> list[str]:
+        config.attributes["connection"] = sync_connection
+        step(config, to)
+        inspector = inspect(sync_connection)
+        return ([c["name"] for c in inspector.get_columns("campaigns")]
+                + [c["name"] for c in inspector.get_columns("tasks")])
+
+    async with engine.begin() as connection:
+        down = await connection.run_sync(migrate, "0003_security", command.downgrade)
+    try:
+        assert not {"goal_type", "parallel_calls", "goal_met_task_id", "caller_id", "held"} & set(down)
+    finally:
+        async with engine.begin() as connection:
+            up = await connection.run_sync(migrate, "head", command.upgrade)
+    assert {"goal_type", "parallel_calls", "goal_met_task_id", "caller_id", "held"} <= set(up)
