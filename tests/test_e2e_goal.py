@@ -13,7 +13,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from db.models import CampaignStatus, TaskStatus
+from db.models import CampaignStatus, FeedbackStatus, TaskStatus
 from opendeep.settings import load_settings
 from tests.doubles.ami_helpers import eventually
 from tests.doubles.asterisk_sim import AsteriskSim, Callee
@@ -167,8 +167,10 @@ async def test_two_calls_at_once_the_one_still_talking_is_wrapped_up_politely_wh
     assert f"Stopped calling {SECOND} because the goal was met." in report
     assert f"Did not call {third[0]} because the goal was met." in report
     assert len(sim.calls) == 2 and second_call.app_hung_up   # the AI's end_call: our hangup frame
-    _, tasks, call_rows, events, lines, _ = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
+    _, tasks, call_rows, events, lines, questions = await _db_rows(serve.env["DATABASE_URL"], campaign_id)
     second_row = next(c for c in call_rows if c.task_id == second_id)
+    # The wrapped-up call's open question to the user is closed with it, not left in the UI.
+    assert [q.status for q in questions if q.call_id == second_row.id] == [FeedbackStatus.CANCELLED]
     types = [e.type for e in events if e.call_id == second_row.id]
     assert types.index("goal.wrap_up") < types.index("ai.wrap_up") < types.index("ai.end_call")
     ended = next(e for e in events if e.call_id == second_row.id and e.type == "audiosocket.ended")
