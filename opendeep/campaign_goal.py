@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
@@ -37,6 +37,7 @@ log = logging.getLogger("opendeep.campaign_goal")
 
 MAX_PARALLEL_CALLS = 3
 LIVE = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
+OPEN = [status for status in TaskStatus if not status.is_terminal]
 CARRIED_KEY = "learned_from_other_targets"   # tasks.context key the next target's call AI reads
 MAX_CARRIED_CHARS = 1500
 WRAP_UP_EVENT = "call.wrap_up"   # EventHub kind: the AudioSocket side tells the call AI to end the call
@@ -73,11 +74,6 @@ def held_on_import(goal: CampaignGoal) -> bool:
     return goal is CampaignGoal.UNTIL_ONE_SUCCEEDS
 
 
-def is_success(task: Task) -> bool:
-    """The analyzer judged this task's objective met (a partial result does not meet the goal)."""
-    return task.status is TaskStatus.COMPLETED and (task.result or {}).get("outcome") == "success"
-
-
 @dataclass
 class GoalPass:
     """What one pass did (counts for logs and tests; live calls for the caller to end)."""
@@ -94,19 +90,21 @@ HangUp = Callable[[str], Awaitable[None]]
 
 async def keep_goals(sessions: async_sessionmaker[AsyncSession], *, events: Any = None, hang_up: HangUp | None = None,
                      now: datetime | None = None) -> GoalPass:
-    """One pass over every active or paused until-one-succeeds campaign (see the module docstring)."""
+    """One pass over every active or paused until-one-succeeds campaign with unfinished targets (see the module
+    docstring). A few indexed queries per campaign, whatever its size: it runs at every after-call poll."""
     now = now or utcnow()
     done = GoalPass()
     async with sessions() as session:
+        open_task = exists().where(Task.campaign_id == Campaign.id, Task.status.in_(OPEN))
         campaigns = (await session.scalars(
             select(Campaign).where(Campaign.goal_type == CampaignGoal.UNTIL_ONE_SUCCEEDS,
-                                   Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.PAUSED]))
+                                   Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.PAUSED]), open_task)
             .order_by(Campaign.id))).all()
         touched: list[tuple[int, int, list[int]]] = []
         for campaign in campaigns:
-            before = len(done.cancelled) + len(done.released)
+            cancelled, released = len(done.cancelled), len(done.released)
             await _keep_one(session, campaign, now, done)
-            moved = (done.cancelled + done.released)[before:]
+            moved = done.cancelled[cancelled:] + done.released[released:]
             if moved:
                 touched.append((campaign.user_id, campaign.id, moved))
         await session.commit()
@@ -129,75 +127,88 @@ async def keep_goals(sessions: async_sessionmaker[AsyncSession], *, events: Any 
     return done
 
 
+def _of(campaign: Campaign) -> tuple:
+    return Task.user_id == campaign.user_id, Task.campaign_id == campaign.id
+
+
+def _verdict_is(outcome: str):
+    """The analyzer's verdict stored in tasks.result (JSON). The goal is met by a completed task whose verdict is
+    `success`; a `partial` one does not meet it (what it learned goes to the next target)."""
+    return Task.result["outcome"].as_string() == outcome
+
+
 async def _keep_one(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:
-    tasks = list(await repo.list_tasks(session, campaign.user_id, campaign.id))
-    winner = next((task for task in tasks if is_success(task)), None)
+    winner = await session.scalar(select(Task).where(*_of(campaign), Task.status == TaskStatus.COMPLETED,
+                                                     _verdict_is("success")).order_by(Task.id).limit(1))
     if winner is not None:
-        await _goal_met(session, campaign, winner, tasks, done)
+        await _goal_met(session, campaign, winner, done)
     elif campaign.status is CampaignStatus.ACTIVE:
-        await _release_next(session, campaign, tasks, now, done)
+        await _release_next(session, campaign, now, done)
 
 
-async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, tasks: list[Task],
-                    done: GoalPass) -> None:
+async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, done: GoalPass) -> None:
     if campaign.goal_met_task_id is None:
         campaign.goal_met_task_id = winner.id
         done.goals_met.append(campaign.id)
         log.info("campaign %s: goal met by task %s (%s)", campaign.id, winner.id, winner.target_name)
     reason = f"the goal was met with {winner.target_name}"
-    for task in tasks:
-        was = task.status   # read before the UPDATE, which refreshes the loaded object
-        if was.is_terminal:
-            continue
+    unfinished = (await session.execute(
+        select(Task.id, Task.user_id, Task.status).where(*_of(campaign), Task.status.in_(OPEN))
+        .order_by(Task.id))).all()
+    for task_id, user_id, was in unfinished:
         result = await session.execute(
-            update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.status == was)
+            update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.status == was)
             .values(status=TaskStatus.CANCELLED, status_reason=reason, held=False, updated_at=utcnow()))
         if result.rowcount != 1:
             continue   # moved meanwhile (a call ended): the next pass sees it as it is now
-        await repo.record_task_event(session, task.user_id, task.id, "goal.cancelled", reason,
+        await repo.record_task_event(session, user_id, task_id, "goal.cancelled", reason,
                                      {"goal_met_by_task": winner.id, "was": was.value})
-        done.cancelled.append(task.id)
+        done.cancelled.append(task_id)
         if was in LIVE:
-            for call in await repo.list_calls(session, task.user_id, task.id):
+            for call in await repo.list_calls(session, user_id, task_id):
                 if call.status is CallStatus.ENDED:
                     continue
                 # Recorded for every open call: one answered later (it was ringing) is wrapped up as soon as
                 # its AI connects. (Not yet at call-start: FastAGI refuses to dial a cancelled task.)
-                await repo.record_call_event(session, task.user_id, call.id, "goal.wrap_up", {"reason": reason})
+                await repo.record_call_event(session, user_id, call.id, "goal.wrap_up", {"reason": reason})
                 if call.bridged_to_ai or call.answered_at is not None:
-                    done.wrap_up.append((task.user_id, call.id))
+                    done.wrap_up.append((user_id, call.id))
                 elif call.channel:
                     done.hang_up.append(call.channel)
 
 
-async def _release_next(session: AsyncSession, campaign: Campaign, tasks: list[Task], now: datetime,
-                        done: GoalPass) -> None:
-    in_play = [task for task in tasks if not task.status.is_terminal and not task.held]
-    free = max(1, campaign.parallel_calls) - len(in_play)
+async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:
+    in_play = await session.scalar(select(func.count(Task.id)).where(*_of(campaign), Task.status.in_(OPEN),
+                                                                     Task.held.is_(False)))
+    free = max(1, campaign.parallel_calls) - (in_play or 0)
     if free <= 0:
         return
-    waiting = [task for task in tasks if task.held and not task.status.is_terminal]   # plan order: task id
+    waiting = (await session.execute(   # plan order: task id
+        select(Task.id, Task.user_id, Task.status, Task.context).where(*_of(campaign), Task.status.in_(OPEN),
+                                                                       Task.held.is_(True))
+        .order_by(Task.id).limit(free))).all()
     if not waiting:
         return
-    finished = [task for task in tasks if task.status.is_terminal]
-    carried = carried_learnings(finished)
-    previous = finished[-1].target_name if finished else None
-    reason = (f"its turn: {previous} did not succeed" if previous else "its turn")
-    for task in waiting[:free]:
-        was = task.status
+    terminal = [status for status in TaskStatus if status.is_terminal]
+    partial = (await session.scalars(select(Task).where(*_of(campaign), Task.status.in_(terminal),
+                                                        _verdict_is("partial")).order_by(Task.id))).all()
+    carried = carried_learnings(list(partial))
+    previous = await session.scalar(select(Task.target_name).where(*_of(campaign), Task.status.in_(terminal))
+                                    .order_by(Task.id.desc()).limit(1))
+    reason = f"its turn: {previous} did not succeed" if previous else "its turn"
+    for task_id, user_id, was, context in waiting:
         values: dict[str, Any] = {"held": False, "updated_at": utcnow()}
         if was is TaskStatus.PENDING:   # a task paused on its own keeps its pause
             values["next_action_time"] = now
         if carried:
-            values["context"] = {**(task.context or {}), CARRIED_KEY: carried}
+            values["context"] = {**(context or {}), CARRIED_KEY: carried}
         result = await session.execute(
-            update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.held.is_(True),
+            update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.held.is_(True),
                                Task.status == was).values(**values))
         if result.rowcount != 1:
             continue
-        await repo.record_task_event(session, task.user_id, task.id, "goal.released", reason,
-                                     {"carried": bool(carried)})
-        done.released.append(task.id)
+        await repo.record_task_event(session, user_id, task_id, "goal.released", reason, {"carried": bool(carried)})
+        done.released.append(task_id)
 
 
 def carried_learnings(finished: list[Task]) -> str:
