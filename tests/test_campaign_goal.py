@@ -210,3 +210,15 @@ async def test_the_0008_goal_migration_goes_down_and_up_again(engine, database_u
         async with engine.begin() as connection:
             up = await connection.run_sync(migrate, "head", command.upgrade)
     assert {"goal_type", "parallel_calls", "goal_met_task_id", "caller_id", "held"} <= set(up)
+
+
+def test_the_next_targets_call_ai_reads_what_the_others_learned():
+    from audiosocket.instructions import build_instructions
+    from db.models import User
+
+    task = Task(target_name="Dentist B", phone_number=NUMBERS[1], objective="Book a cleaning", language="en",
+                context={"address": "12 Main St", CARRIED_KEY: "Dentist A: only with an exam. Facts: price=$180."})
+    text = build_instructions(task=task, user=User(username="alice", profile={}))
+    assert "Context for this call:\n{\n \"address\": \"12 Main St\"\n}" in text and CARRIED_KEY not in text
+    assert ("This call follows calls to other businesses for the same goal, which did not fully succeed. What "
+            "they learned:\nDentist A: only with an exam. Facts: price=$180.") in text
