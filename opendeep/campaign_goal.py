@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, Task, TaskStatus
+from db.repo import TaskMove
 from db.types import utcnow
 
 log = logging.getLogger("opendeep.campaign_goal")
@@ -147,34 +148,44 @@ async def _keep_one(session: AsyncSession, campaign: Campaign, now: datetime, do
 
 
 async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, done: GoalPass) -> None:
+    """Cancel every unfinished target, in chunks of repo.BULK_CHUNK_ROWS, each its own short transaction (as the
+    campaign controls do: a 10,000-target campaign never holds SQLite's write lock for long). Each move is
+    conditional on the task being as read, so a task whose call ended meanwhile is seen afresh next pass."""
     if campaign.goal_met_task_id is None:
         campaign.goal_met_task_id = winner.id
         done.goals_met.append(campaign.id)
         log.info("campaign %s: goal met by task %s (%s)", campaign.id, winner.id, winner.target_name)
     reason = f"the goal was met with {winner.target_name}"
-    unfinished = (await session.execute(
-        select(Task.id, Task.user_id, Task.status).where(*_of(campaign), Task.status.in_(OPEN))
-        .order_by(Task.id))).all()
-    for task_id, user_id, was in unfinished:
-        result = await session.execute(
-            update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.status == was)
-            .values(status=TaskStatus.CANCELLED, status_reason=reason, held=False, updated_at=utcnow()))
-        if result.rowcount != 1:
-            continue   # moved meanwhile (a call ended): the next pass sees it as it is now
-        await repo.record_task_event(session, user_id, task_id, "goal.cancelled", reason,
-                                     {"goal_met_by_task": winner.id, "was": was.value})
-        done.cancelled.append(task_id)
-        if was in LIVE:
-            for call in await repo.list_calls(session, user_id, task_id):
-                if call.status is CallStatus.ENDED:
-                    continue
-                # Recorded for every open call: one answered later (it was ringing) is wrapped up as soon as
-                # its AI connects. (Not yet at call-start: FastAGI refuses to dial a cancelled task.)
-                await repo.record_call_event(session, user_id, call.id, "goal.wrap_up", {"reason": reason})
-                if call.bridged_to_ai or call.answered_at is not None:
-                    done.wrap_up.append((user_id, call.id))
-                elif call.channel:
-                    done.hang_up.append(call.channel)
+    after = 0
+    while True:
+        chunk = await repo.task_states(session, campaign.user_id, campaign_id=campaign.id, statuses=OPEN,
+                                       after_id=after, limit=repo.BULK_CHUNK_ROWS)
+        moves = [TaskMove(row.id, row.updated_at, TaskStatus.CANCELLED, row.next_action_time) for row in chunk]
+        moved = set(await repo.move_tasks(session, campaign.user_id, moves, reason, "goal.cancelled"))
+        if moved:   # a cancelled target waits for nothing any more
+            await session.execute(update(Task).where(Task.id.in_(moved), Task.user_id == campaign.user_id,
+                                                     Task.held.is_(True)).values(held=False))
+        for row in chunk:
+            if row.id in moved and row.status in LIVE:
+                await _end_live_calls(session, campaign.user_id, row.id, reason, done)
+        await session.commit()
+        done.cancelled += sorted(moved)
+        if len(chunk) < repo.BULK_CHUNK_ROWS:
+            return
+        after = chunk[-1].id
+
+
+async def _end_live_calls(session: AsyncSession, user_id: int, task_id: int, reason: str, done: GoalPass) -> None:
+    for call in await repo.list_calls(session, user_id, task_id):
+        if call.status is CallStatus.ENDED:
+            continue
+        # Recorded for every open call: one answered later (it was ringing) is wrapped up as soon as its AI
+        # connects. (Not yet at call-start: FastAGI refuses to dial a cancelled task.)
+        await repo.record_call_event(session, user_id, call.id, "goal.wrap_up", {"reason": reason})
+        if call.bridged_to_ai or call.answered_at is not None:
+            done.wrap_up.append((user_id, call.id))
+        elif call.channel:
+            done.hang_up.append(call.channel)
 
 
 async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:

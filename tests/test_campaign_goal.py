@@ -222,3 +222,29 @@ def test_the_next_targets_call_ai_reads_what_the_others_learned():
     assert "Context for this call:\n{\n \"address\": \"12 Main St\"\n}" in text and CARRIED_KEY not in text
     assert ("This call follows calls to other businesses for the same goal, which did not fully succeed. What "
             "they learned:\nDentist A: only with an exam. Facts: price=$180.") in text
+
+
+async def test_a_large_campaign_is_cancelled_in_short_transactions(sessions, engine, monkeypatch):
+    from sqlalchemy import event
+
+    monkeypatch.setattr(repo, "BULK_CHUNK_ROWS", 3)
+    user_id, campaign_id, (a, *_) = await _campaign(sessions)
+    async with sessions() as session, session.begin():
+        more = await repo.add_tasks(session, user_id, campaign_id, [
+            {"target_name": f"Shop {i}", "phone_number": f"+1415555{i:04d}", "held": True} for i in range(10)])
+    await _claim(sessions)
+    await _finish(sessions, a, TaskStatus.COMPLETED, "success", "Booked.")
+    commits = []
+
+    def count(connection) -> None:
+        commits.append(connection)
+    event.listen(engine.sync_engine, "commit", count)
+    try:
+        done = await keep_goals(sessions)
+    finally:
+        event.remove(engine.sync_engine, "commit", count)
+    assert len(done.cancelled) == 12 and set(more) <= set(done.cancelled)
+    assert len(commits) >= 4   # 12 targets, 3 per transaction
+    tasks = await _tasks(sessions, campaign_id)
+    assert {t.status for t in tasks.values() if t.id != a} == {TaskStatus.CANCELLED}
+    assert not any(t.held for t in tasks.values())
