@@ -140,6 +140,19 @@ async def test_call_now_makes_a_waiting_task_due_once_and_a_dialing_task_cannot_
     assert ringing.status_code == 409 and ringing.json()["error"]["code"] == "already_dialing"
 
 
+async def test_call_now_on_a_held_for_review_task_with_no_attempts_left_gives_it_one_more(two_users):
+    runtime, alice, _, alice_id = two_users
+    _, (first, second) = await _campaign(runtime, alice_id)
+    async with runtime.sessions() as session, session.begin():
+        await session.execute(update(Task).where(Task.id == first).values(
+            status=TaskStatus.ON_HOLD, attempt_count=2, status_reason="needs your review"))
+        await session.execute(update(Task).where(Task.id == second).values(status=TaskStatus.COMPLETED))
+    response = await alice.api("POST", f"/api/tasks/{first}/call-now")
+    assert response.status_code == 200, response.text
+    assert (await _task(runtime, first)).max_attempts == 3
+    assert await _claim(runtime) == [first]
+
+
 async def test_retry_now_gives_a_finished_task_one_more_attempt(two_users):
     runtime, alice, _, alice_id = two_users
     _, (first, second) = await _campaign(runtime, alice_id)

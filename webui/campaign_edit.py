@@ -160,8 +160,8 @@ async def call_task_now(runtime: Runtime, user_id: int, task_id: int, *, retry: 
         values: dict[str, Any] = {"status": TaskStatus.PENDING, "next_action_time": now, "held": False,
                                   "updated_at": now,
                                   "status_reason": "retry requested by you" if retry else "call requested by you"}
-        if retry and task.attempt_count >= task.max_attempts:
-            values["max_attempts"] = task.attempt_count + 1   # one more attempt, exactly
+        if task.attempt_count >= task.max_attempts:
+            values["max_attempts"] = task.attempt_count + 1   # the user asks for this call: one more, exactly
         moved = await session.execute(
             update(Task).where(Task.id == task.id, Task.user_id == user_id, Task.status == task.status,
                                Task.updated_at == task.updated_at).values(**values))
@@ -210,9 +210,6 @@ async def _check_callable(session, runtime: Runtime, user_id: int, task: Task, c
     else:
         if task.status not in CALLABLE_NOW:
             raise EditRefused(409, "finished", f"{label} is {task.status.value}: use 'retry now' to call it again")
-        if task.attempt_count >= task.max_attempts:
-            raise EditRefused(409, "no_attempts_left", f"{label} has used its {task.max_attempts} attempt(s): use "
-                                                       "'retry now' for one more")
 
 
 # ---------------------------------------------------------------- routes
