@@ -49,7 +49,7 @@ async def test_healthy_while_logged_in_to_asterisk_and_503_naming_ami_when_aster
                                                    "connected": True, "scheduler": True}
             assert report["components"]["audiosocket"]["live_calls"] == 0
             assert report["components"]["aftercall"] == {"ok": True, "lifecycle": True, "analyzer": True,
-                                                         "summarizer": True}
+                                                         "summarizer": True, "goals": True}
 
             await fake.stop()   # Asterisk goes away: the controller reconnects with backoff
             report = await eventually(lambda: health(503), timeout=10, what="/healthz 503")
