@@ -131,10 +131,12 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
         if not moved:  # the user paused or cancelled the task since the claim
             await session.rollback()
             return
+        campaign = await repo.get_campaign(session, task.user_id, task.campaign_id)
+        caller_id = campaign.caller_id if campaign is not None else None
         await session.commit()
     _publish_task(events, task, TaskStatus.IN_PROGRESS)
     try:
-        await ami.originate(call)
+        await ami.originate(call, caller_id=caller_id)
         ORIGINATES.labels("accepted").inc()
     except AmiNotConnected as exc:
         ORIGINATES.labels("error").inc()

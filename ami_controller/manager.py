@@ -375,7 +375,7 @@ class AmiController:
             raise AmiRefused(f"Asterisk refused {name}: {first.get('Message', 'no reason given')}")
         return reply
 
-    async def originate(self, call: Call) -> str:
+    async def originate(self, call: Call, *, caller_id: str | None = None) -> str:
         """Send the async Originate for a `calls` row; return its ActionID once Asterisk has queued it.
 
         `Local/<number>@opendeep-outbound/n`: the ;2 half runs our dialplan (call-start AGI, Dial); once the
@@ -404,8 +404,8 @@ class AmiController:
             ("Timeout", str((self.settings.originate_timeout_seconds + ORIGINATE_MARGIN_SECONDS) * 1000)),
             ("Async", "true"),
         ]
-        if self.settings.caller_id:
-            pairs.append(("CallerID", self.settings.caller_id))
+        if caller_id or self.settings.caller_id:   # the campaign's own (webui/campaign_edit.py), else CALLER_ID
+            pairs.append(("CallerID", caller_id or self.settings.caller_id))
         for name, value in (("OPENDEEP_CALL_ID", call.id), ("OPENDEEP_TASK_ID", call.task_id),
                             ("OPENDEEP_USER_ID", call.user_id), ("OPENDEEP_NUMBER", number)):
             pairs.append(("Variable", f"{name}={value}"))

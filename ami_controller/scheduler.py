@@ -50,6 +50,9 @@ def _due_conditions(now: datetime, exclude_user_ids: Iterable[int]) -> list:
         Task.next_action_time <= now,
         Task.attempt_count < Task.max_attempts,
         Campaign.status == CampaignStatus.ACTIVE,   # paused / cancelled campaigns are skipped
+        # An until-one-succeeds campaign holds the targets whose turn has not come (opendeep/campaign_goal.py
+        # releases them one by one): a held task is never due, whatever its next_action_time.
+        Task.held.is_(False),
     ]
     excluded = list(exclude_user_ids)
     if excluded:

@@ -64,11 +64,12 @@ class EndReason(enum.StrEnum):
     SILENCE = "silence_timeout"
     PROTOCOL_ERROR = "protocol_error"      # Asterisk's side sent bytes that are not AudioSocket
     SHUTDOWN = "shutdown"                  # OpenDeep is stopping
+    GOAL_MET = "goal_met"                  # the campaign's goal was met on another call (audiosocket/wrap_up.py)
     INTERNAL_ERROR = "internal_error"
 
 
 FAILED_AI = frozenset({EndReason.MODEL_LOST, EndReason.INTERNAL_ERROR})
-SAY_GOODBYE = frozenset({EndReason.MAX_DURATION, EndReason.SILENCE, EndReason.SHUTDOWN})
+SAY_GOODBYE = frozenset({EndReason.MAX_DURATION, EndReason.SILENCE, EndReason.SHUTDOWN, EndReason.GOAL_MET})
 NO_HANGUP_FRAME = frozenset({EndReason.CALLER_HUNG_UP, EndReason.TRANSFERRED})
 
 
@@ -163,8 +164,17 @@ class CallBridge:
         return reason
 
     def request_end(self, reason: EndReason, detail: str = "") -> None:
-        """End the call from outside (server shutdown)."""
+        """End the call from outside (server shutdown; a wrap-up the AI did not finish in time)."""
         self._end(reason, detail)
+
+    @property
+    def responding(self) -> bool:
+        """The model is producing a response now (a new one must wait: the API refuses two at once)."""
+        return self._response_active
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.done()
 
     def _end(self, reason: EndReason, detail: str = "") -> None:
         if not self._ended.done():

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from db.models import Campaign, Task, User
+from opendeep.campaign_goal import CARRIED_KEY
 
 LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "nl": "Dutch",
@@ -60,8 +61,14 @@ def build_instructions(*, task: Task, user: User, campaign: Campaign | None = No
     ]
     if campaign is not None and campaign.master_prompt:
         sections.append(f"Guidance for every call of this campaign:\n{campaign.master_prompt}")
-    if task.context:
-        sections.append(f"Context for this call:\n{_render(task.context)}")
+    context = dict(task.context or {})
+    # Until-one-succeeds campaigns: what partial outcomes of the targets tried before learned (campaign_goal.py).
+    other_targets = context.pop(CARRIED_KEY, None)
+    if context:
+        sections.append(f"Context for this call:\n{_render(context)}")
+    if other_targets:
+        sections.append("This call follows calls to other businesses for the same goal, which did not fully "
+                        f"succeed. What they learned:\n{_render(other_targets)}")
     profile = {k: v for k, v in (user.profile or {}).items() if v not in (None, "", [], {})}
     if profile:
         sections.append(f"About {name} (share only what the objective needs):\n{_render(profile)}")

@@ -24,6 +24,7 @@ from audiosocket.realtime import ModelConnectionLost, RealtimeSession
 from audiosocket.recorder import CallRef, RecordWriter
 from audiosocket.special_calls import call_instructions, voicemail_plan
 from audiosocket.tools import tool_definitions
+from audiosocket.wrap_up import watch_for_wrap_up
 from db import repo, transfers
 from db.models import Call, CallDirection, CallOutcome, CallStatus
 from db.types import utcnow
@@ -247,11 +248,16 @@ class AudioSocketServer:
             log.info("AudioSocket %s from %s: call %s (user %s)", as_uuid, peer, ref.call_id, ref.user_id)
             self.bridges.add(bridge)
             AUDIOSOCKET_LIVE_CALLS.inc()
+            # Until-one-succeeds campaigns: a call is wrapped up politely once another call met the goal.
+            watcher = asyncio.create_task(watch_for_wrap_up(self.runtime, bridge), name=f"call-{ref.call_id}-wrap-up")
             try:
                 await bridge.run()
             finally:
                 self.bridges.discard(bridge)
                 AUDIOSOCKET_LIVE_CALLS.dec()
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
         except Exception:
             log.exception("AudioSocket connection from %s failed", peer)
         finally:

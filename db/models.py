@@ -64,6 +64,13 @@ class CampaignStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class CampaignGoal(enum.StrEnum):
+    """When a campaign has done its job (the planner states it, the user confirms it)."""
+
+    EACH_TARGET = "each_target"                 # every target is called for its own result (ask all 40 shops)
+    UNTIL_ONE_SUCCEEDS = "until_one_succeeds"   # targets in turn; the first success cancels the rest
+
+
 class CallStatus(enum.StrEnum):
     CREATED = "created"          # row written, Originate not yet sent
     ORIGINATING = "originating"  # Originate queued by Asterisk
@@ -181,6 +188,12 @@ class Campaign(Base):
     window_start: Mapped[str | None] = mapped_column(String(5))
     window_end: Mapped[str | None] = mapped_column(String(5))
     status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.ACTIVE)
+    # The goal's kind (opendeep/campaign_goal.py): each target, or until one succeeds with `parallel_calls` at once.
+    goal_type: Mapped[CampaignGoal] = mapped_column(_enum(CampaignGoal), default=CampaignGoal.EACH_TARGET,
+                                                    server_default=CampaignGoal.EACH_TARGET.value)
+    parallel_calls: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    goal_met_task_id: Mapped[int | None] = mapped_column(Integer)   # the task whose success met the goal
+    caller_id: Mapped[str | None] = mapped_column(String(80))      # NULL: the CALLER_ID setting
     plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Idempotency key of the confirm that created it: a double click finds this row instead of a second one.
     source_key: Mapped[str | None] = mapped_column(String(64))
@@ -223,6 +236,8 @@ class Task(Base):
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # What the call AI says to an answering machine when the campaign leaves messages (written by the planner).
     voicemail_message: Mapped[str | None] = mapped_column(Text)
+    # Waiting for its turn in an until-one-succeeds campaign: not due, whatever its time (scheduler.py).
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

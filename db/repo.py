@@ -188,7 +188,7 @@ async def add_tasks(session: AsyncSession, user_id: int, campaign_id: int,
                     tasks: Sequence[dict[str, Any]]) -> list[int]:
     """Add tasks to one of the user's campaigns in one executemany INSERT; returns their ids, ascending ([] if the
     campaign is not theirs). Each dict has target_name and phone_number, and may have objective, context,
-    language, max_attempts and priority. Every task is pending and due now."""
+    language, max_attempts, priority and held. Every task is pending and due now (unless held)."""
     if not tasks or await get_campaign(session, user_id, campaign_id) is None:
         return []
     now = utcnow()
@@ -196,7 +196,8 @@ async def add_tasks(session: AsyncSession, user_id: int, campaign_id: int,
              "phone_number": task["phone_number"], "objective": task.get("objective", ""),
              "context": task.get("context") or {}, "language": task.get("language", "en"),
              "max_attempts": task.get("max_attempts", 3), "priority": task.get("priority", 0),
-             "status": TaskStatus.PENDING, "next_action_time": now, "created_at": now, "updated_at": now}
+             "held": task.get("held", False), "status": TaskStatus.PENDING, "next_action_time": now,
+             "created_at": now, "updated_at": now}
             for task in tasks]
     connection = await session.connection()
     result = await connection.execute(insert(_TASKS).returning(_TASKS.c.id), rows)

@@ -1,5 +1,5 @@
-"""The "aftercall" component of `opendeep serve`: runs the post-call analyzer, the task lifecycle manager and
-the campaign summarizer as three loops, and stops them cleanly.
+"""The "aftercall" component of `opendeep serve`: runs the post-call analyzer, the task lifecycle manager (and
+its campaign-goal step), and the campaign summarizer as loops, and stops them cleanly.
 
 Several processes may run it at once: every decision is a conditional UPDATE, so each call is analyzed once,
 each stuck task recovered once and each campaign summarized once.
@@ -14,6 +14,7 @@ import logging
 from opendeep.analyzer import PostCallAnalyzer
 from opendeep.health import task_running
 from opendeep.lifecycle import LifecycleManager
+from opendeep.periodic import run_periodically
 from opendeep.runtime import Runtime
 from opendeep.summarizer import CampaignSummarizer
 
@@ -30,7 +31,7 @@ class AfterCallComponent:
         settings = runtime.settings
         self.runtime = runtime
         self.analyzer = PostCallAnalyzer(settings, runtime.sessions, runtime.events)
-        self.lifecycle = LifecycleManager(settings, runtime.sessions, runtime.events)
+        self.lifecycle = LifecycleManager(settings, runtime.sessions, runtime.events, hang_up=self._hang_up)
         self.summarizer = CampaignSummarizer(settings, runtime.sessions, runtime.events)
         self.poll_seconds = max(settings.scheduler_poll_seconds, MIN_POLL_SECONDS)
         self.lifecycle_seconds = max(settings.lifecycle_interval_seconds, MIN_POLL_SECONDS)
@@ -44,9 +45,17 @@ class AfterCallComponent:
             asyncio.create_task(self.lifecycle.run_forever(self.lifecycle_seconds), name="aftercall-lifecycle"),
             asyncio.create_task(self.analyzer.run_forever(self.poll_seconds), name="aftercall-analyzer"),
             asyncio.create_task(self.summarizer.run_forever(self.poll_seconds), name="aftercall-summarizer"),
+            # Until-one-succeeds campaigns: the next target's turn, or the rest cancelled, within a poll.
+            asyncio.create_task(run_periodically(self.lifecycle.keep_goals, self.poll_seconds, "campaign goals"),
+                                name="aftercall-goals"),
         ]
         log.info("after-call services started (poll %.1fs, lifecycle every %.1fs)", self.poll_seconds,
                  self.lifecycle_seconds)
+
+    async def _hang_up(self, channel: str) -> None:
+        if self.runtime.ami is None:
+            raise RuntimeError("the AMI controller does not run in this process")
+        await self.runtime.ami.hangup(channel)
 
     def health(self) -> dict:
         running = {task.get_name().removeprefix("aftercall-"): task_running(task) for task in self._tasks}

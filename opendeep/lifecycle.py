@@ -7,6 +7,9 @@ Each pass, tenant by tenant, it
 - carries what earlier calls learned into `tasks.inter_call_context`, which the call AI's instructions include;
 - raises the priority of a task whose callee asked for a callback, so the scheduler rings on time;
 - posts a check-in notification for tasks open for a long time;
+- keeps until-one-succeeds campaigns to their goal (opendeep/campaign_goal.py: cancel the rest once one target
+  succeeded, else release the next target with what partial outcomes learned; the after-call component also
+  runs this step at its poll interval, so the next call does not wait for a lifecycle pass);
 and, once per pass, deletes call recordings older than RECORDING_RETENTION_DAYS.
 
 These are plain rules: the judgment about a call (what it achieved, when to retry) is the post-call
@@ -26,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo, webhooks
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
+from opendeep.campaign_goal import GoalPass, HangUp, keep_goals
 from opendeep.periodic import PassCount, run_periodically
 from opendeep.recordings import delete_expired_recordings
 from opendeep.settings import Settings
@@ -86,8 +90,10 @@ class LifecycleManager:
     """One pass per interval over each tenant's open tasks; see the module docstring for the rules."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-                 events: EventHub | None = None, *, checkin_after_seconds: float = 86_400.0) -> None:
+                 events: EventHub | None = None, *, checkin_after_seconds: float = 86_400.0,
+                 hang_up: HangUp | None = None) -> None:
         self.settings = settings
+        self.hang_up = hang_up   # ends a ringing call whose task the goal cancelled (the AMI controller's hangup)
         self.sessions = sessions
         self.events = events
         self.passes = PassCount()
@@ -114,6 +120,7 @@ class LifecycleManager:
         counts = {"recovered": 0, "context": 0, "priority": 0, "check_in": 0,
                   "recordings_deleted": await asyncio.to_thread(delete_expired_recordings, self.settings,
                                                                 now or utcnow())}
+        counts["goal_moves"] = await self.keep_goals(now)
         for user_id in await self.tenants_with_open_tasks():
             try:
                 for key, value in (await self.run_tenant(user_id, now)).items():
@@ -123,6 +130,11 @@ class LifecycleManager:
             except Exception:  # one tenant's bad row must not stop the others' recovery
                 log.exception("lifecycle pass failed for user %s", user_id)
         return counts
+
+    async def keep_goals(self, now: datetime | None = None) -> int:
+        """The goal step of a pass (see opendeep/campaign_goal.py); returns how many tasks it moved."""
+        done: GoalPass = await keep_goals(self.sessions, events=self.events, hang_up=self.hang_up, now=now)
+        return len(done.cancelled) + len(done.released)
 
     async def run_forever(self, interval: float) -> None:
         """The first pass runs at once (startup after a crash), then every `interval` seconds until cancelled."""

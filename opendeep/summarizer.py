@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo, webhooks
 from db.costs import Scope
-from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, Task, UsageKind
+from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignGoal, CampaignStatus, Task, UsageKind
 from db.types import UTCDateTime, utcnow
+from opendeep.campaign_goal import describe_goal
 from opendeep.costs import record_chat_usage
 from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
 from opendeep.periodic import run_periodically
@@ -51,11 +53,14 @@ SUMMARY_SCHEMA: dict[str, Any] = {
 _VALIDATOR = jsonschema.Draft202012Validator(SUMMARY_SCHEMA)
 
 SYSTEM_PROMPT = """You summarize an outbound calling campaign for the user who ran it.
-You get the campaign goal and one row per person called: the final status, attempts, what each call found out.
+You get the campaign goal, how it was measured against it, and one row per target: the final status, attempts,
+what each call found out.
 Write a short, factual summary (compare results where useful, e.g. prices or available times), the key
 findings, and suggested next steps. Only use facts in the rows. Answer in the JSON schema given."""
 
-CSV_COLUMNS = ("target", "phone_number", "status", "outcome", "attempts", "summary", "result", "transcript_url")
+CSV_COLUMNS = ("target", "phone_number", "outcome_words", "summary", "result", "calls_placed", "attempts", "status",
+               "outcome", "transcript_url")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")   # e.g. +14155550123: no formula, written as it is
 
 
 class SummaryError(Exception):
@@ -66,32 +71,96 @@ def transcript_link(call_id: int) -> str:
     return f"/calls/{call_id}"
 
 
+OUTCOME_WORDS = {
+    "success": "objective met", "partial": "partly done", "retry": "not reached yet",
+    "failed": "objective not met", "voicemail": "reached voicemail",
+    "voicemail_left": "left a voicemail message", "wrong_number": "wrong number",
+    "do_not_call": "asked not to be called again",
+}
+
+
 def target_row(task: Task, calls: list[Call]) -> dict[str, Any]:
     """One target's line of the table. The link goes to the call that decided the task (the last connected one)."""
     connected = [c for c in calls if c.answered_at is not None or c.analysis]
     decisive = connected[-1] if connected else (calls[-1] if calls else None)
     result = task.result if isinstance(task.result, dict) else {}
-    return {
+    row = {
         "task_id": task.id, "target": task.target_name, "phone_number": task.phone_number,
         "status": task.status.value, "outcome": result.get("outcome") or task.status.value,
-        "attempts": task.attempt_count, "summary": result.get("summary") or task.status_reason or "",
+        "verdict": result.get("outcome"),   # the analyzer's, if a call was judged
+        "attempts": task.attempt_count, "calls_placed": len(calls),
+        "summary": result.get("summary") or task.status_reason or "",
+        "reason": task.status_reason or "",
         "result": result.get("data") or {},
         "call_id": decisive.id if decisive else None,
         "transcript_url": transcript_link(decisive.id) if decisive else None,
     }
+    row["outcome_words"] = outcome_in_words(row)
+    return row
+
+
+def outcome_in_words(row: dict[str, Any]) -> str:
+    """A target's outcome as a person says it ("not called: the goal was met with Dentist B")."""
+    status, placed, reason = row["status"], row.get("calls_placed", 0), (row.get("reason") or "").strip()
+    if status == "cancelled_dnd":
+        return "not called: the number is on a do-not-call list"
+    if status == "cancelled":
+        return f"{'stopped calling' if placed else 'not called'}: {reason or 'cancelled'}"
+    if row.get("verdict") in OUTCOME_WORDS:
+        return OUTCOME_WORDS[row["verdict"]]
+    if status == "failed":
+        return f"not reached after {placed} call(s)" if placed else f"not called: {reason or 'failed'}"
+    return status.replace("_", " ")
+
+
+def count_line(rows: list[dict[str, Any]]) -> str:
+    """How many targets were called and how many calls were placed: a target never dialed is 'not called'."""
+    called = [row for row in rows if row.get("calls_placed", 0) > 0]
+    placed = sum(row.get("calls_placed", 0) for row in rows)
+    text = f"{len(called)} of {len(rows)} target(s) called ({placed} call(s) placed)"
+    outcomes = Counter(outcome_in_words(row).split(":")[0] for row in called)
+    if outcomes:
+        text += ": " + ", ".join(f"{n} {words}" for words, n in outcomes.most_common())
+    not_called = len(rows) - len(called)
+    if not_called:
+        text += f"; {not_called} not called"
+    return text
+
+
+def goal_report(campaign: Campaign, rows: list[dict[str, Any]]) -> str:
+    """What the campaign achieved, measured against its goal (rule-based, so the model cannot contradict it)."""
+    goal = CampaignGoal(campaign.goal_type or CampaignGoal.EACH_TARGET)
+    if goal is CampaignGoal.UNTIL_ONE_SUCCEEDS:
+        winner = next((row for row in rows if row["task_id"] == campaign.goal_met_task_id), None)
+        if winner is None:
+            return f"Goal not met: none of the {len(rows)} target(s) succeeded."
+        facts = ", ".join(f"{key} {value}" for key, value in (winner["result"] or {}).items())
+        text = f"Goal met with {winner['target']}" + (f" ({facts})" if facts else "") + "."
+        if winner["summary"]:
+            text += f" {winner['summary']}"
+        stopped = [row["target"] for row in rows if row is not winner and row["status"] == "cancelled"
+                   and row.get("calls_placed", 0) > 0]
+        skipped = [row["target"] for row in rows if row is not winner and row["status"] == "cancelled"
+                   and not row.get("calls_placed", 0)]
+        if stopped:
+            text += f" Stopped calling {', '.join(stopped)} because the goal was met."
+        if skipped:
+            text += f" Did not call {', '.join(skipped)} because the goal was met."
+        return text
+    met = sum(1 for row in rows if row["outcome"] == "success")
+    return f"Each target: {met} of {len(rows)} target(s) met the objective."
 
 
 def rule_based_summary(campaign: Campaign, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A summary from counts and per-target results alone, for when the LLM cannot write one."""
-    counts = Counter(row["outcome"] for row in rows)
-    tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.most_common())
-    findings = [f"{row['target']}: {row['summary'] or row['outcome']}" for row in rows]
+    findings = [f"{row['target']}: {row['summary'] or row.get('outcome_words') or row['outcome']}" for row in rows]
     with_results = [row for row in rows if row["result"]]
     findings += [f"{row['target']} result: " + ", ".join(f"{k}={v}" for k, v in row["result"].items())
                  for row in with_results]
-    retry = [row["target"] for row in rows if row["outcome"] in ("retry", "voicemail", "voicemail_left", "failed")]
+    retry = [row["target"] for row in rows if row["outcome"] in ("retry", "voicemail", "voicemail_left")
+             or (row["status"] == "failed" and row.get("calls_placed"))]
     return {
-        "summary": f"Campaign '{campaign.name}' finished: {len(rows)} target(s) called — {tally}.",
+        "summary": f"Campaign '{campaign.name}' finished: {count_line(rows)}.",
         "key_findings": findings,
         "next_steps": [f"Consider calling again: {', '.join(retry)}."] if retry else [],
     }
@@ -110,8 +179,11 @@ def summary_text(content: dict[str, Any]) -> str:
 def _csv_cell(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, sort_keys=True) if isinstance(value, dict | list) else (
         "" if value is None else str(value))
-    # Spreadsheets run cells starting with these as formulas (CSV injection): quote them as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    # Spreadsheets run cells starting with these as formulas (CSV injection): quote them as text. A plain number
+    # (a phone number in E.164) is no formula and stays as it is (the same rule as webui/csv_import.safe_cell).
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def summary_csv(campaign: Campaign) -> str:
@@ -131,6 +203,8 @@ async def request_summary(client: openai.AsyncOpenAI, model: str, campaign: Camp
     """Ask the LLM for the summary in SUMMARY_SCHEMA; SummaryError on any failure. `on_usage` gets the
     response's token usage (see structured_completion)."""
     facts = {"campaign": campaign.name, "goal": campaign.goal,
+             "goal_type": describe_goal(campaign.goal_type or CampaignGoal.EACH_TARGET, campaign.parallel_calls or 1),
+             "measured_against_the_goal": goal_report(campaign, rows), "calls": count_line(rows),
              "targets": [{k: row[k] for k in ("target", "status", "outcome", "attempts", "summary", "result")}
                          for row in rows]}
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
@@ -213,9 +287,16 @@ class CampaignSummarizer:
             return False  # the LLM failed; tried again after retry_seconds
         content, generated_by = written
         now = utcnow()
+        report = goal_report(campaign, rows)
         summary = {**content, "targets": rows, "counts": dict(Counter(row["outcome"] for row in rows)),
+                   "calls": count_line(rows),
+                   "goal": {"type": (campaign.goal_type or CampaignGoal.EACH_TARGET).value, "report": report,
+                            "in_words": describe_goal(campaign.goal_type or CampaignGoal.EACH_TARGET,
+                                                      campaign.parallel_calls or 1),
+                            "met_by_task_id": campaign.goal_met_task_id},
                    "generated_by": generated_by, "generated_at": now.isoformat()}
-        text = summary_text(content)
+        # The goal's report comes first: it is what the user asked for.
+        text = report + "\n\n" + summary_text(content)
         async with self.sessions() as session, session.begin():
             result = await session.execute(
                 update(Campaign)
@@ -231,7 +312,7 @@ class CampaignSummarizer:
             await webhooks.campaign_finished(session, user_id, campaign_id)   # the outbox, in this transaction
             note = await repo.add_notification(
                 session, user_id, "campaign.summarized",
-                f"Campaign '{campaign.name}' is finished: {content['summary'][:300]}",
+                f"Campaign '{campaign.name}' is finished: {report[:300]}",
                 {"campaign_id": campaign_id})
         self._failures.pop(campaign_id, None)
         self._next_try.pop(campaign_id, None)

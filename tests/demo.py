@@ -6,10 +6,11 @@ It starts the Asterisk simulator (tests/doubles/asterisk_sim.py: AMI, the shippe
 and the AudioSocket channel, whose callee says generated speech) and the scripted OpenAI server
 (tests/doubles/fake_openai.py: the assistant, the call AI over the Realtime WebSocket, the analyzer, the
 summarizer), migrates ./demo.db, creates the user `demo` (password `demo-password`) if missing, and runs
-`opendeep serve` pointed at both. Log in, ask the assistant for anything ("call these two dentists and book me
-a cleaning"), confirm the plan, and watch the two calls run live; each call AI asks you a question mid-call
-(answer it in the page) and ends the call once it has your answer. Ctrl-C stops everything. The app's log goes
-to ./demo-serve.log.
+`opendeep serve` pointed at both. Log in and ask the assistant "call these two dentists and book me a cleaning":
+it asks whether you want one appointment in total or one with each (the campaign's goal). Answer "just one": the
+plan says "until one succeeds", the first dentist is called, its call AI asks you which slot to book (answer in
+the page), and once that booking is made the second dentist is not called; the summary says why it stopped.
+Answer "one with each" and both are called. Ctrl-C stops everything. The app's log goes to ./demo-serve.log.
 
 The simulator plays Asterisk the way tests/test_asterisk_calls.py shows a real Asterisk 22 does (see
 tests/doubles/README.md); with a real Asterisk, `make run` and the dialplan README are the way.
@@ -61,7 +62,8 @@ async def _narrate(sim: AsteriskSim, stop: asyncio.Event) -> None:
 
 async def main(port: int) -> int:
     workdir = Path.cwd()
-    models = ScriptedModels(DEMO_TARGETS, ask_user=True, speech_seconds=2.0)
+    # goal=None: the assistant reads the goal from the request and asks when it is ambiguous.
+    models = ScriptedModels(DEMO_TARGETS, ask_user=True, speech_seconds=2.0, goal=None)
     fake = models.install(FakeOpenAI())
     serve = ServeProcess(workdir, database_url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}", web_port=port,
                          log_path=workdir / "demo-serve.log",
@@ -84,8 +86,10 @@ async def main(port: int) -> int:
         print(f"""
 OpenDeep demo is running: {serve.web_url}
   log in as:  {USERNAME} / {PASSWORD}
-  then chat, e.g. "call these two dentists and book me a cleaning next week", confirm the plan,
-  and answer the question each call asks you. The app's log: {serve.log_path}
+  then chat: "call these two dentists and book me a cleaning next week"; the assistant asks whether
+  you want one appointment or one with each: answer "just one", confirm the plan ("until one succeeds"),
+  and answer the question the call asks you. Once one dentist has booked you the other is not called,
+  and the campaign's summary says why. The app's log: {serve.log_path}
   Ctrl-C to stop.
 """, flush=True)
         while not stop.is_set():

@@ -47,7 +47,8 @@ async def test_the_component_recovers_analyzes_and_summarizes_then_stops(engine,
     assert component.name == "aftercall"
     await component.start()
     loops = list(component._tasks)
-    assert [t.get_name() for t in loops] == ["aftercall-lifecycle", "aftercall-analyzer", "aftercall-summarizer"]
+    assert [t.get_name() for t in loops] == ["aftercall-lifecycle", "aftercall-analyzer", "aftercall-summarizer",
+                                             "aftercall-goals"]
     try:
         async def summarized():
             async with sessions() as session:

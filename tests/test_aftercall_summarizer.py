@@ -70,7 +70,9 @@ async def test_a_finished_campaign_is_summarized_exactly_once_by_racing_summariz
         notes = await repo.list_notifications(session, booked.user_id)
     assert campaign.status is CampaignStatus.COMPLETED and campaign.finished_at and campaign.summarized_at
     assert campaign.summary["generated_by"] == "llm"
-    assert campaign.summary_text.startswith(LLM_SUMMARY["summary"])
+    # The report against the goal comes first (rule-based), then the model's paragraph.
+    assert campaign.summary_text.startswith("Each target: 1 of 3 target(s) met the objective.\n\n"
+                                            + LLM_SUMMARY["summary"])
     assert "- Confirm Tuesday with Dr. Smith" in campaign.summary_text
     assert [n.kind for n in notes] == ["campaign.summarized"]
     rows = {row["target"]: row for row in campaign.summary["targets"]}
@@ -87,12 +89,13 @@ async def test_a_finished_campaign_is_summarized_exactly_once_by_racing_summariz
     assert "Tuesday 10:00" in body["messages"][-1]["content"]
 
     exported = list(csv.reader(io.StringIO(summary_csv(campaign))))
-    assert exported[0] == ["target", "phone_number", "status", "outcome", "attempts", "summary", "result",
-                           "transcript_url"]
+    assert exported[0] == ["target", "phone_number", "outcome_words", "summary", "result", "calls_placed",
+                           "attempts", "status", "outcome", "transcript_url"]
     by_target = {line[0]: line for line in exported[1:]}
-    assert by_target["Dr. Smith Dental"][1] == "'+15551230001"  # a leading + would run as a formula
-    assert json.loads(by_target["Dr. Smith Dental"][6]) == {"booked_time": "Tuesday 10:00", "price": "$120"}
-    assert by_target["Dr. Smith Dental"][7] == f"/calls/{calls['booked']}"
+    assert by_target["Dr. Smith Dental"][1] == "+15551230001"  # a plain number is no formula: written as it is
+    assert by_target["Dr. Smith Dental"][2] == "objective met"
+    assert json.loads(by_target["Dr. Smith Dental"][4]) == {"booked_time": "Tuesday 10:00", "price": "$120"}
+    assert by_target["Dr. Smith Dental"][9] == f"/calls/{calls['booked']}"
     assert "'=HYPERLINK(\"http://evil\")" in by_target  # CSV injection is neutralised
 
 
@@ -126,7 +129,8 @@ async def test_a_failing_llm_gives_way_to_a_rule_based_summary(sessions, llm_set
         campaign = await repo.get_campaign(session, booked.user_id, booked.campaign_id)
     assert campaign.summary["generated_by"] == "rules"
     assert campaign.status is CampaignStatus.CANCELLED  # a cancelled campaign is summarized, not "completed"
-    assert "3 target(s) called" in campaign.summary_text and "1 success" in campaign.summary_text
+    assert "3 of 3 target(s) called (3 call(s) placed)" in campaign.summary_text
+    assert "1 objective met" in campaign.summary_text
     assert "Dr. Smith Dental result: booked_time=Tuesday 10:00, price=$120" in campaign.summary_text
 
 

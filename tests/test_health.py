@@ -50,7 +50,7 @@ async def test_healthy_while_logged_in_to_asterisk_and_503_naming_ami_when_aster
                            "scheduler_passes": ami["scheduler_passes"]}
             assert report["components"]["audiosocket"]["live_calls"] == 0
             assert aftercall == {"ok": True, "lifecycle": True, "analyzer": True, "summarizer": True,
-                                 "lifecycle_passes": aftercall["lifecycle_passes"]}
+                                 "goals": True, "lifecycle_passes": aftercall["lifecycle_passes"]}
             # Passes are counted as they finish (the loops keep running).
             later = await eventually(lambda: health(200), timeout=15, what="/healthz 200")
             assert later["components"]["aftercall"]["lifecycle_passes"] >= aftercall["lifecycle_passes"] >= 1

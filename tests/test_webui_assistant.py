@@ -49,7 +49,8 @@ def tool_results(request_body):
 
 
 def dentist_plan(number):
-    plan = a_plan(targets=[{"name": "Bright Smile Dental", "phone_number": number, "objective": "Book a cleaning"}])
+    plan = a_plan(goal_type="each_target",
+                  targets=[{"name": "Bright Smile Dental", "phone_number": number, "objective": "Book a cleaning"}])
     return plan
 
 

@@ -36,7 +36,7 @@ async def test_login_chat_confirm_see_tasks_and_answer_a_live_question(settings_
     await web.start()
     base = f"http://127.0.0.1:{web.port}"
     llm.queue_reply(content="Here is the plan: two dentists, mornings.",
-                    tool_calls=[{"name": "submit_campaign_plan", "arguments": a_plan()}])
+                    tool_calls=[{"name": "submit_campaign_plan", "arguments": a_plan(goal_type="each_target")}])
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

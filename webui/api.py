@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from db import repo
+from opendeep.campaign_goal import held_on_import, parse_goal
 from opendeep.health import health_report
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
@@ -274,7 +275,8 @@ async def campaign_control(request: Request) -> Response:
 
 
 async def campaign_import(request: Request) -> Response:
-    """New campaign from a CSV body: POST /api/campaigns/import?name=...&goal=... (Content-Type: text/csv)."""
+    """New campaign from a CSV body: POST /api/campaigns/import?name=...&goal=...&goal_type=... (text/csv).
+    goal_type: each_target (default) or until_one_succeeds (the rows' order is the calling order)."""
     name = request.query_params.get("name", "").strip()
     goal = request.query_params.get("goal", "").strip()
     if not name:
@@ -284,6 +286,10 @@ async def campaign_import(request: Request) -> Response:
     except ValueError as exc:
         raise HttpError(400, "invalid_budget", f"budget_usd: {exc}") from None
     try:
+        goal_type = parse_goal(request.query_params.get("goal_type"))
+    except ValueError as exc:
+        raise HttpError(400, "invalid_field", str(exc)) from None
+    try:
         rows = parse_targets_csv(await _csv_text(request))
     except CsvImportError as exc:
         raise _csv_error(exc) from None
@@ -291,8 +297,9 @@ async def campaign_import(request: Request) -> Response:
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name[:200], goal=goal)
         campaign.budget_microusd = budget
+        campaign.goal_type = goal_type
         task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
-                                        default_objective=goal)
+                                        default_objective=goal, held=held_on_import(goal_type))
         await session.commit()
     publish_imported(runtime.events, request.state.user_id, campaign.id, task_ids)
     return JSONResponse({"campaign_id": campaign.id, "task_ids": task_ids}, status_code=201)
@@ -312,7 +319,7 @@ async def campaign_add_targets(request: Request) -> Response:
         except CsvImportError as exc:
             raise _csv_error(exc) from None
         task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
-                                        default_objective=campaign.goal)
+                                        default_objective=campaign.goal, held=held_on_import(campaign.goal_type))
         await session.commit()
     publish_imported(runtime.events, request.state.user_id, campaign_id, task_ids)
     return JSONResponse({"campaign_id": campaign_id, "task_ids": task_ids}, status_code=201)

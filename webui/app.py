@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
-from webui import api, callback_settings, costs, metrics_endpoint, pages, transfers, webhooks
+from webui import api, callback_settings, campaign_edit, costs, metrics_endpoint, pages, transfers, webhooks
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
@@ -83,9 +83,9 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     """The web UI for this runtime. SECRET_KEY signs sessions; empty = a random key for this app's lifetime."""
     secret = runtime.settings.secret_key or secrets.token_urlsafe(32)
     app = Starlette(
-        # costs first: POST /campaigns/{id}/{action} would catch /campaigns/{id}/budget.
-        routes=[*costs.routes(), *pages.routes(), *api.routes(), *transfers.routes(), *webhooks.routes(),
-                *metrics_endpoint.routes(), *callback_settings.routes(),
+        # costs and campaign_edit first: POST /campaigns/{id}/{action} would catch /campaigns/{id}/budget|edit.
+        routes=[*costs.routes(), *campaign_edit.routes(), *pages.routes(), *api.routes(), *transfers.routes(),
+                *webhooks.routes(), *metrics_endpoint.routes(), *callback_settings.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),

@@ -79,6 +79,11 @@ callee's time zone; default {window}) and how many attempts per target (default 
   else hang_up. A message is two or three short spoken sentences: who calls, on whose behalf, why, and a request
   to call back; OpenDeep adds the callback number{callback}.
 - If the user names a spending limit for the calls, put it in budget_usd (USD).
+- State the plan's goal_type and say it in your reply, so the user confirms it: each_target when every target is
+  called for its own result ("ask all 40 shops for a quote"); until_one_succeeds when the targets are alternatives
+  and one success is enough ("book a cleaning with one of three dentists"), listed in the order to try them. If the
+  request does not make this clear (e.g. "call these two dentists and book me a cleaning": one appointment in
+  total, or one with each?), ask with {ask} before submitting the plan.
 Today is {today} (UTC). The user's name: {user_name}."""
 
 
@@ -247,9 +252,13 @@ class UIAssistantService:
         try:
             if name == ToolName.PLAN:
                 check = validate_plan(arguments)
-                if not check.ok:
-                    turn.plan_errors = check.errors
-                    return json.dumps({"accepted": False, "errors": check.errors,
+                errors = list(check.errors)
+                if "goal_type" not in arguments:   # the user confirms the goal: the model must state it
+                    errors.append("goal_type: state each_target or until_one_succeeds (ask the user with "
+                                  f"{ToolName.ASK} if the request does not say which)")
+                if errors:
+                    turn.plan_errors = errors
+                    return json.dumps({"accepted": False, "errors": errors,
                                        "instruction": "fix these and call submit_campaign_plan again"})
                 turn.plan, turn.plan_errors = check.plan, []
                 return json.dumps({"accepted": True, "note": "the user now sees the plan and a confirm button"})

@@ -169,17 +169,20 @@ def parse_targets_csv(text: str) -> list[TargetRow]:
 
 
 async def import_targets(session: AsyncSession, user_id: int, campaign_id: int, rows: list[TargetRow],
-                         *, default_objective: str = "", default_max_attempts: int = 3) -> list[int]:
+                         *, default_objective: str = "", default_max_attempts: int = 3,
+                         held: bool = False) -> list[int]:
     """Add one task per row to the user's campaign (LookupError if the campaign is not theirs); returns the new
     task ids. Commits `session` after each chunk of repo.BULK_CHUNK_ROWS rows (the first commit includes what
-    the caller wrote before, e.g. the new campaign)."""
+    the caller wrote before, e.g. the new campaign). `held`: the tasks wait their turn (until-one-succeeds
+    campaigns: opendeep/campaign_goal.py releases them in order), so no chunk is claimed before its turn."""
     if await repo.get_campaign(session, user_id, campaign_id) is None:
         raise LookupError(f"campaign {campaign_id} not found")
     task_ids: list[int] = []
     for start in range(0, len(rows), repo.BULK_CHUNK_ROWS):
         chunk = [{"target_name": row.name, "phone_number": row.phone_number,
                   "objective": row.objective or default_objective, "context": dict(row.context),
-                  "language": row.language, "max_attempts": row.max_attempts or default_max_attempts}
+                  "language": row.language, "max_attempts": row.max_attempts or default_max_attempts,
+                  "held": held}
                  for row in rows[start:start + repo.BULK_CHUNK_ROWS]]
         try:
             task_ids += await repo.add_tasks(session, user_id, campaign_id, chunk)

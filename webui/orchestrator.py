@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Campaign, ChatSession, Task, VoicemailAction
+from opendeep.campaign_goal import held_at_start, parse_goal
 from opendeep.events import EventHub
 from opendeep.prices import usd_to_microusd
 from webui.plan import validate_plan, voicemail_message_for
@@ -95,8 +96,10 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
     )
     campaign.voicemail_action = VoicemailAction(plan["voicemail"]["action"])
     campaign.budget_microusd = usd_to_microusd(plan["budget_usd"]) if plan.get("budget_usd") else None
+    goal = parse_goal(plan.get("goal_type"))
+    campaign.goal_type, campaign.parallel_calls = goal, int(plan.get("parallel_calls", 1))
     tasks = []
-    for target in plan["targets"]:
+    for index, target in enumerate(plan["targets"]):
         task = await repo.add_task(
             session, user_id, campaign.id, target_name=target["name"], phone_number=target["phone_number"],
             objective=target["objective"], context=target.get("context") or {},
@@ -104,6 +107,8 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
             max_attempts=target.get("max_attempts", plan["max_attempts"]),
         )
         task.voicemail_message = voicemail_message_for(plan, target)
+        # Until one succeeds: the targets after the first `parallel_calls` wait their turn (opendeep/campaign_goal).
+        task.held = held_at_start(goal, campaign.parallel_calls, index)
         tasks.append(task)
     if chat_id is not None:
         chat = await repo.get_chat_session(session, user_id, chat_id)

@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from db import repo
+from opendeep.campaign_goal import describe_goal, held_on_import, parse_goal
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.prices import parse_budget
@@ -214,11 +215,13 @@ async def chat_page(request: Request) -> Response:
     if chat is None:
         raise not_found("chat")
     source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat["plan"] else ""
+    plan = chat["plan"] or {}
     callback_number = _runtime(request).settings.callback_number_e164
     voicemail = [(target["name"], voicemail_script(message, callback_number))
-                 for target in (chat["plan"] or {}).get("targets", [])
-                 if (message := voicemail_message_for(chat["plan"], target))]
-    return _render(request, "chat.html", {"chat": chat, "source_key": source_key, "voicemail": voicemail})
+                 for target in plan.get("targets", []) if (message := voicemail_message_for(plan, target))]
+    goal_in_words = describe_goal(plan.get("goal_type", "each_target"), plan.get("parallel_calls", 1)) if plan else ""
+    return _render(request, "chat.html", {"chat": chat, "source_key": source_key, "voicemail": voicemail,
+                                          "goal_in_words": goal_in_words})
 
 
 async def chat_message(request: Request) -> Response:
@@ -362,24 +365,32 @@ async def campaign_import(request: Request) -> Response:
     name = (await _text_field(form, "name")).strip()
     goal = (await _text_field(form, "goal")).strip()
     budget_usd = (await _text_field(form, "budget_usd")).strip()
+    try:
+        goal_type = parse_goal(await _text_field(form, "goal_type"))
+    except ValueError as exc:
+        return _render(request, "import.html", {"error": str(exc), "name": name, "goal": goal,
+                                                "budget_usd": budget_usd}, 400)
     if not name:
-        return _render(request, "import.html", {"error": "Give the campaign a name.", "goal": goal}, 400)
+        return _render(request, "import.html", {"error": "Give the campaign a name.", "goal": goal,
+                                                "goal_type": goal_type.value}, 400)
     try:
         budget = parse_budget(budget_usd)
     except ValueError as exc:
         return _render(request, "import.html", {"error": f"Budget: {exc}.", "name": name, "goal": goal,
-                                                "budget_usd": budget_usd}, 400)
+                                                "budget_usd": budget_usd, "goal_type": goal_type.value}, 400)
     try:
         rows = parse_targets_csv(await _upload_text(form, "file"))
     except CsvImportError as exc:
         return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors,
-                                                "name": name, "goal": goal, "budget_usd": budget_usd}, 400)
+                                                "name": name, "goal": goal, "budget_usd": budget_usd,
+                                                "goal_type": goal_type.value}, 400)
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
         campaign.budget_microusd = budget
+        campaign.goal_type = goal_type
         task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
-                                        default_objective=goal)
+                                        default_objective=goal, held=held_on_import(goal_type))
         await session.commit()
     publish_imported(runtime.events, request.state.user_id, campaign.id, task_ids)
     _flash(request, f"Imported {len(task_ids)} target(s).")
@@ -403,7 +414,7 @@ async def campaign_add_targets(request: Request) -> Response:
             _flash(request, f"Nothing was imported: {exc}", "error")
             return _redirect(f"/campaigns/{campaign_id}")
         task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
-                                        default_objective=campaign.goal)
+                                        default_objective=campaign.goal, held=held_on_import(campaign.goal_type))
         await session.commit()
     publish_imported(runtime.events, request.state.user_id, campaign_id, task_ids)
     _flash(request, f"Imported {len(task_ids)} target(s).")
@@ -413,22 +424,40 @@ async def campaign_add_targets(request: Request) -> Response:
 async def _summary(request: Request):
     async with _runtime(request).sessions() as session:
         campaign = await repo.get_campaign(session, request.state.user_id, _int(request, "campaign_id"))
+        counts = await views.task_counts(session, request.state.user_id, campaign.id) if campaign else {}
     if campaign is None:
         raise not_found("campaign")
-    if campaign.summary is None and not campaign.summary_text:
-        raise HttpError(404, "no_summary", "this campaign has no summary yet (it is written when the campaign ends)")
-    return campaign, *views.summary_table(campaign.summary)
+    return campaign, counts
+
+
+def _has_summary(campaign) -> bool:
+    return campaign.summary is not None or bool(campaign.summary_text)
 
 
 async def summary_page(request: Request) -> Response:
-    campaign, columns, rows = await _summary(request)
+    """The summary for a person; before it exists, a page saying why and when it will (404, with a way back)."""
+    campaign, counts = await _summary(request)
+    if not _has_summary(campaign):
+        return _render(request, "summary_pending.html", {"campaign": views.campaign_dict(campaign, counts)}, 404)
+    columns, rows = views.summary_table(campaign.summary)
+    summary = campaign.summary if isinstance(campaign.summary, dict) else {}
     return _render(request, "summary.html", {"campaign": views.campaign_dict(campaign),
                                              "summary_text": campaign.summary_text, "columns": columns,
-                                             "rows": rows})
+                                             "rows": rows, "people": views.summary_people(campaign.summary),
+                                             "goal_report": (summary.get("goal") or {}).get("report"),
+                                             "calls_line": summary.get("calls")})
 
 
 async def summary_csv(request: Request) -> Response:
-    campaign, columns, rows = await _summary(request)
+    campaign, _ = await _summary(request)
+    if not _has_summary(campaign):
+        raise HttpError(404, "no_summary", "this campaign has no summary yet (it is written when the campaign ends)")
+    people = views.summary_people(campaign.summary)
+    if people is not None:
+        columns = list(views.PEOPLE_COLUMNS)
+        rows = [[person[column] for column in columns] for person in people]
+    else:
+        columns, rows = views.summary_table(campaign.summary)
     return PlainTextResponse(table_csv(columns, rows), media_type="text/csv; charset=utf-8", headers={
         "content-disposition": f'attachment; filename="campaign-{campaign.id}-summary.csv"'})
 

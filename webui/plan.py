@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 
 from db.models import VoicemailAction
+from opendeep.campaign_goal import MAX_PARALLEL_CALLS
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.settings import parse_window
 
@@ -34,6 +35,13 @@ PLAN_SCHEMA: dict[str, Any] = {
                  "description": "short campaign title, e.g. 'Dental cleaning next week'"},
         "goal": {"type": "string", "minLength": 1, "maxLength": 4000,
                  "description": "what the user wants achieved overall"},
+        "goal_type": {"type": "string", "enum": ["each_target", "until_one_succeeds"],
+                      "description": "each_target: every target is called for its own result (ask all 40 shops "
+                                     "for a quote). until_one_succeeds: the targets are alternatives, called in "
+                                     "the listed order until one achieves the goal; the rest are then cancelled "
+                                     "(book one cleaning with one of three dentists)"},
+        "parallel_calls": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL_CALLS,
+                           "description": "until_one_succeeds only: targets called at once (default 1)"},
         "master_prompt": {"type": "string", "maxLength": 8000,
                           "description": "instructions for the call AI that apply to every call"},
         "calling_window": {
@@ -125,6 +133,13 @@ def validate_plan(raw: Any) -> PlanCheck:
     voicemail = plan.setdefault("voicemail", {"action": VoicemailAction.HANG_UP.value})
     voicemail["message"] = " ".join(voicemail.get("message", "").split())
     leaves_messages = voicemail["action"] == VoicemailAction.LEAVE_MESSAGE.value
+    # API clients and CSV imports may leave the goal out: each target, as campaigns always behaved. The assistant
+    # must state it (webui/assistant.py refuses a plan from the model without it).
+    plan.setdefault("goal_type", "each_target")
+    if plan["goal_type"] == "each_target":
+        plan.pop("parallel_calls", None)
+    else:
+        plan.setdefault("parallel_calls", 1)
     seen: dict[str, int] = {}
     for index, target in enumerate(plan["targets"]):
         target["name"] = target["name"].strip()

@@ -20,6 +20,7 @@ from db.models import (
     CallEvent,
     CallTranscript,
     Campaign,
+    CampaignGoal,
     CampaignStatus,
     ChatRole,
     FeedbackRequest,
@@ -27,6 +28,7 @@ from db.models import (
     TaskEvent,
     TaskStatus,
 )
+from opendeep.campaign_goal import describe_goal
 from webui.controls import LIVE, PAUSABLE
 
 
@@ -52,6 +54,8 @@ def format_when(value: datetime | str | None, precision: str = "minutes") -> str
 
 def next_action(task: Task) -> str:
     """A sentence for the "next action" column."""
+    if task.held and not task.status.is_terminal:   # until one succeeds (opendeep/campaign_goal.py)
+        return "waits its turn: called only if the targets before it do not succeed"
     if task.status is TaskStatus.ON_HOLD and "paused" in (task.context or {}):
         return "paused — resume to schedule it again"
     if task.status in PAUSABLE:
@@ -72,6 +76,7 @@ def campaign_dict(campaign: Campaign, counts: dict[str, int] | None = None) -> d
         "has_summary": campaign.summary is not None or bool(campaign.summary_text),
         "task_counts": counts or {},
         "pause_reason": campaign.pause_reason.value if campaign.pause_reason else None,
+        **goal_fields(campaign),
     }
 
 
@@ -82,7 +87,7 @@ def task_dict(task: Task) -> dict[str, Any]:
         "status_reason": task.status_reason, "attempt_count": task.attempt_count, "max_attempts": task.max_attempts,
         "next_action_time": _iso(task.next_action_time), "next_action": next_action(task),
         "paused": "paused" in (task.context or {}), "live": task.status in LIVE,
-        "terminal": task.status.is_terminal, "result": task.result or {},
+        "terminal": task.status.is_terminal, "result": task.result or {}, "held": task.held,
     }
 
 
@@ -99,6 +104,14 @@ def call_dict(call: Call) -> dict[str, Any]:
 
 def transcript_dict(line: CallTranscript) -> dict[str, Any]:
     return {"speaker": line.speaker.value, "text": line.text, "offset_ms": line.offset_ms}
+
+
+async def task_counts(session: AsyncSession, user_id: int, campaign_id: int) -> dict[str, int]:
+    """How many of the campaign's tasks are in each status."""
+    rows = await session.execute(
+        select(Task.status, func.count()).where(Task.user_id == user_id, Task.campaign_id == campaign_id)
+        .group_by(Task.status))
+    return {status.value: count for status, count in rows}
 
 
 async def list_campaigns(session: AsyncSession, user_id: int) -> list[dict[str, Any]]:
@@ -239,6 +252,42 @@ def _query(call: dict[str, Any]) -> str:
         return " ".join(str(args.get(key, "")) for key in ("query", "location")).strip()
     except (ValueError, AttributeError):
         return "?"
+
+
+def goal_fields(campaign: Campaign) -> dict[str, Any]:
+    """The campaign's goal and editable settings (campaign page, API)."""
+    goal = campaign.goal_type or CampaignGoal.EACH_TARGET
+    return {"goal_type": goal.value, "parallel_calls": campaign.parallel_calls or 1,
+            "goal_in_words": describe_goal(goal, campaign.parallel_calls or 1),
+            "goal_met_task_id": campaign.goal_met_task_id, "caller_id": campaign.caller_id}
+
+
+PEOPLE_COLUMNS = ("target", "phone_number", "outcome", "learned", "calls_placed", "call_url")
+
+
+def summary_people(summary: Any) -> list[dict[str, Any]] | None:
+    """The summary's per-target table for a person: name, number, outcome in words, what was learned, the
+    call's link (None when the summary has no per-target rows: summary_table() shows what it has)."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("targets"), list):
+        return None
+    people = []
+    for row in summary["targets"]:
+        if not isinstance(row, dict):
+            continue
+        result = row.get("result")
+        learned = str(row.get("summary") or "").strip()
+        if isinstance(result, dict) and result:
+            learned = (learned + " " if learned else "") + "; ".join(f"{k}: {v}" for k, v in result.items())
+        elif result and not isinstance(result, dict):   # a summary written before the per-target facts were a dict
+            learned = (learned + " " if learned else "") + str(result)
+        if learned == (row.get("reason") or ""):
+            learned = ""   # a bare status reason is the outcome, not something learned
+        people.append({"target": row.get("target") or "", "phone_number": row.get("phone_number") or "",
+                       "outcome": row.get("outcome_words")
+                       or str(row.get("outcome") or row.get("status") or "").replace("_", " "),
+                       "learned": learned, "calls_placed": row.get("calls_placed", row.get("attempts", 0)),
+                       "call_url": row.get("transcript_url") or ""})
+    return people
 
 
 def summary_table(summary: Any) -> tuple[list[str], list[list[Any]]]:

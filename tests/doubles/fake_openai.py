@@ -182,6 +182,23 @@ def generated_speech(seconds: float, seed: int = 7) -> bytes:
     return mulaw(speech_like(seconds, seed=seed))
 
 
+GOAL_QUESTION = ("Do you want one appointment in total (I call them one at a time and stop as soon as one books "
+                 "you), or an appointment with each of them?")
+WRAPPED_UP = "Thank you so much, but we no longer need the appointment: it was booked elsewhere. Sorry, goodbye!"
+
+
+def goal_from_words(said: str, targets: int) -> str | None:
+    """The goal a user's words ask for, as the assistant's prompt reads them; None: ambiguous, ask."""
+    if targets <= 1:
+        return "each_target"
+    text = f" {said.replace(GOAL_QUESTION, ' ').lower()} "   # the page's answer form repeats the question
+    if any(w in text for w in (" one of ", "just one", "only one", "one appointment", " one in total", "the first ")):
+        return "until_one_succeeds"
+    if any(w in text for w in (" each ", " every ", " all ", " both ")):
+        return "each_target"
+    return None
+
+
 class ScriptedModels:
     """Every model a campaign needs, scripted: install() on a FakeOpenAI (chat responder and realtime script).
 
@@ -191,8 +208,12 @@ class ScriptedModels:
     """
 
     def __init__(self, targets: tuple[tuple[str, str], ...] = DEMO_TARGETS, *, ask_user: bool = True,
-                 question: str = DEMO_QUESTION, speech_seconds: float = 1.0, max_attempts: int = 1) -> None:
+                 question: str = DEMO_QUESTION, speech_seconds: float = 1.0, max_attempts: int = 1,
+                 goal: str | None = "each_target") -> None:
         self.targets = targets
+        # The plan's goal_type; None: read it from what the user said, and ask when it is ambiguous (as the
+        # assistant's prompt tells the real model to): "book me a cleaning" with two dentists -> one or each?
+        self.goal = goal
         self.ask_user = ask_user
         self.question = question
         self.max_attempts = max_attempts
@@ -215,15 +236,25 @@ class ScriptedModels:
         messages = body.get("messages") or []
         last = messages[-1] if messages else {}
         if last.get("role") == "user":
-            return {"content": "Here is a plan for the calls. Check it, then confirm.",
-                    "tool_calls": [{"name": "submit_campaign_plan", "arguments": self.plan(last.get("content"))}]}
+            said = " ".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
+            goal = self.goal or goal_from_words(said, len(self.targets))
+            if goal is None:
+                return {"content": "Before I plan the calls: " + GOAL_QUESTION,
+                        "tool_calls": [{"name": "ask_follow_up_questions",
+                                        "arguments": {"questions": [GOAL_QUESTION]}}]}
+            words = ("I will call them one at a time, in this order, and stop as soon as one books you."
+                     if goal == "until_one_succeeds" else "I will call each of them.")
+            first = next((str(m.get("content") or "") for m in messages if m.get("role") == "user"), "")
+            return {"content": f"Here is a plan for the calls. {words} Check it, then confirm.",
+                    "tool_calls": [{"name": "submit_campaign_plan", "arguments": self.plan(first, goal)}]}
         return {"content": "The plan is ready: confirm it to start the calls."}
 
-    def plan(self, request: str | None) -> dict[str, Any]:
+    def plan(self, request: str | None, goal_type: str = "each_target") -> dict[str, Any]:
         goal = (request or "").strip() or "Book a dental cleaning next week."
         return {
             "name": "Dental cleaning next week",
             "goal": goal[:4000],
+            "goal_type": goal_type,
             "master_prompt": "Be brief and polite. You call on behalf of the user.",
             "calling_window": always_open_window(self.targets[0][1]),
             "max_attempts": self.max_attempts,
@@ -235,6 +266,10 @@ class ScriptedModels:
     @staticmethod
     def analysis(body: dict[str, Any]) -> dict[str, Any]:
         facts = json.dumps(body.get("messages") or [])
+        if WRAPPED_UP in facts:   # the call AI withdrew the request: the goal was met on another call
+            return {"outcome": "failed", "summary": "The request was withdrawn: the goal was met on another call.",
+                    "extracted": [], "should_retry": False, "retry_at": None, "callback_requested": False,
+                    "add_to_dnd": False, "reason": "Not needed any more.", "notes_for_next_call": ""}
         booked = "Tuesday at 10:00" if "Tuesday" in facts else "a slot next week"
         return {"outcome": "success", "summary": f"The receptionist booked a cleaning for {booked}.",
                 "extracted": [{"name": "appointment", "value": booked}], "should_retry": False,
@@ -243,6 +278,14 @@ class ScriptedModels:
 
     @staticmethod
     def summary(body: dict[str, Any]) -> dict[str, Any]:
+        try:   # the summarizer sends its facts as JSON, the rule-based report against the goal included
+            facts = json.loads((body.get("messages") or [{}])[-1].get("content") or "{}")
+        except ValueError:
+            facts = {}
+        if "until one succeeds" in str(facts.get("goal_type", "")).lower():
+            return {"summary": "One cleaning was booked, as asked; the other practices were not needed.",
+                    "key_findings": ["Appointments are available next week."],
+                    "next_steps": ["Add the appointment to your calendar."]}
         return {"summary": "Every practice was reached and a cleaning was booked.",
                 "key_findings": ["Appointments are available next week."],
                 "next_steps": ["Add the appointment to your calendar."]}
@@ -251,6 +294,12 @@ class ScriptedModels:
 
     def realtime(self, conn: FakeRealtimeConnection, index: int) -> FakeResponse | None:
         greeting = "Hello, this is an AI assistant calling to book a dental cleaning for next week."
+        asked = (conn.events("response.create") or [{}])[-1].get("response") or {}
+        if "goal was just met on another call" in str(asked.get("instructions") or ""):
+            # audiosocket/wrap_up.py: thank the callee, withdraw the request, end the call.
+            return FakeResponse(audio=self.speech, transcript=WRAPPED_UP, chunk_interval=REALTIME_CHUNK_SECONDS,
+                                function_call=("end_call", {"outcome": "objective_not_met",
+                                                            "summary": "Withdrawn: booked elsewhere."}))
         if index == 0 and not self.ask_user:
             return FakeResponse(audio=self.speech, transcript=greeting, chunk_interval=REALTIME_CHUNK_SECONDS,
                                 function_call=("end_call", {"outcome": "objective_met",

@@ -89,7 +89,15 @@ async def test_summary_csv_defuses_formulas_in_cells_and_headers_and_keeps_phone
             ]}))
         await session.commit()
 
-    for path in (f"/campaigns/{campaign.id}/summary.csv", f"/api/campaigns/{campaign.id}/summary?format=csv"):
+    # The page's CSV is the table a person reads (target, number, outcome, what was learned, ...).
+    response = await web["alice"].http.get(f"/campaigns/{campaign.id}/summary.csv")
+    rows = _cells(response.text)
+    _assert_no_formula(rows)
+    assert rows[0] == ["target", "phone_number", "outcome", "learned", "calls_placed", "call_url"]
+    assert rows[1] == ["Bright Smile", "+14155550101", "completed", '\'+HYPERLINK("http://evil.example","x")', "0", ""]
+    assert rows[2] == ["'@SUM(A1:A9)", "+442079460000", "failed", "-3", "0", ""]
+    # The API's CSV is every column the summary has, headers included.
+    for path in (f"/api/campaigns/{campaign.id}/summary?format=csv",):
         response = await web["alice"].http.get(path)
         assert response.status_code == 200
         rows = _cells(response.text)
