@@ -221,6 +221,11 @@ class Call(Base):
     analysis_locked_until: Mapped[datetime | None] = mapped_column()
     analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
+    __table_args__ = (
+        Index("ix_calls_user_created", "user_id", "created_at", "id"),   # the call log's pages, newest first
+        Index("ix_calls_user_status", "user_id", "status"),              # the live board: calls not yet ended
+    )
+
 
 class CallTranscript(Base):
     __tablename__ = "call_transcripts"
@@ -232,6 +237,12 @@ class CallTranscript(Base):
     text: Mapped[str] = mapped_column(Text)
     offset_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # The call log's transcript search (ILIKE '%words%') on PostgreSQL; SQLite has no trigram index.
+    __table_args__ = (
+        Index("ix_call_transcripts_text_trgm", "text", postgresql_using="gin",
+              postgresql_ops={"text": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+    )
 
 
 class CallEvent(Base):

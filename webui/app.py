@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
-from webui import api, pages, transfers
+from webui import api, board, calllog, chart_pages, pages, transfers
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
@@ -83,7 +83,8 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     """The web UI for this runtime. SECRET_KEY signs sessions; empty = a random key for this app's lifetime."""
     secret = runtime.settings.secret_key or secrets.token_urlsafe(32)
     app = Starlette(
-        routes=[*pages.routes(), *api.routes(), *transfers.routes(),
+        routes=[*pages.routes(), *api.routes(), *transfers.routes(), *calllog.routes(), *board.routes(),
+                *chart_pages.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),
