@@ -3,11 +3,12 @@ written in bulk (executemany), as a busy tenant's history looks. Used by tests a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, CallTranscript, Speaker, Task
@@ -56,7 +57,12 @@ async def seed_campaign(sessions, user_id: int, *, tasks: int, calls: int = 0, l
         call_ids: list[int] = []
         for first in range(0, len(call_rows), CHUNK):
             await session.execute(insert(Call), call_rows[first:first + CHUNK])
-        if calls:
+        if calls:   # each task's attempt_count: the calls it had
+            per_task = Counter(row["task_id"] for row in call_rows)
+            tasks_table = Task.__table__
+            await session.execute(update(tasks_table).where(tasks_table.c.id == bindparam("tid"))
+                                  .values(attempt_count=bindparam("n")),
+                                  [{"tid": tid, "n": n} for tid, n in per_task.items()])
             call_ids = list((await session.scalars(
                 select(Call.id).join(Task, Task.id == Call.task_id)
                 .where(Call.user_id == user_id, Task.campaign_id == campaign.id).order_by(Call.id))).all())
