@@ -118,7 +118,8 @@ async def test_the_board_shows_a_real_call_as_it_talks_and_hangs_it_up(make_stac
     """A call through the real Asterisk to the test callee who answers and listens for 20 s; the call AI speaks
     (no end_call). The board shows the call and the AI's words as they are said; Hang up cancels the task and
     Asterisk accepts the AMI Hangup of the call's channel, which ends the call."""
-    from tests.asterisk.stack import ANSWERS, PASSWORD as STACK_PASSWORD, USER
+    from tests.asterisk.stack import ANSWERS, USER
+    from tests.asterisk.stack import PASSWORD as STACK_PASSWORD
     from tests.doubles.fake_realtime import FakeResponse
 
     stack = await make_stack()
@@ -150,3 +151,7 @@ async def test_the_board_shows_a_real_call_as_it_talks_and_hangs_it_up(make_stac
     assert call.ended_at is not None and call.bridged_to_ai
     assert task["status_reason"] == "cancelled by user"
     assert any(line.text == words for line in lines)
+    # Ended by the hang-up: Asterisk closed the AudioSocket while the callee still had 20 s of listening left.
+    ended = next(event for event in events if event.type == "call.ended")
+    assert (ended.payload["outcome"], ended.payload["hangup_cause"]) == ("answered", 16)
+    assert ended.payload["answered_seconds"] < 20, ended.payload
