@@ -198,3 +198,18 @@ async def test_a_campaign_of_10000_tasks_is_shown_100_at_a_time(two_tenants):
     assert paused.headers["location"] == f"/campaigns/{campaign_id}?page=57#task-{task_id}"
     async with runtime.sessions() as session:
         assert (await repo.get_task(session, alice, task_id)).status is TaskStatus.ON_HOLD
+
+
+async def test_words_with_quotes_backslashes_and_wildcards_are_searched_as_typed(two_tenants):
+    runtime, client, alice, _ = two_tenants
+    seeded = await seed_campaign(runtime.sessions, alice, tasks=2, calls=4, lines_per_call=1, start=START)
+    odd = "It's 100% o'clock \\ here_now; DROP TABLE calls; --"
+    await add_line(runtime.sessions, alice, seeded.call_ids[2], odd)
+    for typed in (odd, "it's 100% O'CLOCK \\ here_", "; drop table calls; --"):
+        response = await client.http.get("/calls", params={"q": typed})
+        assert call_ids(response.text) == [seeded.call_ids[2]], typed
+    for typed in ("100%%", "here.now", "o''clock"):
+        assert call_ids((await client.http.get("/calls", params={"q": typed})).text) == [], typed
+    async with runtime.sessions() as session:   # every call is still there
+        rows, _ = await call_log_page(session, alice, CallLogFilter())
+        assert len(rows) == 4
