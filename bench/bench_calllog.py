@@ -104,6 +104,8 @@ async def bench(url: str, rounds: int) -> None:
         everything = await campaign_detail(session, alice, campaign, per_page=TASKS)
     print(f"  {'for comparison: all 10,000 tasks, data only':48s} {(time.perf_counter() - t0) * 1000:6.0f} ms "
           f"(what the unpaginated page loaded before rendering {len(everything['tasks'])} rows)")
+    if engine.dialect.name == "sqlite":
+        await _fts5_comparison(engine, alice, rounds)
     if engine.dialect.name == "postgresql":
         async with engine.begin() as connection:
             await connection.execute(text("DROP INDEX ix_call_transcripts_text_trgm"))
@@ -112,6 +114,31 @@ async def bench(url: str, rounds: int) -> None:
             print(f"  without pg_trgm: {name[10:]:31s} median {median:6.1f} ms, slowest {slowest:6.1f} ms")
     await client.aclose()
     await engine.dispose()
+
+
+async def _fts5_comparison(engine, user_id: int, rounds: int) -> None:
+    """What an FTS5 trigram index would buy on SQLite (not used by OpenDeep): the same rare-phrase lookup as the
+    bounded LIKE the call log runs, on the same 200,000 lines."""
+    async with engine.begin() as connection:
+        t0 = time.perf_counter()
+        await connection.execute(text("CREATE VIRTUAL TABLE bench_fts USING fts5(text, content='call_transcripts', "
+                                      "content_rowid='id', tokenize='trigram')"))
+        await connection.execute(text("INSERT INTO bench_fts(bench_fts) VALUES ('rebuild')"))
+        built = (time.perf_counter() - t0) * 1000
+        like, fts = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await connection.execute(text("SELECT DISTINCT call_id FROM call_transcripts WHERE user_id = :u AND "
+                                          "lower(text) LIKE '%sourdough starter%'"), {"u": user_id})
+            like.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            await connection.execute(text("SELECT DISTINCT t.call_id FROM bench_fts JOIN call_transcripts t ON "
+                                          "t.id = bench_fts.rowid WHERE bench_fts MATCH '\"sourdough starter\"' "
+                                          "AND t.user_id = :u"), {"u": user_id})
+            fts.append((time.perf_counter() - t0) * 1000)
+        await connection.execute(text("DROP TABLE bench_fts"))
+    print(f"  rare phrase, SQL alone: LIKE over every line median {statistics.median(like):.1f} ms; an FTS5 trigram "
+          f"index median {statistics.median(fts):.1f} ms (built in {built:.0f} ms, not used: see README)")
 
 
 async def main() -> None:
