@@ -148,3 +148,13 @@ async def test_hanging_up_a_call_that_already_ended_says_so(board):
     assert f"Call {call_id} had already ended." in (await client.http.get("/board")).text
     async with runtime.sessions() as session:
         assert (await repo.get_task(session, alice, task_id)).status is TaskStatus.COMPLETED
+
+
+async def test_the_json_api_lists_the_users_calls_in_progress(board):
+    runtime, client, alice, bob = board
+    task_id, call_id = await live_call(runtime, alice, "Sunny Bakery", lines=("Good morning!",))
+    await live_call(runtime, bob, "Bob's Garage")
+    calls = (await client.http.get("/api/board")).json()["calls"]
+    assert [(c["id"], c["task_id"], c["target_name"], c["status"]) for c in calls] == [
+        (call_id, task_id, "Sunny Bakery", "answered")]
+    assert calls[0]["last_words"] == [{"speaker": "agent", "text": "Good morning!", "offset_ms": 0}]

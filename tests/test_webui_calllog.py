@@ -213,3 +213,21 @@ async def test_words_with_quotes_backslashes_and_wildcards_are_searched_as_typed
     async with runtime.sessions() as session:   # every call is still there
         rows, _ = await call_log_page(session, alice, CallLogFilter())
         assert len(rows) == 4
+
+
+async def test_the_json_api_pages_the_same_filtered_log(two_tenants):
+    runtime, client, alice, bob = two_tenants
+    seeded = await seed_campaign(runtime.sessions, alice, tasks=5, calls=60, start=START)
+    await seed_campaign(runtime.sessions, bob, tasks=5, calls=60, start=START)
+    first = (await client.http.get("/api/calls", params={"outcome": "answered"})).json()
+    answered = [c for n, c in enumerate(seeded.call_ids) if n % 5 in (0, 3)]
+    assert [c["id"] for c in first["calls"]] == sorted(answered, reverse=True)
+    assert len(first["calls"]) == 24 and first["next"] is None
+    assert first["calls"][0]["outcome"] == "answered" and first["calls"][0]["started_at"].endswith("+00:00")
+    page1 = (await client.http.get("/api/calls")).json()
+    page2 = (await client.http.get("/api/calls", params={"after": page1["next"]})).json()
+    assert [c["id"] for c in page1["calls"] + page2["calls"]] == sorted(seeded.call_ids, reverse=True)
+    assert page2["next"] is None
+    bad = await client.http.get("/api/calls", params={"to": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_filter"
+    assert bad.json()["error"]["details"] == ["to: 'soon' is not a date; use YYYY-MM-DD, e.g. 2026-12-01"]

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from db import call_log, repo
@@ -24,7 +24,7 @@ from db.types import utcnow
 from webui import views
 from webui.controls import ControlAction, ControlError, NotFound, control_task
 from webui.pages import _flash, _redirect, _render, _runtime
-from webui.routing import not_found, page
+from webui.routing import api, not_found, page
 
 LAST_LINES = 3
 
@@ -106,8 +106,14 @@ async def listen_page(request: Request) -> Response:
     return _render(request, "listen.html", {"call": call, "task": views.task_dict(task)})
 
 
+async def board_api(request: Request) -> Response:
+    """GET /api/board: the calls in progress as the board shows them (hang up: POST /api/tasks/{task_id}/cancel)."""
+    return JSONResponse({"calls": await board_calls(_runtime(request).sessions, request.state.user_id, utcnow())})
+
+
 def routes() -> list[Route]:
     return [
+        api("/api/board", board_api),
         page("/board", board_page),
         page("/board/rows", board_rows),
         page("/board/calls/{call_id:int}", listen_page),

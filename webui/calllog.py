@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from db import call_log, repo
@@ -21,7 +21,7 @@ from db.call_log import CallLogFilter, Cursor
 from db.models import CallOutcome
 from webui.csv_import import safe_cell
 from webui.pages import _render, _runtime
-from webui.routing import page
+from webui.routing import HttpError, api, page
 from webui.user_time import user_zone, utc_range
 
 MAX_TEXT = 200
@@ -165,5 +165,19 @@ async def call_log_csv(request: Request) -> Response:
                              headers={"content-disposition": 'attachment; filename="calls.csv"'})
 
 
+async def call_log_api(request: Request) -> Response:
+    """GET /api/calls: the same filters and pages as /calls, as JSON: {"calls": [...], "next": "<after>" | null}.
+    A filter it cannot read is a 400 `invalid_filter` listing each problem."""
+    user_id = request.state.user_id
+    parsed = parse_filters(request.query_params, user_zone())
+    if parsed.errors:
+        raise HttpError(400, "invalid_filter", "; ".join(parsed.errors), details=parsed.errors)
+    async with _runtime(request).sessions() as session:
+        rows, cursor = await call_log.call_log_page(session, user_id, parsed.filters,
+                                                    decode_cursor(request.query_params.get("after")))
+    calls = [{**call, "started_at": call["started_at"].isoformat()} for call in map(row_dict, rows)]
+    return JSONResponse({"calls": calls, "next": encode_cursor(cursor) if cursor else None})
+
+
 def routes() -> list[Route]:
-    return [page("/calls", call_log_page), page("/calls.csv", call_log_csv)]
+    return [page("/calls", call_log_page), page("/calls.csv", call_log_csv), api("/api/calls", call_log_api)]
