@@ -9,7 +9,7 @@ the lines of the calls the other filters leave, newest first, until a page is fu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,18 +94,6 @@ async def call_log_page(session: AsyncSession, user_id: int, filters: CallLogFil
         return list(rows), None
     rows = rows[:limit]
     return list(rows), Cursor(rows[-1].created_at, rows[-1].id)
-
-
-async def iter_call_log(session: AsyncSession, user_id: int, filters: CallLogFilter,
-                        chunk: int = EXPORT_CHUNK) -> AsyncIterator[Sequence[Any]]:
-    """Every call matching `filters`, newest first, in chunks (the CSV export: memory stays flat)."""
-    cursor: Cursor | None = None
-    while True:
-        rows, cursor = await call_log_page(session, user_id, filters, cursor, limit=chunk)
-        if rows:
-            yield rows
-        if cursor is None:
-            return
 
 
 async def calls_in_progress(session: AsyncSession, user_id: int) -> list[Any]:
