@@ -135,3 +135,10 @@ async def test_campaign_and_overall_chart_pages_draw_the_users_numbers(alice):
     talked = 600 + sum(20 + n for n in (3, 4, 5, 8, 9))
     assert minutes[-1][1:] == (day, round(talked / 60, 1))
     assert f"/campaigns/{seeded.campaign_id}/charts" in overall.text
+
+
+def test_the_users_zone_is_read_in_one_place():
+    from webui.user_time import user_zone
+    assert user_zone(SimpleNamespace(state=SimpleNamespace())) is UTC
+    new_york = ZoneInfo("America/New_York")
+    assert user_zone(SimpleNamespace(state=SimpleNamespace(time_zone=new_york))) is new_york

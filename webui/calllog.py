@@ -120,7 +120,8 @@ def _query_string(form: dict[str, str], **extra: str) -> str:
 async def call_log_page(request: Request) -> Response:
     """GET /calls: the filter form, one page of calls, a link to the next page and to the CSV of the filter."""
     user_id = request.state.user_id
-    parsed = parse_filters(request.query_params, user_zone())
+    zone = user_zone(request)
+    parsed = parse_filters(request.query_params, zone)
     async with _runtime(request).sessions() as session:
         campaigns = await repo.list_campaigns(session, user_id)
         rows, cursor = await call_log.call_log_page(session, user_id, parsed.filters,
@@ -130,7 +131,7 @@ async def call_log_page(request: Request) -> Response:
         "campaigns": [{"id": c.id, "name": c.name} for c in campaigns], "outcomes": [o.value for o in CallOutcome],
         "next_query": _query_string(parsed.form, after=encode_cursor(cursor)) if cursor else None,
         "first_query": _query_string(parsed.form), "is_first": not request.query_params.get("after"),
-        "csv_query": _query_string(parsed.form)}, status_code=400 if parsed.errors else 200)
+        "csv_query": _query_string(parsed.form), "zone_name": str(zone)}, status_code=400 if parsed.errors else 200)
 
 
 def csv_line(values: list[Any]) -> str:
@@ -149,7 +150,7 @@ def csv_values(call: dict[str, Any]) -> list[Any]:
 async def call_log_csv(request: Request) -> Response:
     """GET /calls.csv: every call the same filters show, as CSV (formulas defused), streamed in chunks."""
     user_id = request.state.user_id
-    parsed = parse_filters(request.query_params, user_zone())
+    parsed = parse_filters(request.query_params, user_zone(request))
     if parsed.errors:
         return Response("\n".join(["Nothing exported; fix the filter:", *parsed.errors]) + "\n", status_code=400,
                         media_type="text/plain; charset=utf-8")
@@ -175,7 +176,7 @@ async def call_log_api(request: Request) -> Response:
     """GET /api/calls: the same filters and pages as /calls, as JSON: {"calls": [...], "next": "<after>" | null}.
     A filter it cannot read is a 400 `invalid_filter` listing each problem."""
     user_id = request.state.user_id
-    parsed = parse_filters(request.query_params, user_zone())
+    parsed = parse_filters(request.query_params, user_zone(request))
     if parsed.errors:
         raise HttpError(400, "invalid_filter", "; ".join(parsed.errors), details=parsed.errors)
     async with _runtime(request).sessions() as session:

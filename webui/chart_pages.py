@@ -106,7 +106,7 @@ def per_day(calls: Iterable[Any], days: Sequence[date], zone: tzinfo) -> tuple[l
 async def campaign_charts(request: Request) -> Response:
     user_id = request.state.user_id
     campaign_id = int(request.path_params["campaign_id"])
-    zone = user_zone()
+    zone = user_zone(request)
     async with _runtime(request).sessions() as session:
         campaign = await repo.get_campaign(session, user_id, campaign_id)
         if campaign is None:
@@ -134,7 +134,7 @@ async def campaign_charts(request: Request) -> Response:
 
 async def overall_charts(request: Request) -> Response:
     user_id = request.state.user_id
-    zone = user_zone()
+    zone = user_zone(request)
     today = local_day(utcnow(), zone)
     days = _days(today - timedelta(days=OVERALL_DAYS - 1), today)
     async with _runtime(request).sessions() as session:

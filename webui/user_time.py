@@ -7,11 +7,14 @@ the user's days. Until users have a time zone of their own, `user_zone` is UTC; 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
 
 
-def user_zone(preferences: dict | None = None) -> tzinfo:
-    """The zone the user reads dates in. UTC for every user for now (per-user zones are coming)."""
-    return UTC
+def user_zone(request: Any) -> tzinfo:
+    """The zone the request's user reads dates in: `request.state.time_zone` where the app has set one (per-user
+    zones are coming), else UTC."""
+    zone = getattr(request.state, "time_zone", None)
+    return zone if isinstance(zone, tzinfo) else UTC
 
 
 def local_day_start(day: date, zone: tzinfo) -> datetime:
