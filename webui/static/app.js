@@ -102,7 +102,8 @@
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(async () => {
       const open = [...box.querySelectorAll("details[open]")].map((d) => d.id).filter(Boolean);
-      const response = await fetch(box.dataset.fragment + window.location.search, {credentials: "same-origin"});   // the page shown
+      // The same page of tasks as shown (?page=N).
+      const response = await fetch(box.dataset.fragment + window.location.search, {credentials: "same-origin"});
       if (!response.ok) return;
       box.innerHTML = await response.text();
       open.forEach((id) => { const d = document.getElementById(id); if (d) d.open = true; });
