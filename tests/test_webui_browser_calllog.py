@@ -11,7 +11,8 @@ from datetime import timedelta
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from db.models import Speaker
+from db import repo
+from db.models import Speaker, TaskStatus
 from db.types import utcnow
 from tests.doubles.call_log_seed import add_line, seed_campaign
 from tests.doubles.webui_client import PASSWORD, add_user, make_runtime
@@ -101,6 +102,21 @@ async def test_call_log_filters_pages_and_the_board_follows_a_live_call(settings
             await expect(row.locator(".last-words")).to_contain_text("From eight to noon.")
             await expect(row.locator(".last-words")).not_to_contain_text("Hello, this is")
             assert (await row.locator(".timer").text_content()).count(":") == 1
+
+            # The campaign page, 100 tasks a page: the next page, and a live update keeps the page shown.
+            await page.goto(base + f"/campaigns/{seeded.campaign_id}")
+            await page.wait_for_selector("body[data-live-ready='1']")
+            await page.click("nav.pager >> text=Next")
+            await expect(page.locator("tr.task")).to_have_count(100)
+            await expect(page.locator("tr.task").first).to_have_id(f"task-{seeded.task_ids[100]}")
+            async with runtime.sessions() as session:
+                await repo.set_task_status(session, alice, seeded.task_ids[150], TaskStatus.CANCELLED,
+                                           reason="cancelled from another tab")
+                await session.commit()
+            runtime.events.publish(alice, "task.updated", {"task_id": seeded.task_ids[150],
+                                                           "campaign_id": seeded.campaign_id, "status": "cancelled"})
+            await expect(page.locator(f"#task-{seeded.task_ids[150]}")).to_contain_text("cancelled from another tab")
+            await expect(page.locator("tr.task").first).to_have_id(f"task-{seeded.task_ids[100]}")
 
             for url in ("/calls", "/board", f"/board/calls/{call_id}", "/charts",
                         f"/campaigns/{seeded.campaign_id}/charts"):
