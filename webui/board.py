@@ -63,6 +63,7 @@ def format_duration(seconds: int | None) -> str:
 
 
 async def board_page(request: Request) -> Response:
+    """GET /board: the user's calls in progress."""
     calls = await board_calls(_runtime(request).sessions, request.state.user_id, utcnow())
     return _render(request, "board.html", {"calls": calls})
 
@@ -112,6 +113,7 @@ async def board_api(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The live board's pages and API route, for `create_app`."""
     return [
         api("/api/board", board_api),
         page("/board", board_page),

@@ -87,6 +87,7 @@ def parse_filters(params: Mapping[str, str], zone: tzinfo) -> ParsedFilters:
 
 
 def encode_cursor(cursor: Cursor) -> str:
+    """The `?after=` value of a cursor: opaque to the user, read back by `decode_cursor`."""
     micros = (cursor.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     return base64.urlsafe_b64encode(f"{micros}.{cursor.call_id}".encode()).decode().rstrip("=")
 
@@ -103,6 +104,7 @@ def decode_cursor(value: str | None) -> Cursor | None:
 
 
 def row_dict(row: Any) -> dict[str, Any]:
+    """A call log row as the page, the CSV and the API show it."""
     analysis = row.analysis if isinstance(row.analysis, dict) else {}
     return {
         "id": row.id, "started_at": row.started_at or row.created_at, "campaign_id": row.campaign_id,
@@ -135,6 +137,7 @@ async def call_log_page(request: Request) -> Response:
 
 
 def csv_line(values: list[Any]) -> str:
+    """One CSV line, every cell through `safe_cell`."""
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(
         [safe_cell("" if value is None else str(value)) for value in values])
@@ -142,6 +145,7 @@ def csv_line(values: list[Any]) -> str:
 
 
 def csv_values(call: dict[str, Any]) -> list[Any]:
+    """A call's cells, in CSV_COLUMNS order."""
     return [call["id"], call["started_at"].isoformat(), call["campaign_name"], call["target_name"], call["number"],
             call["attempt"], call["status"], call["outcome"], call["verdict"], call["duration_seconds"],
             call["summary"]]
@@ -187,4 +191,5 @@ async def call_log_api(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The call log's pages and API route, for `create_app`."""
     return [page("/calls", call_log_page), page("/calls.csv", call_log_csv), api("/api/calls", call_log_api)]

@@ -104,6 +104,7 @@ def per_day(calls: Iterable[Any], days: Sequence[date], zone: tzinfo) -> tuple[l
 
 
 async def campaign_charts(request: Request) -> Response:
+    """GET /campaigns/{id}/charts: outcomes over time, answer rate, attempts per task, call durations."""
     user_id = request.state.user_id
     campaign_id = int(request.path_params["campaign_id"])
     zone = user_zone(request)
@@ -133,6 +134,7 @@ async def campaign_charts(request: Request) -> Response:
 
 
 async def overall_charts(request: Request) -> Response:
+    """GET /charts: the user's calls per day and model minutes over the last OVERALL_DAYS days."""
     user_id = request.state.user_id
     zone = user_zone(request)
     today = local_day(utcnow(), zone)
@@ -154,4 +156,5 @@ async def overall_charts(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The chart pages, for `create_app`."""
     return [page("/charts", overall_charts), page("/campaigns/{campaign_id:int}/charts", campaign_charts)]
