@@ -21,6 +21,7 @@ from tests.test_webui_browser import ARGS, CHROMIUM
 from webui.app import WebComponent
 
 WIDTHS = (390, 1280)
+WAIT_MS = 20_000   # a real call: Originate, ring, answer and the model take a few seconds on a busy machine
 # Everything inside the part must fit the screen (the header's layout belongs to the status-strip work).
 OVERFLOW = """(part) => {
   const width = document.documentElement.clientWidth;
@@ -155,12 +156,13 @@ async def test_the_board_shows_a_real_call_as_it_talks_and_hangs_it_up(make_stac
 
         _, [task_id] = await stack.import_campaign([("Sunny Bakery", ANSWERS)])
         row = page.locator("tr.board-call")
-        await expect(row).to_contain_text("Sunny Bakery")
-        await expect(row.locator(".last-words")).to_contain_text(words)
-        await expect(row).to_contain_text("talking")
+        await expect(row).to_contain_text("Sunny Bakery", timeout=WAIT_MS)
+        await expect(row.locator(".last-words")).to_contain_text(words, timeout=WAIT_MS)
+        await expect(row).to_contain_text("talking", timeout=WAIT_MS)
         await row.locator("button", has_text="Hang up").click()
-        await expect(page.locator(".flash")).to_contain_text("cancelled; hung up 1 call(s)")
-        await expect(page.locator("tr.board-empty")).to_be_visible()
+        # The flash of the answer to the hang-up (the toasts may meanwhile say the campaign finished).
+        await expect(page.locator("main > .flash")).to_contain_text("cancelled; hung up 1 call(s)", timeout=WAIT_MS)
+        await expect(page.locator("tr.board-empty")).to_be_visible(timeout=WAIT_MS)
         await browser.close()
     task = await stack.wait_task(task_id, "cancelled")
     (call, events, lines), = await stack.call_rows(task_id)
