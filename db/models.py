@@ -287,9 +287,13 @@ class Call(Base):
     analysis_locked_until: Mapped[datetime | None] = mapped_column()
     analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    # A callback is matched to the latest call to the caller's number (fastagi_server/callbacks.py).
-    __table_args__ = (Index("ix_calls_server_status", "asterisk_server", "status"),
-                      Index("ix_calls_number_started", "dialed_number", "started_at"))
+    __table_args__ = (
+        Index("ix_calls_server_status", "asterisk_server", "status"),
+        # A callback is matched to the latest call to the caller's number (fastagi_server/callbacks.py).
+        Index("ix_calls_number_started", "dialed_number", "started_at"),
+        Index("ix_calls_user_created", "user_id", "created_at", "id"),   # the call log's pages, newest first
+        Index("ix_calls_user_status", "user_id", "status"),              # the live board: calls not yet ended
+    )
 
 
 class CallTranscript(Base):
@@ -302,6 +306,12 @@ class CallTranscript(Base):
     text: Mapped[str] = mapped_column(Text)
     offset_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # The call log's transcript search (ILIKE '%words%') on PostgreSQL; SQLite has no trigram index.
+    __table_args__ = (
+        Index("ix_call_transcripts_text_trgm", "text", postgresql_using="gin",
+              postgresql_ops={"text": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+    )
 
 
 class CallEvent(Base):

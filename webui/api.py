@@ -247,7 +247,8 @@ async def campaign_create(request: Request) -> Response:
 async def campaign_get(request: Request) -> Response:
     runtime = _runtime(request)
     async with runtime.sessions() as session:
-        detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"))
+        detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"),
+                                             page=views.page_number(request.query_params.get("page")))
     if detail is None:
         raise not_found("campaign")
     return JSONResponse({**detail, "asterisk": views.asterisk_state(runtime.ami)})

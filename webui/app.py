@@ -29,7 +29,8 @@ from starlette.templating import Jinja2Templates
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
-from webui import api, callback_settings, campaign_edit, costs, metrics_endpoint, pages, transfers, webhooks
+from webui import (api, board, callback_settings, calllog, campaign_edit, chart_pages, costs, metrics_endpoint, pages,
+                   transfers, webhooks)
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
@@ -85,7 +86,8 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     app = Starlette(
         # costs and campaign_edit first: POST /campaigns/{id}/{action} would catch /campaigns/{id}/budget|edit.
         routes=[*costs.routes(), *campaign_edit.routes(), *pages.routes(), *api.routes(), *transfers.routes(),
-                *webhooks.routes(), *metrics_endpoint.routes(), *callback_settings.routes(),
+                *webhooks.routes(), *metrics_endpoint.routes(), *callback_settings.routes(), *calllog.routes(),
+                *board.routes(), *chart_pages.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),

@@ -287,7 +287,8 @@ async def campaign_list(request: Request) -> Response:
 async def _detail(request: Request) -> dict[str, Any]:
     runtime = _runtime(request)
     async with runtime.sessions() as session:
-        detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"))
+        detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"),
+                                             page=views.page_number(request.query_params.get("page")))
     if detail is None:
         raise not_found("campaign")
     return {**detail, "asterisk": views.asterisk_state(runtime.ami)}
@@ -328,10 +329,11 @@ async def task_control(request: Request) -> Response:
     task_id = _int(request, "task_id")
     async with _runtime(request).sessions() as session:
         task = await repo.get_task(session, request.state.user_id, task_id)
+        page = await views.task_page_number(session, request.state.user_id, task.campaign_id, task_id) if task else 1
     if task is None:
         raise not_found("task")
     await _control(request, lambda action: control_task(_runtime(request), request.state.user_id, task_id, action))
-    return _redirect(f"/campaigns/{task.campaign_id}#task-{task_id}")
+    return _redirect(f"/campaigns/{task.campaign_id}" + (f"?page={page}" if page > 1 else "") + f"#task-{task_id}")
 
 
 async def call_page(request: Request) -> Response:

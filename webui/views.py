@@ -142,12 +142,38 @@ def asterisk_state(ami: Any) -> dict[str, Any] | None:
     return {"connected": bool(ami.connected), "address": ami.address}
 
 
-async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int) -> dict[str, Any] | None:
-    """The campaign with every task, each task's calls (transcript and events) and decisions; None if not theirs."""
+TASKS_PER_PAGE = 100   # the campaign page's task list: a 10,000-task campaign is 100 pages, each a few queries
+
+
+def page_number(value: str | None) -> int:
+    """A `?page=` value as a page number from 1; anything else (missing, junk, zero, huge) is page 1."""
+    return int(value) if value and value.isdigit() and 0 < len(value) < 7 and int(value) > 0 else 1
+
+
+async def task_page_number(session: AsyncSession, user_id: int, campaign_id: int, task_id: int,
+                           per_page: int = TASKS_PER_PAGE) -> int:
+    """The page of the campaign's task list that shows this task (tasks are listed by id)."""
+    before = await session.scalar(select(func.count()).select_from(Task).where(
+        Task.user_id == user_id, Task.campaign_id == campaign_id, Task.id < task_id))
+    return (before or 0) // per_page + 1
+
+
+async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int, page: int = 1,
+                          per_page: int = TASKS_PER_PAGE) -> dict[str, Any] | None:
+    """The campaign with one page of its tasks (by id), each task's calls (transcript and events) and decisions,
+    and the task counts of the whole campaign; None if not theirs. A page past the last shows the last."""
     campaign = await repo.get_campaign(session, user_id, campaign_id)
     if campaign is None:
         return None
-    tasks = list(await repo.list_tasks(session, user_id, campaign_id))
+    counts = {status.value: count for status, count in await session.execute(
+        select(Task.status, func.count()).where(Task.user_id == user_id, Task.campaign_id == campaign_id)
+        .group_by(Task.status))}
+    total = sum(counts.values())
+    pages = max(1, -(-total // per_page))
+    page = min(max(page, 1), pages)
+    tasks = (await session.scalars(
+        select(Task).where(Task.user_id == user_id, Task.campaign_id == campaign_id).order_by(Task.id)
+        .offset((page - 1) * per_page).limit(per_page))).all()
     task_ids = [task.id for task in tasks]
     calls = (await session.scalars(
         select(Call).where(Call.user_id == user_id, Call.task_id.in_(task_ids))
@@ -174,15 +200,15 @@ async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int)
     for call in calls:
         calls_by_task[call.task_id].append({**call_dict(call), "transcript": transcripts[call.id],
                                             "events": call_events[call.id]})
-    counts: dict[str, int] = defaultdict(int)
-    for task in tasks:
-        counts[task.status.value] += 1
     return {
-        "campaign": {**campaign_dict(campaign, dict(counts)), "plan": campaign.plan,
+        "campaign": {**campaign_dict(campaign, counts), "plan": campaign.plan,
                      "master_prompt": campaign.master_prompt},
         "tasks": [{**task_dict(task), "calls": calls_by_task[task.id], "events": task_events[task.id]}
                   for task in tasks],
         "costs": await costs.campaign_costs(session, user_id, campaign_id),
+        "page": {"number": page, "pages": pages, "per_page": per_page, "total_tasks": total,
+                 "first_task": (page - 1) * per_page + 1 if tasks else 0,
+                 "last_task": (page - 1) * per_page + len(tasks)},
     }
 
 

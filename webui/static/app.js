@@ -102,7 +102,8 @@
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(async () => {
       const open = [...box.querySelectorAll("details[open]")].map((d) => d.id).filter(Boolean);
-      const response = await fetch(box.dataset.fragment, {credentials: "same-origin"});
+      // The same page of tasks as shown (?page=N).
+      const response = await fetch(box.dataset.fragment + window.location.search, {credentials: "same-origin"});
       if (!response.ok) return;
       box.innerHTML = await response.text();
       open.forEach((id) => { const d = document.getElementById(id); if (d) d.open = true; });
@@ -118,7 +119,12 @@
 
   function connect() {
     const source = new EventSource("/events");
-    const on = (kind, handler) => source.addEventListener(kind, (event) => handler(JSON.parse(event.data)));
+    // Each event also goes to other scripts of the page as "live:<kind>" (board.js: the live board).
+    const on = (kind, handler) => source.addEventListener(kind, (event) => {
+      const data = JSON.parse(event.data);
+      handler(data);
+      document.dispatchEvent(new CustomEvent("live:" + kind, {detail: data}));
+    });
     on("feedback.asked", showQuestion);
     on("feedback.answered", (data) => {
       const card = cards.get(String(data.request_id));
