@@ -29,8 +29,19 @@ from starlette.templating import Jinja2Templates
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
-from webui import (api, board, callback_settings, calllog, campaign_edit, chart_pages, costs, metrics_endpoint, pages,
-                   transfers, webhooks)
+from webui import (
+    api,
+    board,
+    callback_settings,
+    calllog,
+    campaign_edit,
+    chart_pages,
+    costs,
+    metrics_endpoint,
+    pages,
+    transfers,
+    webhooks,
+)
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
