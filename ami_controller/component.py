@@ -11,7 +11,7 @@ import socket
 from ami_controller.initiator import DispatchReport, dispatch_due_tasks
 from ami_controller.manager import AmiController
 from opendeep.health import task_running
-from opendeep.periodic import finishing
+from opendeep.periodic import finishing, log_pass_failure
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.ami.component")
@@ -67,8 +67,8 @@ class AmiComponent:
                     log.info("scheduler pass: %d claimed, %d dialed, %d DND, %d outside window, %d deferred",
                              report.claimed, len(report.dialed), len(report.cancelled_dnd),
                              len(report.rescheduled), len(report.deferred))
-            except Exception:  # a database hiccup must not stop the campaign for good
-                log.exception("scheduler pass failed; trying again in %.1f s", poll)
+            except Exception as exc:  # a database hiccup must not stop the campaign for good
+                log_pass_failure(log, "scheduler pass", exc, poll)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)

@@ -115,6 +115,12 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Bumped by logout and password change: a session cookie of an older version is refused.
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Display only (times are stored in UTC): the IANA zone the pages show times in; None = not known yet.
+    time_zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # ISO 3166 country for national-format numbers in this user's CSV, DND and plans; None = DEFAULT_REGION.
+    default_region: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    # Set by an administrator: no login, no session, no dialing for this user.
+    disabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class TransferTarget(Base):

@@ -34,6 +34,7 @@ from webui.auth import (
 )
 from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
 from webui.csv_import import (
+    MAX_ERRORS_REPORTED,
     CsvImportError,
     export_dnd_csv,
     import_dnd,
@@ -360,7 +361,7 @@ async def campaign_import(request: Request) -> Response:
     try:
         rows = parse_targets_csv(await _upload_text(form, "file"))
     except CsvImportError as exc:
-        return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors,
+        return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors[:MAX_ERRORS_REPORTED],
                                                 "name": name, "goal": goal}, 400)
     runtime = _runtime(request)
     async with runtime.sessions() as session:

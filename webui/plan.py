@@ -84,8 +84,9 @@ def _path(error: jsonschema.ValidationError) -> str:
     return text or "plan"
 
 
-def validate_plan(raw: Any) -> PlanCheck:
-    """Check a plan; return it normalized (numbers in E.164, text stripped) or every error found."""
+def validate_plan(raw: Any, default_region: str | None = None) -> PlanCheck:
+    """Check a plan; return it normalized (numbers in E.164, text stripped) or every error found. National
+    numbers of `default_region` (the user's country) are accepted."""
     if not isinstance(raw, dict):
         return PlanCheck(None, ["plan: expected a JSON object"])
     errors = [f"{_path(e)}: {e.message}" for e in sorted(_VALIDATOR.iter_errors(raw), key=lambda e: list(
@@ -113,7 +114,7 @@ def validate_plan(raw: Any) -> PlanCheck:
             if not target[key]:
                 errors.append(f"targets[{index}].{key}: must not be blank")
         try:
-            target["phone_number"] = normalize_e164(target["phone_number"])
+            target["phone_number"] = normalize_e164(target["phone_number"], default_region)
         except InvalidPhoneNumber as exc:
             errors.append(f"targets[{index}].phone_number: {exc}")
             continue

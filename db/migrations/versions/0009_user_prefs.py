@@ -1,0 +1,36 @@
+"""user preferences and account state: time zone, default phone region, disabled
+
+Revision ID: 0009_user_prefs
+Revises: 0003_security
+Create Date: 2026-12-02 13:20:00
+
+- users.time_zone: the IANA zone the pages show times in (set from the browser at first login, editable on
+  the account page); times are stored in UTC everywhere, this is only for display.
+- users.default_region: the country (ISO 3166 alpha-2) whose national formats the user's CSV, DND and plans
+  may use (e.g. US numbers without +1); empty = the DEFAULT_REGION setting.
+- users.disabled_at: set by an administrator; a disabled user cannot log in, their sessions end and their
+  campaigns are not dialed.
+"""
+from alembic import op
+import sqlalchemy as sa
+import db.types
+
+
+revision = '0009_user_prefs'
+down_revision = '0003_security'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('users') as batch:
+        batch.add_column(sa.Column('time_zone', sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column('default_region', sa.String(length=2), nullable=True))
+        batch.add_column(sa.Column('disabled_at', db.types.UTCDateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('users') as batch:
+        batch.drop_column('disabled_at')
+        batch.drop_column('default_region')
+        batch.drop_column('time_zone')
