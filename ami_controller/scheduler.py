@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import DUE_TASK_STATUSES, Campaign, CampaignStatus, Task, TaskStatus
+from db.models import DUE_TASK_STATUSES, Campaign, CampaignStatus, Task, TaskStatus, User
 from db.types import utcnow
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings, parse_window
@@ -50,6 +50,7 @@ def _due_conditions(now: datetime, exclude_user_ids: Iterable[int]) -> list:
         Task.next_action_time <= now,
         Task.attempt_count < Task.max_attempts,
         Campaign.status == CampaignStatus.ACTIVE,   # paused / cancelled campaigns are skipped
+        Task.user_id.not_in(select(User.id).where(User.disabled_at.is_not(None))),   # disabled by an admin
     ]
     excluded = list(exclude_user_ids)
     if excluded:

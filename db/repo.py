@@ -368,6 +368,17 @@ async def is_dnd(session: AsyncSession, user_id: int, phone_number: str) -> bool
     return found is not None
 
 
+async def dnd_numbers_in_campaign(session: AsyncSession, user_id: int, campaign_id: int) -> set[str]:
+    """The numbers of the campaign's tasks that are on the user's do-not-call list (one query)."""
+    rows = await session.scalars(
+        select(DndEntry.phone_number).where(
+            DndEntry.user_id == user_id,
+            DndEntry.phone_number.in_(select(Task.phone_number).where(Task.user_id == user_id,
+                                                                      Task.campaign_id == campaign_id)))
+    )
+    return set(rows.all())
+
+
 async def count_dnd_tenants(session: AsyncSession, phone_number: str) -> int:
     """How many tenants list this number: the global DND (a setting's threshold) is built on this count.
     It returns a number only, never who listed it."""

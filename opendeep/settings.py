@@ -135,7 +135,7 @@ def _positive_float(raw: str) -> float:
     return value
 
 
-def _region(raw: str) -> str:
+def parse_region(raw: str) -> str:
     """An ISO 3166 country code phonenumbers knows (US, GB, DE...), or empty (numbers must then be E.164)."""
     import phonenumbers
 
@@ -304,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRUSTED_PROXIES", "trusted_proxies", "", _proxy_networks,
             "addresses (CIDR, comma-separated) of reverse proxies whose X-Forwarded-For names the web client; "
             "empty = none"),
-    Setting("DEFAULT_REGION", "default_region", "", _region,
+    Setting("DEFAULT_REGION", "default_region", "", parse_region,
             "country (US, GB, DE...) whose national formats CSV, DND and plans accept, e.g. 4155550123 for "
             "+14155550123; each user can set their own on the account page; empty = E.164 only"),
     Setting("SESSION_COOKIE_SECURE", "session_cookie_secure", "false", parse_bool,

@@ -22,6 +22,7 @@ from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.runtime import Runtime
 from webui import views
 from webui.auth import (
+    AccountDisabled,
     PasswordChangeError,
     SignupError,
     TooManyLogins,
@@ -110,6 +111,8 @@ async def login(request: Request) -> Response:
                                    _client_address(request), username, password)
     except TooManyLogins as exc:
         raise _too_many(exc) from None
+    except AccountDisabled as exc:
+        raise HttpError(403, "account_disabled", str(exc)) from None
     if user is None:
         raise HttpError(401, "wrong_credentials", "wrong username or password")
     start_session(request, user)

@@ -21,7 +21,9 @@ from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
 from webui import views
+from webui.account import remember_browser_zone
 from webui.auth import (
+    AccountDisabled,
     PasswordChangeError,
     SignupError,
     TooManyLogins,
@@ -129,28 +131,34 @@ async def home(request: Request) -> Response:
 async def login(request: Request) -> Response:
     next_path = _safe_next(request.query_params.get("next"))
     if request.method == "GET":
-        return _render(request, "login.html", {"next": next_path})
+        return _render(request, "login.html", {"next": next_path,
+                                               "logged_out": request.query_params.get("logged_out") == "1"})
     form = await form_data(request)
     username = await _text_field(form, "username")
     password = await _text_field(form, "password")
     next_path = _safe_next(await _text_field(form, "next"))
+    # `login_name`, not `username`: the page's globals already name the logged-in user `username`.
     try:
         user = await checked_login(request.app.state.rate_limiter, _runtime(request).sessions, _client_ip(request),
                                    username, password)
     except TooManyLogins as exc:
-        return _render(request, "login.html", {"next": next_path, "username": username,
+        return _render(request, "login.html", {"next": next_path, "login_name": username,
                                                "error": f"Too many failed logins. Try again in {exc.seconds} s."},
                        status_code=429)
+    except AccountDisabled as exc:
+        return _render(request, "login.html", {"next": next_path, "login_name": username,
+                                               "error": str(exc)[0].upper() + str(exc)[1:] + "."}, status_code=403)
     if user is None:
-        return _render(request, "login.html", {"next": next_path, "username": username,
+        return _render(request, "login.html", {"next": next_path, "login_name": username,
                                                "error": "Wrong username or password."}, status_code=401)
+    user = await remember_browser_zone(_runtime(request).sessions, user, await _text_field(form, "tz"))
     start_session(request, user)
     return _redirect(next_path)
 
 
 async def logout(request: Request) -> Response:
     await end_every_session(_runtime(request).sessions, request)
-    return _redirect("/login")
+    return _redirect("/login?logged_out=1")
 
 
 async def account_password(request: Request) -> Response:
@@ -185,7 +193,7 @@ async def signup(request: Request) -> Response:
     try:
         user = await sign_up(_runtime(request).sessions, username, await _text_field(form, "password"))
     except SignupError as exc:
-        return _render(request, "signup.html", {"error": str(exc), "username": username}, status_code=400)
+        return _render(request, "signup.html", {"error": str(exc), "login_name": username}, status_code=400)
     start_session(request, user)
     return _redirect("/chat")
 
@@ -280,9 +288,12 @@ async def _detail(request: Request) -> dict[str, Any]:
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"))
+        if detail is not None:   # what a waiting task waits for (webui.status.waiting_for)
+            dnd_numbers = await repo.dnd_numbers_in_campaign(session, request.state.user_id,
+                                                             detail["campaign"]["id"])
     if detail is None:
         raise not_found("campaign")
-    return {**detail, "asterisk": views.asterisk_state(runtime.ami)}
+    return {**detail, "asterisk": views.asterisk_state(runtime.ami), "dnd_numbers": dnd_numbers}
 
 
 async def campaign_page(request: Request) -> Response:
@@ -361,8 +372,8 @@ async def campaign_import(request: Request) -> Response:
     try:
         rows = parse_targets_csv(await _upload_text(form, "file"))
     except CsvImportError as exc:
-        return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors[:MAX_ERRORS_REPORTED],
-                                                "name": name, "goal": goal}, 400)
+        return _render(request, "import.html", {"error": "Nothing was imported.", "name": name, "goal": goal,
+                                                "errors": exc.errors[:MAX_ERRORS_REPORTED]}, 400)
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
