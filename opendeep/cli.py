@@ -205,7 +205,7 @@ async def _dnd(settings: Settings, args: argparse.Namespace) -> int:
             sys.stdout.write(await export_dnd_csv(session, user_id))
             return 0
         try:
-            rows = parse_dnd_csv(_read_text(args.file))
+            rows = parse_dnd_csv(_read_text(args.file), await _region_of(session, settings, user_id))
         except CsvImportError as exc:
             raise CliError(_csv_errors(args.file, exc)) from None
         added = await import_dnd(session, user_id, rows)
@@ -218,12 +218,13 @@ async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
     from db import repo
     from webui.csv_import import CsvImportError, import_targets, parse_targets_csv
 
-    try:
-        rows = parse_targets_csv(_read_text(args.file))
-    except CsvImportError as exc:
-        raise CliError(_csv_errors(args.file, exc)) from None
+    text = _read_text(args.file)
     async with _sessions(settings) as sessions, sessions() as session:
         user_id = await _user_id(session, args.user)
+        try:
+            rows = parse_targets_csv(text, await _region_of(session, settings, user_id))
+        except CsvImportError as exc:
+            raise CliError(_csv_errors(args.file, exc)) from None
         if args.new_campaign:
             campaign = await repo.create_campaign(session, user_id, name=args.new_campaign, goal=args.goal)
         else:
@@ -234,6 +235,13 @@ async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
         await session.commit()
         print(f"imported {len(rows)} task(s) into campaign {campaign.id} ({campaign.name!r})")
     return 0
+
+
+async def _region_of(session, settings: Settings, user_id: int) -> str | None:
+    """The user's country for national numbers in their CSV (else DEFAULT_REGION)."""
+    from webui.account import user_region
+
+    return await user_region(session, settings, user_id)
 
 
 def _csv_errors(path: Path, exc) -> str:

@@ -52,6 +52,13 @@ async def user_region(session: AsyncSession, settings: Settings, user_id: int) -
     return region or settings.default_region or None
 
 
+async def request_region(request: Request) -> str | None:
+    """`user_region` for the logged-in user of this request."""
+    runtime = request.app.state.runtime
+    async with runtime.sessions() as session:
+        return await user_region(session, runtime.settings, request.state.user_id)
+
+
 def _region(raw: str) -> str:
     """A country code phonenumbers knows, or "" (use DEFAULT_REGION). Raises ValueError with what to write."""
     try:

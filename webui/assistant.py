@@ -85,6 +85,7 @@ class AssistantTurn:
     plan: dict[str, Any] | None = None
     plan_errors: list[str] = field(default_factory=list)
     error: str | None = None
+    region: str | None = None   # the user's country: national numbers in a plan are read as its numbers
 
 
 def _describe_llm_error(exc: openai.APIError, settings: Settings) -> str:
@@ -162,7 +163,7 @@ class UIAssistantService:
                                       ask=ToolName.ASK, plan=ToolName.PLAN, today=utcnow().date().isoformat(),
                                       user_name=(user.profile or {}).get("name") or user.username)
         messages = [{"role": "system", "content": system}, *history_for_model(rows)]
-        turn = AssistantTurn()
+        turn = AssistantTurn(region=user.default_region or self.settings.default_region or None)
         new_rows: list[dict[str, Any]] = []
         try:
             await self._loop(client, messages, new_rows, turn)
@@ -234,7 +235,7 @@ class UIAssistantService:
         name = call["name"]
         try:
             if name == ToolName.PLAN:
-                check = validate_plan(arguments)
+                check = validate_plan(arguments, turn.region)
                 if not check.ok:
                     turn.plan_errors = check.errors
                     return json.dumps({"accepted": False, "errors": check.errors,

@@ -21,7 +21,7 @@ from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
 from webui import views
-from webui.account import remember_browser_zone
+from webui.account import remember_browser_zone, request_region
 from webui.auth import (
     AccountDisabled,
     PasswordChangeError,
@@ -266,7 +266,8 @@ async def chat_confirm(request: Request) -> Response:
         return _redirect(f"/chat/{chat_id}")
     try:
         confirmation = await confirm_plan(runtime.sessions, request.state.user_id, chat.plan, expected,
-                                          chat_id=chat_id, events=runtime.events)
+                                          chat_id=chat_id, events=runtime.events,
+                                          default_region=await request_region(request))
     except PlanRejected as exc:
         _flash(request, f"The plan is not valid: {exc}", "error")
         return _redirect(f"/chat/{chat_id}")
@@ -370,7 +371,7 @@ async def campaign_import(request: Request) -> Response:
     if not name:
         return _render(request, "import.html", {"error": "Give the campaign a name.", "goal": goal}, 400)
     try:
-        rows = parse_targets_csv(await _upload_text(form, "file"))
+        rows = parse_targets_csv(await _upload_text(form, "file"), await request_region(request))
     except CsvImportError as exc:
         return _render(request, "import.html", {"error": "Nothing was imported.", "name": name, "goal": goal,
                                                 "errors": exc.errors[:MAX_ERRORS_REPORTED]}, 400)
@@ -397,7 +398,7 @@ async def campaign_add_targets(request: Request) -> Response:
             _flash(request, f"Nothing was imported: {refusal}.", "error")
             return _redirect(f"/campaigns/{campaign_id}")
         try:
-            rows = parse_targets_csv(await _upload_text(form, "file"))
+            rows = parse_targets_csv(await _upload_text(form, "file"), await request_region(request))
         except CsvImportError as exc:
             _flash(request, f"Nothing was imported: {exc}", "error")
             return _redirect(f"/campaigns/{campaign_id}")
@@ -444,7 +445,7 @@ async def dnd_page(request: Request) -> Response:
 async def dnd_add(request: Request) -> Response:
     form = await form_data(request)
     try:
-        number = normalize_e164(await _text_field(form, "phone_number"))
+        number = normalize_e164(await _text_field(form, "phone_number"), await request_region(request))
     except InvalidPhoneNumber as exc:
         _flash(request, str(exc), "error")
         return _redirect("/dnd")
@@ -470,7 +471,7 @@ async def dnd_remove(request: Request) -> Response:
 async def dnd_import_page(request: Request) -> Response:
     form = await form_data(request)
     try:
-        rows = parse_dnd_csv(await _upload_text(form, "file"))
+        rows = parse_dnd_csv(await _upload_text(form, "file"), await request_region(request))
     except CsvImportError as exc:
         _flash(request, f"Nothing was imported: {exc}", "error")
         for error in exc.errors[1:10]:
