@@ -456,6 +456,16 @@ async def list_pending_feedback(session: AsyncSession, user_id: int) -> Sequence
     return rows.all()
 
 
+async def list_closed_feedback(session: AsyncSession, user_id: int, limit: int = 50) -> Sequence[FeedbackRequest]:
+    """The user's latest questions that are no longer open (answered, timed out, withdrawn), newest first."""
+    rows = await session.scalars(
+        select(FeedbackRequest)
+        .where(FeedbackRequest.user_id == user_id, FeedbackRequest.status != FeedbackStatus.PENDING)
+        .order_by(FeedbackRequest.id.desc()).limit(limit)
+    )
+    return rows.all()
+
+
 async def pending_feedback_by_user(session: AsyncSession,
                                    user_ids: Sequence[int]) -> dict[int, list[FeedbackRequest]]:
     """list_pending_feedback for several users in one query (the live pages' poll): {user_id: requests}."""

@@ -208,6 +208,10 @@ async def chat_list(request: Request) -> Response:
 
 
 async def chat_new(request: Request) -> Response:
+    if not _runtime(request).settings.llm_configured:   # a chat nobody answers helps no one: say why, offer CSV
+        _flash(request, "The assistant is off: no LLM is configured (set OPENAI_API_KEY or OPENAI_BASE_URL and "
+                        "restart). Import your targets from a CSV file instead.", "error")
+        return _redirect("/campaigns/import")
     async with _runtime(request).sessions() as session:
         chat = await repo.create_chat_session(session, request.state.user_id)
         await session.commit()
@@ -218,10 +222,14 @@ async def chat_page(request: Request) -> Response:
     chat_id = _int(request, "chat_id")
     async with _runtime(request).sessions() as session:
         chat = await views.chat_view(session, request.state.user_id, chat_id)
+        source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat and chat["plan"] else ""
+        # This very plan is scheduled already: the page shows it, and no confirm button to click again.
+        scheduled = await repo.get_campaign_by_source_key(session, request.state.user_id, source_key) \
+            if source_key else None
     if chat is None:
         raise not_found("chat")
-    source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat["plan"] else ""
-    return _render(request, "chat.html", {"chat": chat, "source_key": source_key})
+    return _render(request, "chat.html", {"chat": chat, "source_key": source_key,
+                                          "scheduled_id": scheduled.id if scheduled else None})
 
 
 async def chat_message(request: Request) -> Response:
@@ -303,6 +311,11 @@ async def campaign_page(request: Request) -> Response:
 
 async def campaign_tasks_fragment(request: Request) -> Response:
     return _render(request, "_tasks.html", await _detail(request))
+
+
+async def campaign_header_fragment(request: Request) -> Response:
+    """The campaign's title, status and buttons: the page refreshes them on live events."""
+    return _render(request, "_campaign_header.html", await _detail(request))
 
 
 async def _control(request: Request, run) -> Response:
@@ -437,9 +450,17 @@ async def summary_csv(request: Request) -> Response:
 
 
 async def dnd_page(request: Request) -> Response:
+    """The list, with a count and a search (part of a number or of the reason)."""
+    query = request.query_params.get("q", "").strip()[:100]
     async with _runtime(request).sessions() as session:
         entries = await repo.list_dnd(session, request.state.user_id)
-    return _render(request, "dnd.html", {"entries": entries})
+    total = len(entries)
+    if query:
+        digits = "".join(ch for ch in query if ch.isdigit())
+        needle = query.lower()
+        entries = [e for e in entries if (digits and digits in e.phone_number)
+                   or needle in (e.reason or "").lower() or needle in e.phone_number]
+    return _render(request, "dnd.html", {"entries": entries, "total": total, "query": query})
 
 
 async def dnd_add(request: Request) -> Response:
@@ -498,7 +519,9 @@ async def feedback_page(request: Request) -> Response:
     async with _runtime(request).sessions() as session:
         pending = await repo.list_pending_feedback(session, request.state.user_id)
         cards = [await views.feedback_card(session, request.state.user_id, item) for item in pending]
-    return _render(request, "feedback.html", {"cards": cards})
+        closed = [await views.feedback_card(session, request.state.user_id, item)
+                  for item in await repo.list_closed_feedback(session, request.state.user_id)]
+    return _render(request, "feedback.html", {"cards": cards, "closed": closed})
 
 
 async def feedback_answer(request: Request) -> Response:
@@ -540,6 +563,7 @@ def routes() -> list[Route]:
         page("/campaigns/import", campaign_import, ["GET", "POST"]),
         page("/campaigns/{campaign_id:int}", campaign_page),
         page("/campaigns/{campaign_id:int}/tasks", campaign_tasks_fragment),
+        page("/campaigns/{campaign_id:int}/header", campaign_header_fragment),
         page("/campaigns/{campaign_id:int}/targets", campaign_add_targets, ["POST"]),
         page("/campaigns/{campaign_id:int}/summary", summary_page),
         page("/campaigns/{campaign_id:int}/summary.csv", summary_csv),
