@@ -52,8 +52,8 @@ def unreachable_reason(exc: BaseException) -> str | None:
 
 
 def describe_unreachable(database_url: str, reason: str) -> str:
-    """'cannot reach the database at URL (password hidden): reason'."""
-    return hide_url_password(f"cannot reach the database at {database_url}: {reason}", database_url)
+    """"cannot use the database at URL: reason", the password hidden (the wording `db upgrade` always had)."""
+    return hide_url_password(f"cannot use the database at {database_url}: {reason}", database_url)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -57,7 +57,7 @@ def test_db_upgrade_against_an_unreachable_postgresql_is_one_line_without_the_pa
     result = run_cli(["db", "upgrade"], UNREACHABLE_PG, tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("opendeep: cannot reach the database at postgresql+asyncpg://opendeep:***@")
+    assert result.stderr.startswith("opendeep: cannot use the database at postgresql+asyncpg://opendeep:***@")
     assert "s3cret-pw" not in result.stderr and "check DATABASE_URL" in result.stderr
 
 
@@ -94,7 +94,7 @@ def test_serve_waits_for_an_unreachable_database_one_line_per_try_and_no_traceba
         _, rest = process.communicate(timeout=60)
     for line in lines + rest.splitlines():
         if line.strip():
-            assert "waiting for the database: cannot reach the database at postgresql+asyncpg://opendeep:***@" \
+            assert "waiting for the database: cannot use the database at postgresql+asyncpg://opendeep:***@" \
                 in line, line
             assert "next try in" in line and "s3cret-pw" not in line
     assert "Traceback" not in rest
