@@ -87,6 +87,12 @@ async def test_the_questions_page_shows_answered_and_timed_out_questions_too(ali
     assert "Earlier questions" in page
     assert "Which hygienist?" in page and "Your answer: Any of them" in page
     assert "Pay a deposit?" in page and "Nobody answered in time" in page
+    await add_user(runtime, "bob")   # another tenant sees none of it
+    bob = WebClient(client.http._transport.app)
+    await bob.login("bob")
+    theirs = (await bob.http.get("/feedback")).text
+    assert "Which hygienist?" not in theirs and "Pay a deposit?" not in theirs and "None yet." in theirs
+    await bob.aclose()
 
 
 async def test_a_scheduled_plan_shows_no_confirm_button_and_a_second_confirm_creates_nothing(alice):
