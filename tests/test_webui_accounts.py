@@ -194,7 +194,7 @@ async def test_reset_password_shows_a_generated_one_once_or_sets_the_typed_one(w
     response = await admin.form(f"/admin/users/{alice_id}/password", {"new_password": ""})
     assert response.status_code == 200
     generated = re.search(r"New password for <b>alice</b>: <code>([^<]+)</code>", response.text).group(1)
-    assert len(generated) >= 16
+    assert len(generated) >= 16 and response.headers["cache-control"] == "no-store"
     assert generated not in (await admin.http.get("/admin/users")).text   # shown once
     assert (await alice.http.get("/campaigns")).status_code == 303          # her session ended
     assert (await _login_form(await client_for(), "alice", PASSWORD)).status_code == 401

@@ -169,7 +169,8 @@ async def test_toasts_once_clear_of_the_flash_and_every_question_card_reachable(
 
 
 PAGES = ["/campaigns", "/campaigns/{campaign}", "/chat", "/dnd", "/feedback", "/account", "/account/password",
-         "/admin/users", "/transfer-targets", "/calls/{call}", "/campaigns/import"]
+         "/admin/users", "/transfer-targets", "/calls/{call}", "/campaigns/import", "/chat/{chat}",
+         "/campaigns/{campaign}/summary"]
 
 
 @pytest.mark.browser
@@ -186,8 +187,14 @@ async def test_no_page_is_wider_than_the_screen(settings_env, engine, sessions, 
         session.add(call)
         await session.flush()
         await repo.add_dnd(session, alice, "+14155550199", "asked us never to call again " * 3)
+        chat = await repo.create_chat_session(session, alice)
+        chat.plan = plan
+        campaign = await repo.get_campaign(session, alice, confirmation.campaign.id)
+        campaign.summary_text = "Nobody answered. " * 20
+        campaign.summary = [{"target": LONG_NAME, "outcome": "no_answer", "attempts": 1,
+                             "result": {"notes": "rang out " * 10}}]
         await session.commit()
-    ids = {"campaign": confirmation.campaign.id, "call": call.id}
+    ids = {"campaign": confirmation.campaign.id, "call": call.id, "chat": chat.id}
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

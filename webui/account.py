@@ -193,7 +193,9 @@ async def user_reset_password(request: Request) -> Response:
             start_session(request, await repo.get_user(session, admin.id))
     # A generated password is shown in this answer only (never in a flash: the session cookie is readable).
     shown = {"username": target.username, "password": None if typed else password}
-    return await users_page(request, shown=shown)
+    response = await users_page(request, shown=shown)
+    response.headers["cache-control"] = "no-store"   # the back button must not show the password again
+    return response
 
 
 def routes() -> list[Route]:
