@@ -90,13 +90,21 @@ async def test_the_last_call_the_ai_took_failing_shows_the_model_failing_and_cal
                          dialed_number="+14155550102"))
         await session.commit()
     strip = _lights((await client.http.get("/feedback")).text)
-    assert 'class="light warn" data-light="model">Model failing: the last call the AI took failed at' in strip
+    assert 'class="light warn" data-light="model">Model failing: the call AI failed on the last call it took (' \
+        in strip
     assert 'class="light warn" data-light="calls">Calls in progress 1 / 1' in strip
     async with runtime.sessions() as session:   # a later call the AI took went well: the model is fine again
-        session.add(Call(user_id=user_id, task_id=first, attempt_number=2, status=CallStatus.ENDED,
-                         outcome=CallOutcome.ANSWERED, dialed_number="+14155550101", ended_at=utcnow()))
+        answered = Call(user_id=user_id, task_id=first, attempt_number=2, status=CallStatus.ENDED,
+                        outcome=CallOutcome.ANSWERED, dialed_number="+14155550101", ended_at=utcnow())
+        session.add(answered)
         await session.commit()
     assert 'data-light="model">Model configured' in _lights((await client.http.get("/feedback")).text)
+    async with runtime.sessions() as session:   # the analyzer gave up on that call: its model is failing
+        call = await session.get(Call, answered.id)
+        call.analysis, call.analyzed_at = {"error": "the LLM at fake timed out", "attempts": 4}, utcnow()
+        await session.commit()
+    assert "Model failing: the post-call analysis gave up on the last call (" in \
+        _lights((await client.http.get("/feedback")).text)
 
 
 # ---------------------------------------------------------------- what a waiting task waits for
@@ -112,7 +120,7 @@ def _task(**changes):
 
 def _status(**changes):
     status = {"asterisk": {"connected": True, "address": "127.0.0.1:5038"}, "llm_configured": True,
-              "model_failed_at": None, "in_progress": 0, "limit": 2, "lines_full": False, "now": NOON_IN_SF}
+              "model_problem": None, "in_progress": 0, "limit": 2, "lines_full": False, "now": NOON_IN_SF}
     status.update(changes)
     return status
 

@@ -3,8 +3,8 @@
 The strip answers three questions an operator asks first: can calls be placed (Asterisk's AMI connected), can
 the AI talk (a model configured, and the last calls the AI took did not fail on it), and how many lines are
 busy (the user's calls in progress against MAX_CONCURRENT_CALLS_PER_USER). The model's health is read from
-what the product saw, the outcome of the user's latest calls the AI took, never from a request to the model
-per page view.
+what the product saw on the user's latest calls (the call AI ending one `failed_ai`, the post-call analyzer
+giving up on one), never from a request to the model per page view.
 
 `waiting_for` turns a task and that status into one sentence: paused, held, Asterisk down, the calling window
 opening at a given time (the callee's and the user's), a line limit, the do-not-call list.
@@ -53,20 +53,33 @@ async def system_status(session: AsyncSession, settings: Settings, ami: Any, use
     in_progress = await session.scalar(
         select(func.count()).select_from(Call).where(Call.user_id == user_id, Call.status != CallStatus.ENDED))
     everyone = await session.scalar(select(func.count()).select_from(Call).where(Call.status != CallStatus.ENDED))
-    last_ai_call = (await session.execute(
-        select(Call.outcome, Call.ended_at).where(Call.user_id == user_id, Call.outcome.in_(_AI_OUTCOMES),
-                                                  Call.ended_at >= now - MODEL_LOOKBACK)
-        .order_by(Call.ended_at.desc(), Call.id.desc()).limit(1))).first()
     per_user = settings.max_concurrent_calls_per_user
     return {
         "asterisk": asterisk,
         "llm_configured": settings.llm_configured,
-        "model_failed_at": last_ai_call.ended_at if last_ai_call and
-        last_ai_call.outcome is CallOutcome.FAILED_AI else None,
+        "model_problem": await _model_problem(session, user_id, now),
         "in_progress": int(in_progress or 0), "limit": per_user,
         "lines_full": int(everyone or 0) >= settings.effective_max_concurrent_calls,
         "now": now,
     }
+
+
+async def _model_problem(session: AsyncSession, user_id: int, now: datetime) -> tuple[str, datetime] | None:
+    """What the product last saw of the model, if it was a failure: the call AI (the latest call it took ended
+    `failed_ai`) or the post-call analyzer (the latest analysis gave up, its error stored on the call)."""
+    since = now - MODEL_LOOKBACK
+    last_ai_call = (await session.execute(
+        select(Call.outcome, Call.ended_at).where(Call.user_id == user_id, Call.outcome.in_(_AI_OUTCOMES),
+                                                  Call.ended_at >= since)
+        .order_by(Call.ended_at.desc(), Call.id.desc()).limit(1))).first()
+    if last_ai_call is not None and last_ai_call.outcome is CallOutcome.FAILED_AI:
+        return "the call AI failed on the last call it took", last_ai_call.ended_at
+    last_analysis = (await session.execute(
+        select(Call.analysis, Call.analyzed_at).where(Call.user_id == user_id, Call.analyzed_at >= since)
+        .order_by(Call.analyzed_at.desc(), Call.id.desc()).limit(1))).first()
+    if last_analysis is not None and isinstance(last_analysis.analysis, dict) and last_analysis.analysis.get("error"):
+        return "the post-call analysis gave up on the last call", last_analysis.analyzed_at
+    return None
 
 
 def lights(status: dict[str, Any], zone: ZoneInfo) -> list[Light]:
@@ -82,9 +95,9 @@ def lights(status: dict[str, Any], zone: ZoneInfo) -> list[Light]:
     if not status["llm_configured"]:
         model = Light("model", "bad", "Model not configured (set OPENAI_API_KEY or OPENAI_BASE_URL): answered "
                                       "calls cannot talk")
-    elif status["model_failed_at"] is not None:
-        model = Light("model", "warn", f"Model failing: the last call the AI took failed at "
-                                       f"{format_when(status['model_failed_at'], 'minutes', zone)}")
+    elif status["model_problem"] is not None:
+        what, when = status["model_problem"]
+        model = Light("model", "warn", f"Model failing: {what} ({format_when(when, 'minutes', zone)})")
     else:
         model = Light("model", "ok", "Model configured")
     busy = status["in_progress"] >= status["limit"]
