@@ -196,6 +196,13 @@ class Task(Base):
 
 class Call(Base):
     __tablename__ = "calls"
+    __table_args__ = (
+        # The status strip on every page: calls in progress (status IN the open ones, per user and in all), and
+        # the latest call the AI took / the latest analysis of a user (newest first, stops at the first row).
+        Index("ix_calls_status_user", "status", "user_id"),
+        Index("ix_calls_user_ended", "user_id", "ended_at"),
+        Index("ix_calls_user_analyzed", "user_id", "analyzed_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

@@ -33,6 +33,7 @@ from webui.times import format_when
 from webui.views import asterisk_state
 
 MODEL_LOOKBACK = timedelta(hours=2)   # older AI failures say nothing about the model now
+OPEN_CALL_STATUSES = tuple(status for status in CallStatus if status is not CallStatus.ENDED)
 _AI_OUTCOMES = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.FAILED_AI)
 
 
@@ -50,9 +51,11 @@ async def system_status(session: AsyncSession, settings: Settings, ami: Any, use
     """The strip's items and the figures `waiting_for` needs, for one user (two small queries)."""
     now = now or utcnow()
     asterisk = asterisk_state(ami)
+    # IN the open statuses, not != ENDED: an index on (status, user_id) serves IN; it cannot serve !=.
     in_progress = await session.scalar(
-        select(func.count()).select_from(Call).where(Call.user_id == user_id, Call.status != CallStatus.ENDED))
-    everyone = await session.scalar(select(func.count()).select_from(Call).where(Call.status != CallStatus.ENDED))
+        select(func.count()).select_from(Call).where(Call.status.in_(OPEN_CALL_STATUSES), Call.user_id == user_id))
+    everyone = await session.scalar(select(func.count()).select_from(Call)
+                                    .where(Call.status.in_(OPEN_CALL_STATUSES)))
     per_user = settings.max_concurrent_calls_per_user
     return {
         "asterisk": asterisk,
