@@ -28,7 +28,7 @@ from db.models import (
     TaskStatus,
 )
 from webui.controls import LIVE, PAUSABLE
-from webui.times import format_when  # noqa: F401 - the pages' `when` filter was here; kept for importers
+from webui.times import format_when
 
 
 def _iso(value: datetime | None) -> str | None:
