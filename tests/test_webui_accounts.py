@@ -205,3 +205,32 @@ async def test_reset_password_shows_a_generated_one_once_or_sets_the_typed_one(w
     typed = await admin.form(f"/admin/users/{alice_id}/password", {"new_password": "chosen by admin"})
     assert "The password of <b>alice</b> is set." in typed.text and "chosen by admin" not in typed.text
     assert (await _login_form(await client_for(), "alice", "chosen by admin")).status_code == 303
+
+
+async def test_the_api_does_what_the_account_and_users_pages_do(world):
+    runtime, client_for, admin_id, alice_id = world
+    alice = await client_for("alice")
+    assert (await alice.api("GET", "/api/account")).json() == {
+        "username": "alice", "time_zone": "UTC", "region": "", "default_region": "", "is_admin": False}
+    bad = await alice.api("POST", "/api/account", json={"time_zone": "Nowhere", "region": "ZZ"})
+    assert bad.status_code == 400 and len(bad.json()["error"]["details"]) == 2
+    ok = await alice.api("POST", "/api/account", json={"time_zone": "Asia/Tokyo", "region": "JP"})
+    assert (ok.json()["time_zone"], ok.json()["region"]) == ("Asia/Tokyo", "JP")
+    assert (await alice.api("GET", "/api/admin/users")).status_code == 404
+    assert (await alice.api("POST", f"/api/admin/users/{admin_id}/disable")).status_code == 404
+
+    admin = await client_for("root")
+    users = (await admin.api("GET", "/api/admin/users")).json()["users"]
+    assert [u["username"] for u in users] == ["alice", "root"]
+    assert (await admin.api("POST", f"/api/admin/users/{admin_id}/disable")).status_code == 400
+    assert (await admin.api("POST", f"/api/admin/users/{alice_id}/disable")).json() == {"id": alice_id,
+                                                                                       "disabled": True}
+    assert (await alice.api("GET", "/api/account")).status_code == 401
+    reset = await admin.api("POST", f"/api/admin/users/{alice_id}/password", json={})
+    generated = reset.json()["password"]
+    assert reset.headers["cache-control"] == "no-store" and len(generated) >= 16
+    await admin.api("POST", f"/api/admin/users/{alice_id}/enable")
+    assert (await _login_form(await client_for(), "alice", generated)).status_code == 303
+    status = (await admin.api("GET", "/api/status")).json()
+    assert status["calls_in_progress"] == 0 and status["llm_configured"] is False
+    assert [light["name"] for light in status["lights"]] == ["asterisk", "model", "calls"]

@@ -19,7 +19,7 @@ import secrets
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from db import repo
@@ -27,8 +27,8 @@ from db.models import Call, CallStatus, Campaign, User
 from db.types import utcnow
 from opendeep.passwords import hash_password
 from opendeep.settings import Settings, parse_region
-from webui.auth import MIN_PASSWORD
-from webui.routing import form_data, not_found, page
+from webui.auth import MIN_PASSWORD, start_session
+from webui.routing import HttpError, api, form_data, json_body, not_found, page
 from webui.times import valid_zone, zone_names
 
 GENERATED_PASSWORD_BYTES = 12   # 16 URL-safe characters
@@ -75,6 +75,33 @@ def _flash(request: Request, message: str, kind: str = "info") -> None:
     request.session["flash"] = [*request.session.get("flash", [])[:4], {"kind": kind, "message": message[:300]}]
 
 
+class PreferencesError(ValueError):
+    """Time zone or country refused; `errors` says what is wrong with each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+async def save_preferences(sessions: async_sessionmaker[AsyncSession], user_id: int, raw_zone: str,
+                           raw_region: str) -> tuple[str, str]:
+    """Store the user's time zone and country (empty = DEFAULT_REGION); returns them. Raises PreferencesError."""
+    zone = valid_zone(raw_zone)
+    errors = [] if zone else [f"time zone {raw_zone.strip()!r} is not one we know: pick one from the list, e.g. "
+                              f"America/New_York"]
+    try:
+        region = _region(raw_region)
+    except ValueError as exc:
+        errors.append(str(exc))
+    if errors:
+        raise PreferencesError(errors)
+    async with sessions() as session:
+        await session.execute(update(User).where(User.id == user_id)
+                              .values(time_zone=zone, default_region=region or None))
+        await session.commit()
+    return zone, region
+
+
 async def account_page(request: Request) -> Response:
     """GET: the user's time zone and country; POST: save them."""
     runtime = request.app.state.runtime
@@ -88,25 +115,33 @@ async def account_page(request: Request) -> Response:
         return _render(request, "account.html", context)
     form = await form_data(request)
     raw_zone, raw_region = str(form.get("time_zone") or ""), str(form.get("region") or "")
-    zone = valid_zone(raw_zone)
-    errors = [] if zone else [f"time zone {raw_zone.strip()!r} is not one we know: pick one from the list, e.g. "
-                              f"America/New_York"]
     try:
-        region = _region(raw_region)
-    except ValueError as exc:
-        errors.append(str(exc))
-        region = raw_region
-    if errors:
-        return _render(request, "account.html", {**context, "time_zone": raw_zone, "region": region,
-                                                 "error": "; ".join(errors) + "."}, 400)
-    async with runtime.sessions() as session:
-        await session.execute(update(User).where(User.id == request.state.user_id)
-                              .values(time_zone=zone, default_region=region or None))
-        await session.commit()
+        zone, region = await save_preferences(runtime.sessions, request.state.user_id, raw_zone, raw_region)
+    except PreferencesError as exc:
+        return _render(request, "account.html", {**context, "time_zone": raw_zone, "region": raw_region,
+                                                 "error": f"{exc}."}, 400)
     request.session["tz"] = zone
     _flash(request, f"Saved: times are shown in {zone}"
                     + (f"; national numbers are read as {region} numbers." if region else "."))
     return RedirectResponse("/account", status_code=303)
+
+
+async def api_account(request: Request) -> Response:
+    """GET /api/account: name, time zone, country, admin flag; POST {"time_zone", "region"}: change them."""
+    runtime = request.app.state.runtime
+    if request.method == "POST":
+        body = await json_body(request)
+        try:
+            zone, _ = await save_preferences(runtime.sessions, request.state.user_id, str(body.get("time_zone") or ""),
+                                             str(body.get("region") or ""))
+        except PreferencesError as exc:
+            raise HttpError(400, "invalid_preferences", str(exc), details=exc.errors) from None
+        request.session["tz"] = zone
+    async with runtime.sessions() as session:
+        user = await repo.get_user(session, request.state.user_id)
+    return JSONResponse({"username": user.username, "time_zone": user.time_zone or "UTC",
+                         "region": user.default_region or "", "default_region": runtime.settings.default_region,
+                         "is_admin": user.is_admin})
 
 
 # ---------------------------------------------------------------- administrators
@@ -132,6 +167,55 @@ async def _users(session: AsyncSession) -> list[dict]:
             for u in users]
 
 
+async def _target(request: Request) -> User:
+    async with request.app.state.runtime.sessions() as session:
+        user = await repo.get_user(session, int(request.path_params["user_id"]))
+    if user is None:
+        raise not_found("user")
+    return user
+
+
+class AdminRefused(ValueError):
+    """An administrator's request that cannot be done as asked; the message says why."""
+
+
+async def set_disabled(sessions: async_sessionmaker[AsyncSession], admin: User, target: User, disabled: bool) -> None:
+    """Disable (every session of the user ends at once; the scheduler skips their tasks) or enable a user."""
+    if disabled and target.id == admin.id:
+        raise AdminRefused("you cannot disable your own account")
+    async with sessions() as session:
+        if disabled:
+            await session.execute(update(User).where(User.id == target.id, User.disabled_at.is_(None)).values(
+                disabled_at=utcnow(), session_version=User.session_version + 1))
+        else:
+            await session.execute(update(User).where(User.id == target.id).values(disabled_at=None))
+        await session.commit()
+
+
+async def reset_password(sessions: async_sessionmaker[AsyncSession], target: User, typed: str) -> str | None:
+    """Set `typed` as the user's password, or a generated one if empty (returned, to be shown once). Every
+    session of the user ends. Raises AdminRefused for a password that is too short."""
+    if typed and len(typed) < MIN_PASSWORD:
+        raise AdminRefused(f"the new password needs at least {MIN_PASSWORD} characters")
+    password = typed or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    password_hash = await asyncio.to_thread(hash_password, password)
+    async with sessions() as session:
+        await session.execute(update(User).where(User.id == target.id).values(
+            password_hash=password_hash, session_version=User.session_version + 1))
+        await session.commit()
+    return None if typed else password
+
+
+async def _restart_own_session(request: Request, admin: User, target: User) -> None:
+    if target.id == admin.id:   # the administrator's own sessions ended too: this one starts afresh
+        async with request.app.state.runtime.sessions() as session:
+            start_session(request, await repo.get_user(session, admin.id))
+
+
+def _sentence(message: str) -> str:
+    return message[0].upper() + message[1:] + "."
+
+
 async def users_page(request: Request, *, shown: dict | None = None, error: str | None = None,
                      status_code: int = 200) -> Response:
     """The users, with disable / enable and password reset (administrators only)."""
@@ -142,29 +226,16 @@ async def users_page(request: Request, *, shown: dict | None = None, error: str 
                                                  "min_password": MIN_PASSWORD}, status_code)
 
 
-async def _target(request: Request, admin: User) -> User:
-    async with request.app.state.runtime.sessions() as session:
-        user = await repo.get_user(session, int(request.path_params["user_id"]))
-    if user is None:
-        raise not_found("user")
-    return user
-
-
 async def user_disable(request: Request) -> Response:
     """Disable (or, with action=enable, enable) a user. Disabling ends every session of theirs at once."""
     admin = await _admin(request)
     form = await form_data(request)
-    target = await _target(request, admin)
+    target = await _target(request)
     enable = form.get("action") == "enable"
-    if target.id == admin.id and not enable:
-        return await users_page(request, error="You cannot disable your own account.", status_code=400)
-    async with request.app.state.runtime.sessions() as session:
-        if enable:
-            await session.execute(update(User).where(User.id == target.id).values(disabled_at=None))
-        else:
-            await session.execute(update(User).where(User.id == target.id, User.disabled_at.is_(None)).values(
-                disabled_at=utcnow(), session_version=User.session_version + 1))
-        await session.commit()
+    try:
+        await set_disabled(request.app.state.runtime.sessions, admin, target, not enable)
+    except AdminRefused as exc:
+        return await users_page(request, error=_sentence(str(exc)), status_code=400)
     _flash(request, f"{target.username} is enabled again: they can log in, and their campaigns are dialed." if enable
            else f"{target.username} is disabled: they are logged out everywhere, cannot log in, and none of their "
                 f"tasks is dialed (calls already on the line finish).")
@@ -176,32 +247,56 @@ async def user_reset_password(request: Request) -> Response:
     Every session of that user ends."""
     admin = await _admin(request)
     form = await form_data(request)
-    target = await _target(request, admin)
-    typed = str(form.get("new_password") or "")
-    if typed and len(typed) < MIN_PASSWORD:
-        return await users_page(request, error=f"The new password needs at least {MIN_PASSWORD} characters.",
-                                status_code=400)
-    password = typed or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
-    password_hash = await asyncio.to_thread(hash_password, password)
-    async with request.app.state.runtime.sessions() as session:
-        await session.execute(update(User).where(User.id == target.id).values(
-            password_hash=password_hash, session_version=User.session_version + 1))
-        await session.commit()
-    if target.id == admin.id:   # the administrator's own sessions ended too: this one starts afresh
-        from webui.auth import start_session
-        async with request.app.state.runtime.sessions() as session:
-            start_session(request, await repo.get_user(session, admin.id))
+    target = await _target(request)
+    try:
+        generated = await reset_password(request.app.state.runtime.sessions, target,
+                                         str(form.get("new_password") or ""))
+    except AdminRefused as exc:
+        return await users_page(request, error=_sentence(str(exc)), status_code=400)
+    await _restart_own_session(request, admin, target)
     # A generated password is shown in this answer only (never in a flash: the session cookie is readable).
-    shown = {"username": target.username, "password": None if typed else password}
-    response = await users_page(request, shown=shown)
+    response = await users_page(request, shown={"username": target.username, "password": generated})
     response.headers["cache-control"] = "no-store"   # the back button must not show the password again
     return response
+
+
+async def api_users(request: Request) -> Response:
+    """GET /api/admin/users (administrators only; 404 for anyone else)."""
+    await _admin(request)
+    async with request.app.state.runtime.sessions() as session:
+        users = await _users(session)
+    return JSONResponse({"users": [{**user, "created_at": user["created_at"].isoformat(),
+                                    "disabled_at": user["disabled_at"].isoformat() if user["disabled_at"] else None}
+                                   for user in users]})
+
+
+async def api_user_action(request: Request) -> Response:
+    """POST /api/admin/users/{id}/disable | enable | password (body {"new_password"}: empty = generated)."""
+    admin = await _admin(request)
+    target = await _target(request)
+    action = request.path_params["action"]
+    sessions = request.app.state.runtime.sessions
+    try:
+        if action in ("disable", "enable"):
+            await set_disabled(sessions, admin, target, action == "disable")
+            return JSONResponse({"id": target.id, "disabled": action == "disable"})
+        if action == "password":
+            body = await json_body(request)
+            generated = await reset_password(sessions, target, str(body.get("new_password") or ""))
+            await _restart_own_session(request, admin, target)
+            return JSONResponse({"id": target.id, "password": generated}, headers={"cache-control": "no-store"})
+    except AdminRefused as exc:
+        raise HttpError(400, "refused", str(exc)) from None
+    raise not_found("action")
 
 
 def routes() -> list[Route]:
     return [
         page("/account", account_page, ["GET", "POST"]),
+        api("/api/account", api_account, ["GET", "POST"]),
         page("/admin/users", users_page),
         page("/admin/users/{user_id:int}/disable", user_disable, ["POST"]),
         page("/admin/users/{user_id:int}/password", user_reset_password, ["POST"]),
+        api("/api/admin/users", api_users),
+        api("/api/admin/users/{user_id:int}/{action:str}", api_user_action, ["POST"]),
     ]

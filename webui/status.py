@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ami_controller.scheduler import next_window_opening
@@ -28,8 +28,8 @@ from db.models import Call, CallOutcome, CallStatus
 from db.types import utcnow
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings, parse_window
-from webui.routing import page
-from webui.times import format_when
+from webui.routing import api, page
+from webui.times import format_when, user_zone
 from webui.views import asterisk_state
 
 MODEL_LOOKBACK = timedelta(hours=2)   # older AI failures say nothing about the model now
@@ -174,5 +174,17 @@ async def status_fragment(request: Request) -> Response:
     return request.app.state.templates.TemplateResponse(request, "_status.html", {})
 
 
+async def api_status(request: Request) -> Response:
+    """GET /api/status: the strip as JSON (each light's name, state and text; calls in progress and limit)."""
+    runtime = request.app.state.runtime
+    async with runtime.sessions() as session:
+        status = await system_status(session, runtime.settings, runtime.ami, request.state.user_id)
+    zone = user_zone(request.session.get("tz"))
+    return JSONResponse({"lights": [light.__dict__ for light in lights(status, zone)],
+                         "calls_in_progress": status["in_progress"], "calls_limit": status["limit"],
+                         "asterisk_connected": status["asterisk"]["connected"] if status["asterisk"] else None,
+                         "llm_configured": status["llm_configured"]})
+
+
 def routes() -> list[Route]:
-    return [page("/status", status_fragment)]
+    return [page("/status", status_fragment), api("/api/status", api_status)]
