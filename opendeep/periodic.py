@@ -46,6 +46,6 @@ def log_pass_failure(logger: logging.Logger, what: str, exc: BaseException, inte
     traceback per pass would bury the cause), the traceback for anything else."""
     reason = unreachable_reason(exc)
     if reason is not None:
-        logger.warning("%s: cannot reach the database (%s); trying again in %.1f s", what, reason, interval)
+        logger.warning("%s: cannot use the database (%s); trying again in %.1f s", what, reason, interval)
     else:
         logger.error("%s failed; trying again in %.1f s", what, interval, exc_info=exc)

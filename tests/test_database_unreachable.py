@@ -38,7 +38,7 @@ async def test_a_pass_failing_on_an_unreachable_database_logs_one_line_without_t
         log_pass_failure(logger, "scheduler pass", KeyError("task_id"), 2.0)
     unreachable, bug = caplog.records
     assert unreachable.levelno == logging.WARNING and unreachable.exc_info is None
-    assert unreachable.getMessage().startswith("scheduler pass: cannot reach the database (")
+    assert unreachable.getMessage().startswith("scheduler pass: cannot use the database (")
     assert "\n" not in unreachable.getMessage()
     assert bug.levelno == logging.ERROR and bug.exc_info is not None   # a bug keeps its traceback
     assert unreachable_reason(KeyError("x")) is None
