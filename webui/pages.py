@@ -314,8 +314,15 @@ async def campaign_tasks_fragment(request: Request) -> Response:
 
 
 async def campaign_header_fragment(request: Request) -> Response:
-    """The campaign's title, status and buttons: the page refreshes them on live events."""
-    return _render(request, "_campaign_header.html", await _detail(request))
+    """The campaign's title, status and buttons: the page refreshes them on live events (one small query, not
+    the whole campaign: it runs on every task's change)."""
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
+        campaign = await repo.get_campaign(session, request.state.user_id, _int(request, "campaign_id"))
+    if campaign is None:
+        raise not_found("campaign")
+    return _render(request, "_campaign_header.html", {"campaign": views.campaign_dict(campaign),
+                                                      "asterisk": views.asterisk_state(runtime.ami)})
 
 
 async def _control(request: Request, run) -> Response:
