@@ -1,6 +1,7 @@
 """What the `opendeep` command says when something is wrong: one line naming the setting, the file or the
 database and what to do; help for every argument (issue 15, item 15)."""
 
+import select
 import signal
 import socket
 import subprocess
@@ -11,6 +12,13 @@ from opendeep.cli import build_parser
 from tests.test_cli import ROOT, _make_user, run_cli
 
 UNREACHABLE_PG = "postgresql+asyncpg://opendeep:s3cret-pw@127.0.0.1:9/opendeep"   # port 9: discard, closed
+
+
+def _line_within(stream, seconds: float) -> str:
+    """The next line of a subprocess's pipe; fails the test instead of hanging when none comes."""
+    ready, _, _ = select.select([stream], [], [], seconds)
+    assert ready, f"no line from the process in {seconds} s"
+    return stream.readline()
 
 
 def _free_port() -> int:
@@ -88,7 +96,7 @@ def test_serve_waits_for_an_unreachable_database_one_line_per_try_and_no_traceba
                                cwd=tmp_path, env=environment,
                                stderr=subprocess.PIPE, text=True)
     try:
-        lines = [process.stderr.readline() for _ in range(2)]   # the first try, and the one after 1 s
+        lines = [_line_within(process.stderr, 60) for _ in range(2)]   # the first try, and the one after 1 s
     finally:
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=60)
