@@ -17,7 +17,7 @@ from ami_controller.actions import CallActions
 from ami_controller.initiator import DispatchReport, dispatch_due_tasks
 from ami_controller.manager import AmiController
 from opendeep.health import task_running
-from opendeep.periodic import finishing
+from opendeep.periodic import finishing, log_pass_failure
 from opendeep.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class AmiComponent:
                     log.info("scheduler pass: %d claimed, %d dialed, %d DND, %d outside window, %d deferred",
                              report.claimed, len(report.dialed), len(report.cancelled_dnd),
                              len(report.rescheduled), len(report.deferred))
-            except Exception:  # a database hiccup must not stop the campaign for good
-                log.exception("scheduler pass failed; trying again in %.1f s", poll)
+            except Exception as exc:  # a database hiccup must not stop the campaign for good
+                log_pass_failure(log, "scheduler pass", exc, poll)
             self.scheduler_passes += 1
             await asyncio.sleep(poll)

@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import DUE_TASK_STATUSES, Campaign, CampaignStatus, Task, TaskStatus
+from db.models import DUE_TASK_STATUSES, Campaign, CampaignStatus, Task, TaskStatus, User
 from db.types import utcnow
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings, parse_window
@@ -53,6 +53,7 @@ def _due_conditions(now: datetime, exclude_user_ids: Iterable[int]) -> list:
         # An until-one-succeeds campaign holds the targets whose turn has not come (opendeep/campaign_goal.py
         # releases them one by one): a held task is never due, whatever its next_action_time.
         Task.held.is_(False),
+        Task.user_id.not_in(select(User.id).where(User.disabled_at.is_not(None))),   # disabled by an admin
     ]
     excluded = list(exclude_user_ids)
     if excluded:

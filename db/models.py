@@ -161,6 +161,12 @@ class User(Base):
     # No foreign key (users <-> transfer_targets would be a cycle): read only through transfers.py, by user_id;
     # a deleted target simply falls back to the message.
     callback_fallback_target_id: Mapped[int | None] = mapped_column(Integer)
+    # Display only (times are stored in UTC): the IANA zone the pages show times in; None = not known yet.
+    time_zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # ISO 3166 country for national-format numbers in this user's CSV, DND and plans; None = DEFAULT_REGION.
+    default_region: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    # Set by an administrator: no login, no session, no dialing for this user.
+    disabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class TransferTarget(Base):
@@ -288,6 +294,11 @@ class Call(Base):
     analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
+        # The status strip on every page: calls in progress (status IN the open ones, per user and in all), and
+        # the latest call the AI took / the latest analysis of a user (newest first, stops at the first row).
+        Index("ix_calls_status_user", "status", "user_id"),
+        Index("ix_calls_user_ended", "user_id", "ended_at"),
+        Index("ix_calls_user_analyzed", "user_id", "analyzed_at"),
         Index("ix_calls_server_status", "asterisk_server", "status"),
         # A callback is matched to the latest call to the caller's number (fastagi_server/callbacks.py).
         Index("ix_calls_number_started", "dialed_number", "started_at"),

@@ -374,6 +374,17 @@ async def is_dnd(session: AsyncSession, user_id: int, phone_number: str) -> bool
     return found is not None
 
 
+async def dnd_numbers_in_campaign(session: AsyncSession, user_id: int, campaign_id: int) -> set[str]:
+    """The numbers of the campaign's tasks that are on the user's do-not-call list (one query)."""
+    rows = await session.scalars(
+        select(DndEntry.phone_number).where(
+            DndEntry.user_id == user_id,
+            DndEntry.phone_number.in_(select(Task.phone_number).where(Task.user_id == user_id,
+                                                                      Task.campaign_id == campaign_id)))
+    )
+    return set(rows.all())
+
+
 async def count_dnd_tenants(session: AsyncSession, phone_number: str) -> int:
     """How many tenants list this number: the global DND (a setting's threshold) is built on this count.
     It returns a number only, never who listed it."""
@@ -450,6 +461,16 @@ async def list_pending_feedback(session: AsyncSession, user_id: int) -> Sequence
         select(FeedbackRequest)
         .where(FeedbackRequest.user_id == user_id, FeedbackRequest.status == FeedbackStatus.PENDING)
         .order_by(FeedbackRequest.id)
+    )
+    return rows.all()
+
+
+async def list_closed_feedback(session: AsyncSession, user_id: int, limit: int = 50) -> Sequence[FeedbackRequest]:
+    """The user's latest questions that are no longer open (answered, timed out, withdrawn), newest first."""
+    rows = await session.scalars(
+        select(FeedbackRequest)
+        .where(FeedbackRequest.user_id == user_id, FeedbackRequest.status != FeedbackStatus.PENDING)
+        .order_by(FeedbackRequest.id.desc()).limit(limit)
     )
     return rows.all()
 

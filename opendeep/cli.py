@@ -17,6 +17,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from opendeep import __version__
+from opendeep.dberrors import describe_unreachable, sqlite_folder_problem, unreachable_reason
 from opendeep.settings import Settings, SettingsError, hide_url_password, load_settings
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -32,6 +34,7 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opendeep", description="AI outbound calling on Asterisk")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = commands.add_parser("user", help="accounts").add_subparsers(dest="user_command", required=True)
     add = user.add_parser("add", help="create a user (password from a prompt or --password-stdin)")
-    add.add_argument("name")
+    add.add_argument("name", help="the new user's login name (1-64 letters, digits, '.', '_' or '-')")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     add.add_argument("--admin", action="store_true", help="make the user an administrator")
 
@@ -58,15 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     dnd = commands.add_parser("dnd", help="do-not-call list").add_subparsers(dest="dnd_command", required=True)
     dnd_import = dnd.add_parser("import", help="add numbers from a CSV (phone_number[,reason])")
-    dnd_import.add_argument("file", type=Path)
-    dnd_import.add_argument("--user", required=True)
+    dnd_import.add_argument("file", type=Path, help="CSV file: phone_number[,reason] per line, UTF-8; national "
+                                                    "numbers of the user's country (or DEFAULT_REGION) are accepted")
+    dnd_import.add_argument("--user", required=True, help="login name of the user whose list it is")
     dnd_export = dnd.add_parser("export", help="print the DND list as CSV")
-    dnd_export.add_argument("--user", required=True)
+    dnd_export.add_argument("--user", required=True, help="login name of the user whose list it is")
 
-    tasks = commands.add_parser("tasks", help="tasks").add_subparsers(dest="tasks_command", required=True)
+    tasks = commands.add_parser("tasks", help="call tasks: import targets from a CSV into a campaign",
+                                description="Call tasks: one per target (a person or business to call) of a "
+                                            "campaign.").add_subparsers(dest="tasks_command", required=True)
     tasks_import = tasks.add_parser("import", help="add targets from a CSV to a campaign")
-    tasks_import.add_argument("file", type=Path)
-    tasks_import.add_argument("--user", required=True)
+    tasks_import.add_argument("file", type=Path, help="CSV file with a header: name,phone_number[,objective,"
+                                                      "language,max_attempts,...], UTF-8")
+    tasks_import.add_argument("--user", required=True, help="login name of the user who owns the campaign")
     target = tasks_import.add_mutually_exclusive_group(required=True)
     target.add_argument("--campaign", type=int, help="id of an existing campaign of that user")
     target.add_argument("--new-campaign", metavar="NAME", help="create a campaign with this name")
@@ -82,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opendeep: invalid setting {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":   # alembic logs 7 INFO lines of set-up on import and every run
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.command in ("serve", "db", "user", "dnd", "tasks") and (
+            problem := sqlite_folder_problem(settings.database_url)):
+        print(f"opendeep: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return asyncio.run(_dispatch(args, settings)) or 0
     except CliError as exc:
@@ -118,6 +131,9 @@ def _database_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (OSError, SQLAlchemyError) as exc:
+        unreachable = unreachable_reason(exc)
+        if unreachable is not None:
+            raise CliError(describe_unreachable(url, unreachable) + " (check DATABASE_URL)") from None
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         message = f"cannot use the database at {url}: {reason[0] if reason else type(exc).__name__}"
         raise CliError(hide_url_password(message, url) + " (check DATABASE_URL)") from None
@@ -203,9 +219,9 @@ async def _dnd(settings: Settings, args: argparse.Namespace) -> int:
             sys.stdout.write(await export_dnd_csv(session, user_id))
             return 0
         try:
-            rows = parse_dnd_csv(_read_text(args.file))
+            rows = parse_dnd_csv(_read_text(args.file), await _region_of(session, settings, user_id))
         except CsvImportError as exc:
-            raise CliError(f"{args.file}: {exc}") from None
+            raise CliError(_csv_errors(args.file, exc)) from None
         added = await import_dnd(session, user_id, rows)
         await session.commit()
         print(f"imported {len(rows)} number(s) into {args.user}'s DND list ({added} new)")
@@ -216,12 +232,13 @@ async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
     from db import repo
     from webui.csv_import import CsvImportError, import_targets, parse_targets_csv
 
-    try:
-        rows = parse_targets_csv(_read_text(args.file))
-    except CsvImportError as exc:
-        raise CliError(f"{args.file}: {exc}") from None
+    text = _read_text(args.file)
     async with _sessions(settings) as sessions, sessions() as session:
         user_id = await _user_id(session, args.user)
+        try:
+            rows = parse_targets_csv(text, await _region_of(session, settings, user_id))
+        except CsvImportError as exc:
+            raise CliError(_csv_errors(args.file, exc)) from None
         if args.new_campaign:
             campaign = await repo.create_campaign(session, user_id, name=args.new_campaign, goal=args.goal)
         else:
@@ -232,6 +249,21 @@ async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
         await session.commit()
         print(f"imported {len(rows)} task(s) into campaign {campaign.id} ({campaign.name!r})")
     return 0
+
+
+async def _region_of(session, settings: Settings, user_id: int) -> str | None:
+    """The user's country for national numbers in their CSV (else DEFAULT_REGION)."""
+    from webui.account import user_region
+
+    return await user_region(session, settings, user_id)
+
+
+def _csv_errors(path: Path, exc) -> str:
+    """Every bad line of a CSV, one per line (`file: line N: why`), and what happened: nothing imported."""
+    lines = [f"{path}: {error}" for error in exc.errors]
+    if len(lines) > 1:
+        lines.append(f"{len(exc.errors)} bad line(s); nothing was imported")
+    return "\n".join(lines)
 
 
 def _read_text(path: Path) -> str:

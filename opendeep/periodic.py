@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from opendeep.dberrors import unreachable_reason
+
 log = logging.getLogger("opendeep.periodic")
 T = TypeVar("T")
 FINISH_GRACE_SECONDS = 5.0
@@ -43,8 +45,18 @@ async def run_periodically(one_pass: Callable[[], Awaitable[object]], interval: 
             await finishing(one_pass())
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("%s failed; trying again in %.1fs", what, interval)
+        except Exception as exc:
+            log_pass_failure(log, what, exc, interval)
         if passes is not None:
             passes.finished += 1
         await asyncio.sleep(interval)
+
+
+def log_pass_failure(logger: logging.Logger, what: str, exc: BaseException, interval: float) -> None:
+    """A failed pass: one warning line when the database cannot be reached (the next pass retries; a
+    traceback per pass would bury the cause), the traceback for anything else."""
+    reason = unreachable_reason(exc)
+    if reason is not None:
+        logger.warning("%s: cannot use the database (%s); trying again in %.1f s", what, reason, interval)
+    else:
+        logger.error("%s failed; trying again in %.1f s", what, interval, exc_info=exc)

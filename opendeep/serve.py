@@ -12,7 +12,10 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from sqlalchemy import text
+
 from opendeep.costs import warn_unpriced_models
+from opendeep.dberrors import describe_unreachable, unreachable_reason
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.serve")
@@ -81,8 +84,35 @@ def parse_only(raw: str | None) -> list[str]:
     return [name for name in COMPONENTS if name in names]
 
 
+DATABASE_RETRY_MAX_SECONDS = 30.0
+
+
+async def wait_for_database(runtime: Runtime, stop_event: asyncio.Event, *, first_wait: float = 1.0,
+                            max_wait: float = DATABASE_RETRY_MAX_SECONDS) -> bool:
+    """Wait until the database answers (True), or `stop_event` is set (False). While it cannot be reached,
+    one line per try, with backoff (1 s doubling up to `max_wait`); any other error is raised."""
+    wait = first_wait
+    while not stop_event.is_set():
+        try:
+            async with runtime.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return True
+        except Exception as exc:
+            reason = unreachable_reason(exc)
+            if reason is None:
+                raise
+            log.warning("waiting for the database: %s; next try in %.0f s (check DATABASE_URL)",
+                        describe_unreachable(runtime.settings.database_url, reason), wait)
+        try:
+            await asyncio.wait_for(stop_event.wait(), wait)
+        except TimeoutError:
+            pass
+        wait = min(wait * 2, max_wait)
+    return False
+
+
 async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Event | None = None) -> None:
-    """Run the named components until SIGINT/SIGTERM (or `stop_event`)."""
+    """Run the named components until SIGINT/SIGTERM (or `stop_event`), once the database answers."""
     stop_event = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = []
@@ -99,6 +129,8 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
     runtime.ami = actions = CallActions(runtime.settings, runtime.sessions)
     warn_unpriced_models(runtime.settings)
     try:
+        if not await wait_for_database(runtime, stop_event):
+            return
         for name in names:
             component = COMPONENTS[name](runtime)
             await component.start()

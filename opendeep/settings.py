@@ -96,10 +96,14 @@ def peer_allowed(settings: Settings, host: str | None) -> bool:
     return any(address in network for network in settings.asterisk_allowed_peers)
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("expected a whole number of at least 1")
+def _number(raw: str, kind: type, expected: str) -> Any:
+    """`kind(raw)`, or a ValueError saying what is `expected` (int() would say "invalid literal for int()")."""
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if value != value or value in (float("inf"), float("-inf")):   # nan, inf
+        raise ValueError(expected)
     return value
 
 
@@ -108,26 +112,44 @@ def _frames_per_append(raw: str) -> int:
     if value not in (1, 2):
         raise ValueError("expected 1 or 2 (a frame waits at most 20 ms for its partner)")
     return value
+def _positive_int(raw: str) -> int:
+    expected = "expected a whole number of at least 1, e.g. 4"
+    if _number(raw, int, expected) < 1:
+        raise ValueError(expected)
+    return int(raw)
 
 
 def _non_negative_float(raw: str) -> float:
-    value = float(raw)
+    expected = "expected a number of at least 0, e.g. 2 or 0.5"
+    value = _number(raw, float, expected)
     if value < 0:
-        raise ValueError("expected a number of at least 0")
+        raise ValueError(expected)
     return value
 
 
 def _fraction(raw: str) -> float:
-    value = float(raw)
+    expected = "expected a number from 0 to 1, e.g. 0.2"
+    value = _number(raw, float, expected)
     if not 0 <= value <= 1:
-        raise ValueError("expected a number from 0 to 1")
+        raise ValueError(expected)
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    expected = "expected a number above 0, e.g. 10"
+    value = _number(raw, float, expected)
     if not value > 0:
-        raise ValueError("expected a number above 0")
+        raise ValueError(expected)
+    return value
+
+
+def parse_region(raw: str) -> str:
+    """An ISO 3166 country code phonenumbers knows (US, GB, DE...), or empty (numbers must then be E.164)."""
+    import phonenumbers
+
+    value = raw.strip().upper()
+    if value and value not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("expected a two-letter country code such as US, GB or DE, or nothing (E.164 only)")
     return value
 
 
@@ -308,6 +330,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRUSTED_PROXIES", "trusted_proxies", "", _proxy_networks,
             "addresses (CIDR, comma-separated) of reverse proxies whose X-Forwarded-For names the web client; "
             "empty = none"),
+    Setting("DEFAULT_REGION", "default_region", "", parse_region,
+            "country (US, GB, DE...) whose national formats CSV, DND and plans accept, e.g. 4155550123 for "
+            "+14155550123; each user can set their own on the account page; empty = E.164 only"),
     Setting("SESSION_COOKIE_SECURE", "session_cookie_secure", "false", parse_bool,
             "send the session cookie over HTTPS only: set true when the web UI is behind TLS"),
     # Webhooks and /metrics (opendeep/webhooks.py, webui/metrics_endpoint.py).
@@ -409,6 +434,7 @@ class Settings:
     model_prices: PriceTable
     trunk_price_per_minute: float
     trunk_billing_increment_seconds: int
+    default_region: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

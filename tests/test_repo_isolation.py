@@ -54,6 +54,8 @@ def _reads(w):
         "is_dnd": ((b, "+14155550999"), False),
         "get_feedback_request": ((b, w["feedback"]), None),
         "list_pending_feedback": ((b,), []),
+        "list_closed_feedback": ((b,), []),
+        "dnd_numbers_in_campaign": ((b, w["campaign"]), set()),
         "get_chat_session": ((b, w["chat"]), None),
         "list_chat_sessions": ((b,), []),
         "list_chat_messages": ((b, w["chat"]), []),

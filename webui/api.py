@@ -23,7 +23,9 @@ from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.prices import parse_budget
 from opendeep.runtime import Runtime
 from webui import views
+from webui.account import request_region
 from webui.auth import (
+    AccountDisabled,
     PasswordChangeError,
     SignupError,
     TooManyLogins,
@@ -112,6 +114,8 @@ async def login(request: Request) -> Response:
                                    _client_address(request), username, password)
     except TooManyLogins as exc:
         raise _too_many(exc) from None
+    except AccountDisabled as exc:
+        raise HttpError(403, "account_disabled", str(exc)) from None
     if user is None:
         raise HttpError(401, "wrong_credentials", "wrong username or password")
     start_session(request, user)
@@ -217,7 +221,8 @@ async def _confirm(request: Request, plan: Any, source_key: str, chat_id: int | 
     runtime = _runtime(request)
     try:
         confirmation = await confirm_plan(runtime.sessions, request.state.user_id, plan, source_key,
-                                          chat_id=chat_id, events=runtime.events)
+                                          chat_id=chat_id, events=runtime.events,
+                                          default_region=await request_region(request))
     except PlanRejected as exc:
         raise HttpError(422, "invalid_plan", f"the plan is not valid: {exc}", details=exc.errors) from None
     return JSONResponse({"campaign_id": confirmation.campaign.id, "created": confirmation.created,
@@ -228,7 +233,7 @@ async def _confirm(request: Request, plan: Any, source_key: str, chat_id: int | 
 
 
 async def plan_validate(request: Request) -> Response:
-    check = validate_plan((await json_body(request)).get("plan"))
+    check = validate_plan((await json_body(request)).get("plan"), await request_region(request))
     return JSONResponse({"valid": check.ok, "plan": check.plan, "errors": check.errors})
 
 
@@ -291,7 +296,7 @@ async def campaign_import(request: Request) -> Response:
     except ValueError as exc:
         raise HttpError(400, "invalid_field", str(exc)) from None
     try:
-        rows = parse_targets_csv(await _csv_text(request))
+        rows = parse_targets_csv(await _csv_text(request), await request_region(request))
     except CsvImportError as exc:
         raise _csv_error(exc) from None
     runtime = _runtime(request)
@@ -316,7 +321,7 @@ async def campaign_add_targets(request: Request) -> Response:
         if refusal := views.targets_refusal(campaign):
             raise HttpError(409, "campaign_finished", refusal)
         try:
-            rows = parse_targets_csv(await _csv_text(request))
+            rows = parse_targets_csv(await _csv_text(request), await request_region(request))
         except CsvImportError as exc:
             raise _csv_error(exc) from None
         task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
@@ -378,7 +383,7 @@ async def dnd_list(request: Request) -> Response:
 async def dnd_add(request: Request) -> Response:
     body = await json_body(request)
     try:
-        number = normalize_e164(_str(body, "phone_number", limit=40))
+        number = normalize_e164(_str(body, "phone_number", limit=40), await request_region(request))
     except InvalidPhoneNumber as exc:
         raise HttpError(400, "invalid_phone_number", str(exc)) from None
     reason = _str(body, "reason", required=False, limit=500)
@@ -400,7 +405,7 @@ async def dnd_delete(request: Request) -> Response:
 
 async def dnd_import(request: Request) -> Response:
     try:
-        rows = parse_dnd_csv(await _csv_text(request))
+        rows = parse_dnd_csv(await _csv_text(request), await request_region(request))
     except CsvImportError as exc:
         raise _csv_error(exc) from None
     async with _runtime(request).sessions() as session:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h11
 import uvicorn
+from jinja2 import pass_context
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opendeep.runtime import Runtime
 from webui import (
+    account,
     api,
     board,
     callback_settings,
@@ -39,13 +41,15 @@ from webui import (
     costs,
     metrics_endpoint,
     pages,
+    status,
     transfers,
     webhooks,
 )
 from webui.assistant import UIAssistantService
 from webui.auth import LoginRateLimiter, csrf_token, session_user_id
 from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_api
-from webui.views import format_when
+from webui.status import lights, system_status, waiting_for
+from webui.times import UTC_ZONE, format_when, user_zone
 
 log = logging.getLogger("opendeep.webui")
 
@@ -61,9 +65,31 @@ ACCEPT_BATCH = 128
 
 def _template_globals(request: Request) -> dict:
     runtime: Runtime = request.app.state.runtime
+    zone = user_zone(request.session.get("tz"))
+    system = getattr(request.state, "system_status", None)
     return {"csrf_token": csrf_token(request), "username": request.session.get("username"),
             "flashes": request.session.pop("flash", []),
-            "logged_in": session_user_id(request) is not None, "settings": runtime.settings}
+            "logged_in": session_user_id(request) is not None, "settings": runtime.settings,
+            "is_admin": bool(request.session.get("admin")), "user_zone": zone, "system": system,
+            "status_lights": lights(system, zone) if system is not None else []}
+
+
+async def _load_system_status(request: Request) -> None:
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.sessions() as session:
+        request.state.system_status = await system_status(session, runtime.settings, runtime.ami,
+                                                          request.state.user_id)
+
+
+@pass_context
+def _when(context, value, precision: str = "minutes") -> str:
+    return format_when(value, precision, context.get("user_zone") or UTC_ZONE)
+
+
+@pass_context
+def _waiting(context, task: dict) -> str:
+    return waiting_for(task, context.get("campaign"), context.get("system"), context["settings"],
+                       context.get("user_zone") or UTC_ZONE, context.get("dnd_numbers") or frozenset())
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -98,7 +124,7 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
         # costs and campaign_edit first: POST /campaigns/{id}/{action} would catch /campaigns/{id}/budget|edit.
         routes=[*costs.routes(), *campaign_edit.routes(), *pages.routes(), *api.routes(), *transfers.routes(),
                 *webhooks.routes(), *metrics_endpoint.routes(), *callback_settings.routes(), *calllog.routes(),
-                *board.routes(), *chart_pages.routes(),
+                *board.routes(), *chart_pages.routes(), *account.routes(), *status.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],
         middleware=[
             Middleware(SecurityHeaders),
@@ -111,7 +137,9 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     )
     app.state.runtime = runtime
     app.state.templates = Jinja2Templates(directory=HERE / "templates", context_processors=[_template_globals])
-    app.state.templates.env.filters["when"] = format_when
+    app.state.templates.env.filters["when"] = _when
+    app.state.templates.env.filters["waiting"] = _waiting
+    app.state.before_page = _load_system_status
     app.state.assistant = assistant or UIAssistantService(runtime.settings)
     app.state.rate_limiter = rate_limiter or LoginRateLimiter()
     app.state.shutdown = asyncio.Event()     # set on stop: ends the live event streams

@@ -96,6 +96,7 @@ class AssistantTurn:
     plan: dict[str, Any] | None = None
     plan_errors: list[str] = field(default_factory=list)
     error: str | None = None
+    region: str | None = None   # the user's country: national numbers in a plan are read as its numbers
 
 
 def _describe_llm_error(exc: openai.APIError, settings: Settings) -> str:
@@ -175,7 +176,7 @@ class UIAssistantService:
                                       callback=(f" ({self.settings.callback_number_e164})"
                                                 if self.settings.callback_number_e164 else ""))
         messages = [{"role": "system", "content": system}, *history_for_model(rows)]
-        turn = AssistantTurn()
+        turn = AssistantTurn(region=user.default_region or self.settings.default_region or None)
         new_rows: list[dict[str, Any]] = []
         usage: list[Any] = []
         try:
@@ -251,7 +252,7 @@ class UIAssistantService:
         name = call["name"]
         try:
             if name == ToolName.PLAN:
-                check = validate_plan(arguments)
+                check = validate_plan(arguments, turn.region)
                 errors = list(check.errors)
                 if "goal_type" not in arguments:   # the user confirms the goal: the model must state it
                     errors.append("goal_type: state each_target or until_one_succeeds (ask the user with "

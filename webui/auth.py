@@ -56,6 +56,13 @@ class PasswordChangeError(ValueError):
         self.code = code
 
 
+class AccountDisabled(Exception):
+    """The password was right but an administrator disabled the account."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(f"the account {username!r} is disabled; ask your administrator")
+
+
 class TooManyLogins(Exception):
     """A login (or a check of the current password) refused before any hashing: a failure limit is reached."""
 
@@ -89,6 +96,8 @@ def start_session(request: Request, user: User) -> None:
     request.session["username"] = user.username
     request.session["version"] = user.session_version
     request.session["csrf"] = secrets.token_urlsafe(32)
+    request.session["tz"] = user.time_zone or "UTC"
+    request.session["admin"] = bool(user.is_admin)
 
 
 async def current_user_id(request: Request, sessions: async_sessionmaker[AsyncSession]) -> int | None:
@@ -101,7 +110,9 @@ async def current_user_id(request: Request, sessions: async_sessionmaker[AsyncSe
     if user_id is None:
         return None
     async with sessions() as session:
-        version = await session.scalar(select(User.session_version).where(User.id == user_id))
+        row = (await session.execute(select(User.session_version, User.disabled_at)
+                                     .where(User.id == user_id))).first()
+    version = row.session_version if row is not None and row.disabled_at is None else None
     carried = request.session.get("version")
     if version is None or type(carried) is not int or carried != version:
         request.session.clear()
@@ -136,11 +147,14 @@ async def authenticate(sessions: async_sessionmaker[AsyncSession], username: str
 async def checked_login(limiter: LoginRateLimiter, sessions: async_sessionmaker[AsyncSession], address: str,
                         username: str, password: str) -> User | None:
     """`authenticate` behind the rate limiter: the attempt is counted before the password is checked, so
-    parallel guesses cannot slip through while the first ones are hashing. Raises TooManyLogins."""
+    parallel guesses cannot slip through while the first ones are hashing. Raises TooManyLogins, and
+    AccountDisabled for a disabled account (said only to whoever knows its password)."""
     attempt = limiter.reserve(address, username)
     user = await authenticate(sessions, username, password)
     if user is not None:
         limiter.succeeded(attempt)
+        if user.disabled_at is not None:
+            raise AccountDisabled(user.username)
     return user
 
 

@@ -35,7 +35,7 @@ from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from webui.plan import MAX_ATTEMPTS_LIMIT
 
 MAX_ROWS = 10_000
-MAX_ERRORS_REPORTED = 50
+MAX_ERRORS_REPORTED = 50   # shown on a web page; the CLI and the API list them all
 TARGET_ALIASES = {
     "name": "name", "target_name": "name", "target": "name", "business": "name",
     "phone_number": "phone_number", "phone": "phone_number", "number": "phone_number", "telephone": "phone_number",
@@ -109,11 +109,12 @@ def _rows(text: str):
 def _raise_if_any(errors: list[LineError]) -> None:
     if errors:
         first = errors[0]
-        raise CsvImportError(first.line, first.reason, errors[:MAX_ERRORS_REPORTED])
+        raise CsvImportError(first.line, first.reason, errors)   # all of them: the CLI lists every bad line
 
 
-def parse_targets_csv(text: str) -> list[TargetRow]:
-    """Parse a targets CSV (header required). Raises CsvImportError naming the line and the reason."""
+def parse_targets_csv(text: str, default_region: str | None = None) -> list[TargetRow]:
+    """Parse a targets CSV (header required); national numbers of `default_region` are accepted. Raises
+    CsvImportError naming each bad line and the reason."""
     rows = _rows(text)
     first = next(rows, None)
     if first is None:
@@ -141,7 +142,7 @@ def parse_targets_csv(text: str) -> list[TargetRow]:
         if not values["name"]:
             row_errors.append("name is empty")
         try:
-            number = normalize_e164(values["phone_number"])
+            number = normalize_e164(values["phone_number"], default_region)
         except InvalidPhoneNumber as exc:
             row_errors.append(f"{exc}")
             number = ""
@@ -201,8 +202,9 @@ def publish_imported(events: EventHub, user_id: int, campaign_id: int, task_ids:
                                                  "status": TaskStatus.PENDING.value})
 
 
-def parse_dnd_csv(text: str) -> list[DndRow]:
-    """Parse `phone_number[,reason]` lines (an optional header is recognised). Raises CsvImportError."""
+def parse_dnd_csv(text: str, default_region: str | None = None) -> list[DndRow]:
+    """Parse `phone_number[,reason]` lines (an optional header is recognised); national numbers of
+    `default_region` are accepted. Raises CsvImportError naming each bad line."""
     result: list[DndRow] = []
     errors: list[LineError] = []
     seen: set[str] = set()
@@ -212,7 +214,7 @@ def parse_dnd_csv(text: str) -> list[DndRow]:
         if len(result) + len(errors) >= MAX_ROWS:
             raise CsvImportError(line, f"too many rows (at most {MAX_ROWS} per file)")
         try:
-            number = normalize_e164(cells[0])
+            number = normalize_e164(cells[0], default_region)
         except InvalidPhoneNumber as exc:
             errors.append(LineError(line, f"{exc}"))
             continue

@@ -32,6 +32,7 @@ from db import repo
 from db.models import FeedbackRequest, FeedbackStatus, Notification
 from db.types import utcnow
 from opendeep.events import Event
+from opendeep.periodic import log_pass_failure
 from opendeep.runtime import Runtime
 from webui.views import feedback_card
 
@@ -199,8 +200,8 @@ class LiveHub:
                 pass
             try:
                 await self.poll_once()
-            except Exception:   # a failed poll is logged; the next one runs
-                log.exception("live poll failed")
+            except Exception as exc:   # a failed poll is logged; the next one runs
+                log_pass_failure(log, "live poll", exc, self.poll_seconds)
 
     async def poll_once(self) -> None:
         """One poll for every user with an open stream, in one session: close their overdue questions, then

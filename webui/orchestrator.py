@@ -48,14 +48,14 @@ def chat_source_key(chat_id: int, fingerprint: str) -> str:
 
 async def confirm_plan(sessions: async_sessionmaker[AsyncSession], user_id: int, plan: dict[str, Any],
                        source_key: str, *, chat_id: int | None = None,
-                       events: EventHub | None = None) -> Confirmation:
+                       events: EventHub | None = None, default_region: str | None = None) -> Confirmation:
     """Create the campaign and its tasks (one transaction), or return the one this key already created.
 
     Raises PlanRejected for an invalid plan: plans are checked again here, whatever the caller did before.
     """
     if not source_key or len(source_key) > MAX_SOURCE_KEY:
         raise ValueError(f"source key must be 1 to {MAX_SOURCE_KEY} characters")
-    check = validate_plan(plan)
+    check = validate_plan(plan, default_region)
     if not check.ok:
         raise PlanRejected(check.errors)
     plan = check.plan

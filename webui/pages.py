@@ -24,7 +24,9 @@ from opendeep.recordings import recording_path
 from opendeep.runtime import Runtime
 from opendeep.voicemail import voicemail_script
 from webui import views
+from webui.account import remember_browser_zone, request_region
 from webui.auth import (
+    AccountDisabled,
     PasswordChangeError,
     SignupError,
     TooManyLogins,
@@ -37,6 +39,7 @@ from webui.auth import (
 )
 from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
 from webui.csv_import import (
+    MAX_ERRORS_REPORTED,
     CsvImportError,
     export_dnd_csv,
     import_dnd,
@@ -131,28 +134,34 @@ async def home(request: Request) -> Response:
 async def login(request: Request) -> Response:
     next_path = _safe_next(request.query_params.get("next"))
     if request.method == "GET":
-        return _render(request, "login.html", {"next": next_path})
+        return _render(request, "login.html", {"next": next_path,
+                                               "logged_out": request.query_params.get("logged_out") == "1"})
     form = await form_data(request)
     username = await _text_field(form, "username")
     password = await _text_field(form, "password")
     next_path = _safe_next(await _text_field(form, "next"))
+    # `login_name`, not `username`: the page's globals already name the logged-in user `username`.
     try:
         user = await checked_login(request.app.state.rate_limiter, _runtime(request).sessions, _client_ip(request),
                                    username, password)
     except TooManyLogins as exc:
-        return _render(request, "login.html", {"next": next_path, "username": username,
+        return _render(request, "login.html", {"next": next_path, "login_name": username,
                                                "error": f"Too many failed logins. Try again in {exc.seconds} s."},
                        status_code=429)
+    except AccountDisabled as exc:
+        return _render(request, "login.html", {"next": next_path, "login_name": username,
+                                               "error": str(exc)[0].upper() + str(exc)[1:] + "."}, status_code=403)
     if user is None:
-        return _render(request, "login.html", {"next": next_path, "username": username,
+        return _render(request, "login.html", {"next": next_path, "login_name": username,
                                                "error": "Wrong username or password."}, status_code=401)
+    user = await remember_browser_zone(_runtime(request).sessions, user, await _text_field(form, "tz"))
     start_session(request, user)
     return _redirect(next_path)
 
 
 async def logout(request: Request) -> Response:
     await end_every_session(_runtime(request).sessions, request)
-    return _redirect("/login")
+    return _redirect("/login?logged_out=1")
 
 
 async def account_password(request: Request) -> Response:
@@ -187,7 +196,7 @@ async def signup(request: Request) -> Response:
     try:
         user = await sign_up(_runtime(request).sessions, username, await _text_field(form, "password"))
     except SignupError as exc:
-        return _render(request, "signup.html", {"error": str(exc), "username": username}, status_code=400)
+        return _render(request, "signup.html", {"error": str(exc), "login_name": username}, status_code=400)
     start_session(request, user)
     return _redirect("/chat")
 
@@ -202,6 +211,10 @@ async def chat_list(request: Request) -> Response:
 
 
 async def chat_new(request: Request) -> Response:
+    if not _runtime(request).settings.llm_configured:   # a chat nobody answers helps no one: say why, offer CSV
+        _flash(request, "The assistant is off: no LLM is configured (set OPENAI_API_KEY or OPENAI_BASE_URL and "
+                        "restart). Import your targets from a CSV file instead.", "error")
+        return _redirect("/campaigns/import")
     async with _runtime(request).sessions() as session:
         chat = await repo.create_chat_session(session, request.state.user_id)
         await session.commit()
@@ -212,16 +225,20 @@ async def chat_page(request: Request) -> Response:
     chat_id = _int(request, "chat_id")
     async with _runtime(request).sessions() as session:
         chat = await views.chat_view(session, request.state.user_id, chat_id)
+        source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat and chat["plan"] else ""
+        # This very plan is scheduled already: the page shows it, and no confirm button to click again.
+        scheduled = await repo.get_campaign_by_source_key(session, request.state.user_id, source_key) \
+            if source_key else None
     if chat is None:
         raise not_found("chat")
-    source_key = chat_source_key(chat_id, plan_fingerprint(chat["plan"])) if chat["plan"] else ""
     plan = chat["plan"] or {}
     callback_number = _runtime(request).settings.callback_number_e164
     voicemail = [(target["name"], voicemail_script(message, callback_number))
                  for target in plan.get("targets", []) if (message := voicemail_message_for(plan, target))]
     goal_in_words = describe_goal(plan.get("goal_type", "each_target"), plan.get("parallel_calls", 1)) if plan else ""
     return _render(request, "chat.html", {"chat": chat, "source_key": source_key, "voicemail": voicemail,
-                                          "goal_in_words": goal_in_words})
+                                          "goal_in_words": goal_in_words,
+                                          "scheduled_id": scheduled.id if scheduled else None})
 
 
 async def chat_message(request: Request) -> Response:
@@ -266,7 +283,8 @@ async def chat_confirm(request: Request) -> Response:
         return _redirect(f"/chat/{chat_id}")
     try:
         confirmation = await confirm_plan(runtime.sessions, request.state.user_id, chat.plan, expected,
-                                          chat_id=chat_id, events=runtime.events)
+                                          chat_id=chat_id, events=runtime.events,
+                                          default_region=await request_region(request))
     except PlanRejected as exc:
         _flash(request, f"The plan is not valid: {exc}", "error")
         return _redirect(f"/chat/{chat_id}")
@@ -289,9 +307,12 @@ async def _detail(request: Request) -> dict[str, Any]:
     async with runtime.sessions() as session:
         detail = await views.campaign_detail(session, request.state.user_id, _int(request, "campaign_id"),
                                              page=views.page_number(request.query_params.get("page")))
+        if detail is not None:   # what a waiting task waits for (webui.status.waiting_for)
+            dnd_numbers = await repo.dnd_numbers_in_campaign(session, request.state.user_id,
+                                                             detail["campaign"]["id"])
     if detail is None:
         raise not_found("campaign")
-    return {**detail, "asterisk": views.asterisk_state(runtime.ami)}
+    return {**detail, "asterisk": views.asterisk_state(runtime.ami), "dnd_numbers": dnd_numbers}
 
 
 async def campaign_page(request: Request) -> Response:
@@ -300,6 +321,18 @@ async def campaign_page(request: Request) -> Response:
 
 async def campaign_tasks_fragment(request: Request) -> Response:
     return _render(request, "_tasks.html", await _detail(request))
+
+
+async def campaign_header_fragment(request: Request) -> Response:
+    """The campaign's title, status and buttons: the page refreshes them on live events (one small query, not
+    the whole campaign: it runs on every task's change)."""
+    runtime = _runtime(request)
+    async with runtime.sessions() as session:
+        campaign = await repo.get_campaign(session, request.state.user_id, _int(request, "campaign_id"))
+    if campaign is None:
+        raise not_found("campaign")
+    return _render(request, "_campaign_header.html", {"campaign": views.campaign_dict(campaign),
+                                                      "asterisk": views.asterisk_state(runtime.ami)})
 
 
 async def _control(request: Request, run) -> Response:
@@ -381,11 +414,11 @@ async def campaign_import(request: Request) -> Response:
         return _render(request, "import.html", {"error": f"Budget: {exc}.", "name": name, "goal": goal,
                                                 "budget_usd": budget_usd, "goal_type": goal_type.value}, 400)
     try:
-        rows = parse_targets_csv(await _upload_text(form, "file"))
+        rows = parse_targets_csv(await _upload_text(form, "file"), await request_region(request))
     except CsvImportError as exc:
-        return _render(request, "import.html", {"error": "Nothing was imported.", "errors": exc.errors,
-                                                "name": name, "goal": goal, "budget_usd": budget_usd,
-                                                "goal_type": goal_type.value}, 400)
+        return _render(request, "import.html", {"error": "Nothing was imported.", "name": name, "goal": goal,
+                                                "errors": exc.errors[:MAX_ERRORS_REPORTED],
+                                                "budget_usd": budget_usd, "goal_type": goal_type.value}, 400)
     runtime = _runtime(request)
     async with runtime.sessions() as session:
         campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
@@ -411,7 +444,7 @@ async def campaign_add_targets(request: Request) -> Response:
             _flash(request, f"Nothing was imported: {refusal}.", "error")
             return _redirect(f"/campaigns/{campaign_id}")
         try:
-            rows = parse_targets_csv(await _upload_text(form, "file"))
+            rows = parse_targets_csv(await _upload_text(form, "file"), await request_region(request))
         except CsvImportError as exc:
             _flash(request, f"Nothing was imported: {exc}", "error")
             return _redirect(f"/campaigns/{campaign_id}")
@@ -468,15 +501,23 @@ async def summary_csv(request: Request) -> Response:
 
 
 async def dnd_page(request: Request) -> Response:
+    """The list, with a count and a search (part of a number or of the reason)."""
+    query = request.query_params.get("q", "").strip()[:100]
     async with _runtime(request).sessions() as session:
         entries = await repo.list_dnd(session, request.state.user_id)
-    return _render(request, "dnd.html", {"entries": entries})
+    total = len(entries)
+    if query:
+        digits = "".join(ch for ch in query if ch.isdigit())
+        needle = query.lower()
+        entries = [e for e in entries if (digits and digits in e.phone_number)
+                   or needle in (e.reason or "").lower() or needle in e.phone_number]
+    return _render(request, "dnd.html", {"entries": entries, "total": total, "query": query})
 
 
 async def dnd_add(request: Request) -> Response:
     form = await form_data(request)
     try:
-        number = normalize_e164(await _text_field(form, "phone_number"))
+        number = normalize_e164(await _text_field(form, "phone_number"), await request_region(request))
     except InvalidPhoneNumber as exc:
         _flash(request, str(exc), "error")
         return _redirect("/dnd")
@@ -502,7 +543,7 @@ async def dnd_remove(request: Request) -> Response:
 async def dnd_import_page(request: Request) -> Response:
     form = await form_data(request)
     try:
-        rows = parse_dnd_csv(await _upload_text(form, "file"))
+        rows = parse_dnd_csv(await _upload_text(form, "file"), await request_region(request))
     except CsvImportError as exc:
         _flash(request, f"Nothing was imported: {exc}", "error")
         for error in exc.errors[1:10]:
@@ -529,7 +570,9 @@ async def feedback_page(request: Request) -> Response:
     async with _runtime(request).sessions() as session:
         pending = await repo.list_pending_feedback(session, request.state.user_id)
         cards = [await views.feedback_card(session, request.state.user_id, item) for item in pending]
-    return _render(request, "feedback.html", {"cards": cards})
+        closed = [await views.feedback_card(session, request.state.user_id, item)
+                  for item in await repo.list_closed_feedback(session, request.state.user_id)]
+    return _render(request, "feedback.html", {"cards": cards, "closed": closed})
 
 
 async def feedback_answer(request: Request) -> Response:
@@ -571,6 +614,7 @@ def routes() -> list[Route]:
         page("/campaigns/import", campaign_import, ["GET", "POST"]),
         page("/campaigns/{campaign_id:int}", campaign_page),
         page("/campaigns/{campaign_id:int}/tasks", campaign_tasks_fragment),
+        page("/campaigns/{campaign_id:int}/header", campaign_header_fragment),
         page("/campaigns/{campaign_id:int}/targets", campaign_add_targets, ["POST"]),
         page("/campaigns/{campaign_id:int}/summary", summary_page),
         page("/campaigns/{campaign_id:int}/summary.csv", summary_csv),

@@ -111,8 +111,9 @@ def _path(error: jsonschema.ValidationError) -> str:
     return text or "plan"
 
 
-def validate_plan(raw: Any) -> PlanCheck:
-    """Check a plan; return it normalized (numbers in E.164, text stripped) or every error found."""
+def validate_plan(raw: Any, default_region: str | None = None) -> PlanCheck:
+    """Check a plan; return it normalized (numbers in E.164, text stripped) or every error found. National
+    numbers of `default_region` (the user's country) are accepted."""
     if not isinstance(raw, dict):
         return PlanCheck(None, ["plan: expected a JSON object"])
     errors = [f"{_path(e)}: {e.message}" for e in sorted(_VALIDATOR.iter_errors(raw), key=lambda e: list(
@@ -155,7 +156,7 @@ def validate_plan(raw: Any) -> PlanCheck:
             errors.append(f"targets[{index}]: voicemail.action is leave_message but there is no message: write "
                           f"voicemail.message (or this target's voicemail_message)")
         try:
-            target["phone_number"] = normalize_e164(target["phone_number"])
+            target["phone_number"] = normalize_e164(target["phone_number"], default_region)
         except InvalidPhoneNumber as exc:
             errors.append(f"targets[{index}].phone_number: {exc}")
             continue

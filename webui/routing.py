@@ -106,6 +106,9 @@ def _guard(endpoint: Endpoint, *, auth: bool, api: bool) -> Endpoint:
         if request.method not in SAFE_METHODS:
             await _check_csrf(request)
         request.state.user_id = user_id
+        before_page = getattr(request.app.state, "before_page", None)
+        if not api and user_id is not None and request.method in SAFE_METHODS and before_page is not None:
+            await before_page(request)   # what every page shows (the status strip)
         return await endpoint(request)
 
     guarded.csrf_protected = True  # type: ignore[attr-defined]

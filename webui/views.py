@@ -30,26 +30,11 @@ from db.models import (
 )
 from opendeep.campaign_goal import describe_goal
 from webui.controls import LIVE, PAUSABLE
+from webui.times import format_when
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-WHEN_FORMATS = {"minutes": "%Y-%m-%d %H:%M UTC", "seconds": "%Y-%m-%d %H:%M:%S UTC", "date": "%Y-%m-%d",
-                "time": "%H:%M:%S"}
-
-
-def format_when(value: datetime | str | None, precision: str = "minutes") -> str:
-    """The pages' `when` filter: a UTC time (a datetime, or the ISO string a loader returns) for people."""
-    if value in (None, ""):
-        return "—"
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return value   # not a time after all (a model's free text): show it as it is
-    return value.strftime(WHEN_FORMATS[precision])
 
 
 def next_action(task: Task) -> str:

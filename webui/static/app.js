@@ -6,9 +6,16 @@
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
   const cards = new Map();   // request_id -> card element
 
-  function toast(text, kind) {
+  // A toast is shown once per key (a notification's id, else its text) in this tab, even across reloads:
+  // the same news arriving from the hub and from the database poll, or after a live reload, is not repeated.
+  const shownToasts = new Set(JSON.parse(sessionStorage.getItem("opendeep-toasts") || "[]"));
+  function toast(text, kind, key) {
     const box = document.getElementById("toasts");
     if (!box) return;
+    key = String(key || text);
+    if (shownToasts.has(key)) return;
+    shownToasts.add(key);
+    sessionStorage.setItem("opendeep-toasts", JSON.stringify([...shownToasts].slice(-200)));
     const item = document.createElement("p");
     item.className = "flash " + (kind || "info");
     item.textContent = text;
@@ -92,7 +99,8 @@
     cards.set(id, card);
     document.getElementById("hitl-cards").prepend(card);
     updateCount();
-    toast("A call needs your answer: " + data.question, "warning");
+    const who = (task.target_name || "A call") + (task.phone_number ? " (" + task.phone_number + ")" : "");
+    toast(who + " needs your answer: " + data.question, "warning", "question-" + id);
   }
 
   let refreshTimer = null;
@@ -108,6 +116,33 @@
       box.innerHTML = await response.text();
       open.forEach((id) => { const d = document.getElementById(id); if (d) d.open = true; });
     }, 250);
+  }
+
+  // Fragments the server renders again on live events: the campaign header (status, buttons) and the status
+  // strip. Each refresh is debounced; a failed one leaves the element as it was.
+  const fragmentTimers = {};
+  function refreshFragment(id) {
+    const element = document.getElementById(id);
+    if (!element) return;
+    clearTimeout(fragmentTimers[id]);
+    fragmentTimers[id] = setTimeout(async () => {
+      const response = await fetch(element.dataset.fragment || element.dataset.refresh, {credentials: "same-origin"});
+      if (!response.ok) return;
+      const html = await response.text();
+      if (element.id === "status-strip") {
+        const holder = document.createElement("div");
+        holder.innerHTML = html;
+        if (holder.firstElementChild) element.replaceWith(holder.firstElementChild);
+      } else {
+        element.innerHTML = html;
+      }
+    }, 250);
+  }
+  function refreshHeader(data) {
+    const header = document.getElementById("campaign-header");
+    if (header && (!data || data.campaign_id === undefined || String(data.campaign_id) === header.dataset.campaignId)) {
+      refreshFragment("campaign-header");
+    }
   }
 
   let reloadTimer = null;
@@ -141,11 +176,15 @@
     const box = document.getElementById("tasks");
     on("task.updated", (data) => {
       if (box && String(data.campaign_id) === box.dataset.campaignId) refreshTasks();
+      refreshHeader(data);
+      refreshFragment("status-strip");
       reloadList();
     });
     ["call.updated", "call.transcript", "campaign.updated"].forEach((kind) => on(kind, () => refreshTasks()));
-    on("campaign.summarized", () => reloadList());
-    on("notification", (data) => toast(data.message, "info"));
+    on("call.updated", () => refreshFragment("status-strip"));
+    on("campaign.updated", refreshHeader);
+    on("campaign.summarized", (data) => { refreshHeader(data); reloadList(); });
+    on("notification", (data) => toast(data.message, "info", data.id ? "note-" + data.id : null));
     on("ready", () => { document.body.dataset.liveReady = "1"; });
   }
 
@@ -155,13 +194,34 @@
       event.preventDefault();
       return;
     }
+    if (form.classList.contains("confirm-remove") && !window.confirm(form.dataset.confirm || "Remove?")) {
+      event.preventDefault();
+      return;
+    }
+    if (form.classList.contains("confirm-disable") &&
+        !window.confirm("Disable this user? They are logged out everywhere and none of their tasks is dialed.")) {
+      event.preventDefault();
+      return;
+    }
     if (form.classList.contains("confirm-form")) {
       // The server ignores a second confirm anyway; this only stops the double click from being sent.
       setTimeout(() => form.querySelectorAll("button").forEach((b) => { b.disabled = true; }), 0);
     }
   });
 
+  function browserZone() {
+    try { return Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (err) { return ""; }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    // The login form sends the browser's time zone: a user's first login sets theirs (Account changes it).
+    document.querySelectorAll("input[data-browser-zone]").forEach((input) => { input.value = browserZone(); });
+    document.querySelectorAll("[data-use-browser-zone]").forEach((button) => button.addEventListener("click", () => {
+      const field = button.form && button.form.elements.time_zone;
+      if (field && browserZone()) field.value = browserZone();
+    }));
     if (document.body.dataset.live === "1" && window.EventSource) connect();
+    // Asterisk coming back or going away publishes no event to the pages: the strip looks again now and then.
+    if (document.getElementById("status-strip")) setInterval(() => refreshFragment("status-strip"), 20000);
   });
 })();

@@ -1,7 +1,7 @@
 """call log: indexes for the call log, the live board and transcript search
 
 Revision ID: 0010_calllog
-Revises: 0008_goal
+Revises: 0009_user_prefs
 Create Date: 2026-12-02 13:30:00
 
 - ix_calls_user_created (calls.user_id, created_at, id): the call log's newest-first pages (keyset on
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision = '0010_calllog'
-down_revision = '0008_goal'
+down_revision = '0009_user_prefs'
 branch_labels = None
 depends_on = None
 
