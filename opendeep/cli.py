@@ -82,8 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opendeep: invalid setting {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from opendeep.serve import loop_factory
+
     try:
-        return asyncio.run(_dispatch(args, settings)) or 0
+        factory = loop_factory(settings)
+    except RuntimeError as exc:
+        print(f"opendeep: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_dispatch(args, settings)) or 0
     except CliError as exc:
         print(f"opendeep: {exc}", file=sys.stderr)
         return exc.code
