@@ -127,7 +127,7 @@ class FastAgiServer:
 
     def _refused(self, connection: AgiConnection, error: AgiHeaderError) -> None:
         self._connecting.discard(connection)
-        self._count("header", "refused")
+        self._count("", "refused")   # no route named yet: counted as "other"
         log.warning("FastAGI session from %s dropped: %s", connection.peer, error)
 
     def _environment_received(self, connection: AgiConnection, env: AgiEnvironment) -> None:
