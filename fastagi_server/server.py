@@ -39,7 +39,7 @@ SESSION_TIMEOUT_SECONDS = 60.0
 SWEEP_SECONDS = 1.0
 # Metric labels come from this fixed set; a route added later (another module's) is counted as "other" until
 # it is named here.
-METRIC_ROUTES = frozenset({"call-start", "call-answered", "call-end", "amd", "transfer"})
+METRIC_ROUTES = frozenset({"call-start", "call-answered", "call-end", "amd", "transfer", "callback", "callback-end"})
 
 
 class FastAgiServer:
