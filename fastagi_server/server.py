@@ -39,7 +39,7 @@ SESSION_TIMEOUT_SECONDS = 60.0
 SWEEP_SECONDS = 1.0
 # Metric labels come from this fixed set; a route added later (another module's) is counted as "other" until
 # it is named here.
-METRIC_ROUTES = frozenset({"call-start", "call-answered", "call-end", "amd", "transfer"})
+METRIC_ROUTES = frozenset({"call-start", "call-answered", "call-end", "amd", "transfer", "callback", "callback-end"})
 
 
 class FastAgiServer:
@@ -127,7 +127,7 @@ class FastAgiServer:
 
     def _refused(self, connection: AgiConnection, error: AgiHeaderError) -> None:
         self._connecting.discard(connection)
-        self._count("header", "refused")
+        self._count("", "refused")   # no route named yet: counted as "other"
         log.warning("FastAGI session from %s dropped: %s", connection.peer, error)
 
     def _environment_received(self, connection: AgiConnection, env: AgiEnvironment) -> None:

@@ -95,8 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             problem := sqlite_folder_problem(settings.database_url)):
         print(f"opendeep: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    from opendeep.serve import loop_factory
+
     try:
-        return asyncio.run(_dispatch(args, settings)) or 0
+        factory = loop_factory(settings)
+    except RuntimeError as exc:
+        print(f"opendeep: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_dispatch(args, settings)) or 0
     except CliError as exc:
         print(f"opendeep: {exc}", file=sys.stderr)
         return exc.code

@@ -73,6 +73,18 @@ COMPONENTS: dict[str, Callable[[Runtime], Component]] = {
 }
 
 
+def loop_factory(settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `opendeep` runs on (EVENT_LOOP): None for asyncio's own, uvloop's when asked for."""
+    if settings.event_loop != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise RuntimeError("EVENT_LOOP=uvloop, but uvloop is not installed: pip install 'opendeep[uvloop]' "
+                           "(or set EVENT_LOOP=asyncio)") from None
+    return uvloop.new_event_loop
+
+
 def parse_only(raw: str | None) -> list[str]:
     if not raw:
         return list(COMPONENTS)
@@ -122,6 +134,7 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
             handled.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     started: list[Component] = []
     # Live-call actions (DTMF, transfer, hangup) work in every process, whichever holds the call: through the
     # `ami` part's controllers where it runs here, else over an AMI connection of this process's own.

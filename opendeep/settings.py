@@ -203,6 +203,13 @@ def _base_url_or_empty(raw: str) -> str:
     return raw
 
 
+def _event_loop(raw: str) -> str:
+    value = raw.strip().lower() or "asyncio"
+    if value not in {"asyncio", "uvloop"}:
+        raise ValueError("expected asyncio or uvloop")
+    return value
+
+
 def _log_level(raw: str) -> str:
     value = raw.upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -252,6 +259,9 @@ SETTINGS: tuple[Setting, ...] = (
             "let several processes listen on AUDIOSOCKET_BIND (SO_REUSEPORT): the kernel spreads the calls"),
     Setting("AUDIOSOCKET_FRAMES_PER_APPEND", "audiosocket_frames_per_append", "1", _frames_per_append,
             "20 ms frames of the callee per message to the model: 2 halves the messages, adds 10 ms on average"),
+    Setting("EVENT_LOOP", "event_loop", "asyncio", _event_loop,
+            "asyncio, or uvloop (pip install 'opendeep[uvloop]'): less CPU per FastAGI session and shorter "
+            "call-start latency (bench/bench_fastagi.py --loop)"),
     Setting("WEB_BIND", "web_bind", "127.0.0.1:8000", parse_host_port, "web UI listen address"),
     Setting("OPENAI_API_KEY", "openai_api_key", "", str, "key for the OpenAI-compatible API", secret=True),
     Setting("OPENAI_BASE_URL", "openai_base_url", "", str,
@@ -380,6 +390,7 @@ class Settings:
     audiosocket_advertise: str
     audiosocket_reuse_port: bool
     audiosocket_frames_per_append: int
+    event_loop: str
     web_bind: HostPort
     openai_api_key: str
     openai_base_url: str

@@ -17,6 +17,7 @@ from ami_controller.manager import AmiController, AmiError, AmiRefused
 from db.models import Call, CallStatus
 from opendeep.events import EventHub
 from opendeep.settings import SettingsError, load_settings
+from tests.doubles.agi_client import TEST_FASTAGI_SECRET, FakeAsteriskAgi
 from tests.doubles.ami_helpers import ami_settings, local_noon_after, make_tenant
 from tests.doubles.fake_ami import FakeAmi, pairs_get
 
@@ -165,3 +166,24 @@ def test_each_server_gets_its_own_dialplan_with_its_fastagi_address_and_ami_logi
     assert "[od-b]" in manager and "secret = secret-b" in manager and "secret-a" not in manager
     unknown = run_cli(["dialplan", "render", "--server", "pbx-z"], url, tmp_path, ASTERISK_SERVERS=json.dumps(servers))
     assert unknown.returncode == 2 and "pbx-z" in unknown.stderr and "pbx-a, pbx-b" in unknown.stderr
+
+
+async def test_serve_runs_fastagi_on_uvloop_when_event_loop_says_so(tmp_path):
+    from tests.doubles.serve_process import ServeProcess
+    from tests.test_cli import run_cli
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    bad = run_cli(["db", "upgrade"], url, tmp_path, EVENT_LOOP="tokio")
+    assert bad.returncode == 2 and "EVENT_LOOP" in bad.stderr
+    serve = ServeProcess(tmp_path, database_url=url, extra_env={"EVENT_LOOP": "uvloop",
+                                                                 "FASTAGI_SECRET": TEST_FASTAGI_SECRET})
+    serve.only = "fastagi"
+    await serve.cli("db", "upgrade")
+    await serve.start()
+    try:
+        run = await FakeAsteriskAgi(serve.fastagi_port, script="call-start", args=("404", "1")).run()
+    finally:
+        code = await serve.stop()
+    assert code == 0, serve.log_text()
+    assert "event loop: uvloop" in serve.log_text()
+    assert run.agi_status == "SUCCESS" and run.variables["OPENDEEP_ABORT"] == "unknown-call"
