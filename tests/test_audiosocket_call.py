@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
+import time
 import warnings
 
 from db import repo
@@ -42,10 +42,6 @@ async def wait_event(sessions, seeded, type_, timeout=5.0):
     return await asyncio.wait_for(_poll(), timeout)
 
 
-def intervals(frames):
-    return [b.at - a.at for a, b in zip(frames, frames[1:], strict=False)]
-
-
 async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     greeting = tone(1.0, 440)
     realtime.greeting = FakeResponse(audio=mulaw(greeting), transcript="Hello, this is an AI assistant.")
@@ -53,6 +49,7 @@ async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     runtime = scene(REALTIME_VAD_THRESHOLD="0.7", OPENAI_REALTIME_VOICE="cedar",
                     OPENAI_TRANSCRIBE_MODEL="whisper-1")
     speech = speech_like(1.5, seed=3)
+    before_call = time.monotonic()
     async with audiosocket_server(runtime) as server, asterisk_call(server, seeded.as_uuid) as asterisk:
         model = await realtime.wait_for_connection()
         asterisk.play(speech)
@@ -81,33 +78,31 @@ async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     assert heard in mulaw(speech + bytes(16000 * 4)), "model audio is not a contiguous piece of the caller's"
     assert all(len(e["audio"]) > 0 for e in model.events("input_audio_buffer.append")) or model.append_count
 
-    # Model -> caller: only 320-byte slin frames, the greeting exactly, on a 20 ms clock.
+    # Model -> caller: only 320-byte slin frames, the greeting exactly. Their timing (a 20 ms grid, no bursts, no
+    # drift) is the pacer's, shown on a virtual clock in test_audiosocket_protocol.py and measured under load by
+    # bench/bench_audiosocket.py: wall-clock gaps here would test the machine's load.
     frames = asterisk.audio_frames()
     assert {(f.kind, len(f.payload)) for f in asterisk.received} <= {(0x10, 320), (0x00, 0)}
     played = asterisk.received_audio()
     assert slin_of(mulaw(greeting)) in played
-    gaps = intervals(frames)
-    assert abs(statistics.median(gaps) - 0.020) < 0.002
-    assert max(gaps) < 0.045, f"a gap of {max(gaps) * 1000:.1f} ms in the outbound audio"
-    assert sum(1 for g in gaps if g < 0.005) <= 2, "frames came in a burst"
-    # Agent transcript saved with its offset.
+    # Agent transcript saved with its offset: from the call's start to its first audible frame, which reached the
+    # callee no earlier (the call started after `before_call`).
     async with sessions() as db:
         lines = await repo.list_transcript(db, seeded.user_id, seeded.call_id)
     assert [(line.speaker, line.text) for line in lines] == [(Speaker.AGENT, "Hello, this is an AI assistant.")]
-    assert 0 <= lines[0].offset_ms < 1000
+    first_heard = next(f.at for f in frames if not f.silent)
+    assert 0 <= lines[0].offset_ms <= (first_heard - before_call) * 1000
 
 
-async def test_silent_model_still_sends_a_frame_every_20ms(scene, sessions, realtime):
+async def test_a_silent_model_still_sends_silence_frames(scene, sessions, realtime):
+    """Over the wire: silence keeps flowing while the model says nothing (one per 20 ms slot: the pacer's test)."""
     seeded = await seed_call(sessions)
     runtime = scene()
     async with audiosocket_server(runtime) as server, asterisk_call(server, seeded.as_uuid) as asterisk:
         await realtime.wait_for_connection()
-        await asyncio.sleep(2.5)   # longer than AudioSocket()'s 2 s no-frame timeout
+        await asterisk.wait_frames(125, timeout=30)   # 2.5 s of frames: longer than AudioSocket()'s 2 s rule
         frames = asterisk.audio_frames()
-    assert 115 <= len(frames) <= 130
     assert all(f.silent and len(f.payload) == 320 for f in frames)
-    assert max(intervals(frames)) < 0.045
-    assert not asterisk.hangup.is_set()
 
 
 async def test_callee_speech_and_agent_speech_are_transcribed_with_offsets(scene, sessions, realtime):

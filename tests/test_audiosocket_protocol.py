@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 
 import pytest
@@ -19,6 +20,7 @@ from audiosocket.protocol import (
     encode_uuid,
 )
 from tests.doubles.captures import CAPTURES
+from tests.doubles.virtual_time import VirtualTimeLoop
 
 CAPTURE = CAPTURES / "audiosocket-session.txt"
 LINE = re.compile(r"\s*([\d.]+) kind=0x([0-9a-f]{2}) len=(\d+) head=([0-9a-f]+)")
@@ -93,32 +95,80 @@ def test_only_hangup_and_non_empty_audio_can_be_encoded_for_asterisk():
     assert encode_audio(b"\0\0", Kind.SLIN16)[:3] == b"\x12\x00\x02"
 
 
-async def test_pacer_writes_silence_then_queued_audio_on_the_grid_and_clears_at_once():
-    loop = asyncio.get_running_loop()
-    written: list[tuple[float, bytes]] = []
-    pacer = OutboundPacer(lambda data: written.append((loop.time(), data)), prebuffer_frames=2)
-    pacer.start()
-    await asyncio.sleep(0.1)
-    pacer.enqueue(b"\x11\x11" * 800, "item_1")   # 100 ms, more than the jitter buffer
-    await asyncio.sleep(0.2)
-    pacer.enqueue(b"\x22\x22" * 1600, "item_2")  # 200 ms
-    await asyncio.sleep(0.05)
-    dropped = pacer.clear()
-    cleared_at = loop.time()
-    await asyncio.sleep(0.06)
-    pacer.stop()
-    count = len(written)
-    await asyncio.sleep(0.05)
-    assert len(written) == count, "a frame went out after stop()"
+def run_in_virtual_time(scenario):
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(scenario(loop))
+    finally:
+        loop.close()
+
+
+def test_pacer_writes_silence_then_queued_audio_on_the_grid_and_clears_at_once():
+    """On the loop's clock (virtual here, so the times are exact whatever the machine's load)."""
+    async def scenario(loop):
+        written: list[tuple[float, bytes]] = []
+        pacer = OutboundPacer(lambda data: written.append((loop.time(), data)), prebuffer_frames=2)
+        pacer.start()
+        await asyncio.sleep(0.1)
+        pacer.enqueue(b"\x11\x11" * 800, "item_1")   # 100 ms, more than the jitter buffer
+        await asyncio.sleep(0.2)
+        pacer.enqueue(b"\x22\x22" * 1600, "item_2")  # 200 ms
+        await asyncio.sleep(0.05)
+        dropped = pacer.clear()
+        cleared_at = loop.time()
+        await asyncio.sleep(0.06)
+        pacer.stop()
+        count = len(written)
+        await asyncio.sleep(0.05)
+        assert len(written) == count, "a frame went out after stop()"
+        return pacer, written, dropped, cleared_at
+
+    pacer, written, dropped, cleared_at = run_in_virtual_time(scenario)
     assert all(len(data) == 3 + FRAME_BYTES and data[:3] == b"\x10\x01\x40" for _, data in written)
     assert written[0][1] == SILENCE_FRAME
     assert sum(data[3:] == b"\x11\x11" * 160 for _, data in written) == 5
     assert pacer.played_ms("item_1") == 100
     assert 0 < pacer.played_ms("item_2") < 200 and dropped > 0
-    assert all(data == SILENCE_FRAME for at, data in written if at > cleared_at + 0.001)
+    assert all(data == SILENCE_FRAME for at, data in written if at > cleared_at)
     start = written[0][0]
-    for index, (at, _) in enumerate(written):   # absolute grid: no drift, no bursts
-        assert -0.001 <= at - (start + index * 0.020) < 0.010
+    for index, (at, _) in enumerate(written):   # absolute grid (within its 1 ms phase): no drift, no bursts
+        assert -1e-9 <= at - (start + index * 0.020) <= 0.001 + 1e-9
+
+
+def test_a_silent_model_still_gets_a_frame_out_every_20ms():
+    """Asterisk's AudioSocket() hangs up after 2 s without a frame: with nothing queued the pacer writes silence,
+    one frame per 20 ms slot."""
+    async def scenario(loop):
+        written: list[float] = []
+        pacer = OutboundPacer(lambda data: written.append(loop.time()) if data == SILENCE_FRAME else None)
+        pacer.start()
+        await asyncio.sleep(2.5)
+        pacer.stop()
+        return written
+
+    written = run_in_virtual_time(scenario)
+    assert len(written) == 126   # the first at once, then one per 20 ms for 2.5 s
+    gaps = [b - a for a, b in itertools.pairwise(written)]
+    assert max(gaps) <= 0.021 + 1e-9 and min(gaps) >= 0.019 - 1e-9
+
+
+def test_after_a_stalled_loop_the_pacer_skips_the_missed_slots_and_never_bursts():
+    async def scenario(loop):
+        written: list[float] = []
+        pacer = OutboundPacer(lambda data: written.append(loop.time()))
+        pacer.enqueue(b"\x11\x11" * 8000, "item")   # 1 s of audio queued
+        pacer.start()
+        await asyncio.sleep(0.1)
+        loop.call_soon(loop.stall, 0.25)   # a callback that blocked the loop for 250 ms
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        pacer.stop()
+        return written
+
+    written = run_in_virtual_time(scenario)
+    gaps = [b - a for a, b in itertools.pairwise(written)]
+    assert max(gaps) >= 0.25 - 1e-9 and len(written) > 12   # the stall shows as one gap ...
+    assert min(gaps) >= 0.010 - 1e-9            # ... and no frames pile up after it (at least half a slot apart)
 
 
 def test_a_read_of_exactly_one_slin_frame_decodes_as_feed_does():

@@ -8,12 +8,13 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-import time
 
+import psutil
 import pytest
 
 from fastagi_server.server import FastAgiServer
 from tests.doubles.agi_client import FakeAsteriskAgi, build_environment
+from tests.doubles.ami_helpers import eventually
 
 PANORAMISK_SERVER = textwrap.dedent("""
     import asyncio
@@ -64,14 +65,12 @@ async def server():
     await server.stop(grace=0.5)
 
 
-async def _good_session_latency(port: int) -> tuple[float, FakeAsteriskAgi]:
-    """Seconds from connecting to receiving the route's first command, for a well-formed session."""
+async def _serve_good_session(port: int) -> None:
+    """A well-formed session gets the route's whole dialog (the server is not stuck on an earlier client)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    started = time.perf_counter()
     writer.write(build_environment(script="call-start", agi_host=f"127.0.0.1:{port}"))
     await writer.drain()
-    first = await asyncio.wait_for(reader.readuntil(b"\n"), 2)
-    latency = time.perf_counter() - started
+    first = await asyncio.wait_for(reader.readuntil(b"\n"), 30)
     assert first == b"GET VARIABLE OPENDEEP_CALL_ID\n"
     writer.write(b"200 result=1 (42)\n")
     assert await asyncio.wait_for(reader.readuntil(b"\n"), 2) == \
@@ -79,7 +78,6 @@ async def _good_session_latency(port: int) -> tuple[float, FakeAsteriskAgi]:
     writer.write(b"200 result=1\n")
     assert await asyncio.wait_for(reader.read(), 2) == b""  # the server ended the AGI
     writer.close()
-    return latency
 
 
 async def _closed_by_server(reader, timeout: float = 2.0) -> bool:
@@ -92,28 +90,35 @@ async def _closed_by_server(reader, timeout: float = 2.0) -> bool:
 
 def test_panoramisk_fast_agi_spins_on_a_client_that_closes_before_the_empty_line():
     """Why fastagi_server is our own: panoramisk's header loop re-reads b'' forever at EOF, never yields to
-    the event loop, and so no later session is answered at all (the process burns a core)."""
+    the event loop, and so no later session is answered at all. Shown by the spin itself: the server process
+    burns a whole second of CPU (an idle one uses next to none) while a good session waits unanswered."""
     process = subprocess.Popen([sys.executable, "-c", PANORAMISK_SERVER], stdout=subprocess.PIPE)
     try:
         port = int(process.stdout.readline())
+        server_process = psutil.Process(process.pid)
+
+        def cpu_seconds() -> float:
+            times = server_process.cpu_times()
+            return times.user + times.system
 
         async def scenario():
+            idle = cpu_seconds()
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"agi_network: yes\nagi_network_script: call-start\n")  # no empty line, then EOF
             await writer.drain()
             writer.close()
-            await asyncio.sleep(0.1)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(build_environment(script="call-start"))
-            await writer.drain()
-            try:
-                return await asyncio.wait_for(reader.readuntil(b"\n"), 1.0)
-            except TimeoutError:
-                return None
-            finally:
-                writer.close()
+            reader, good = await asyncio.open_connection("127.0.0.1", port)
+            good.write(build_environment(script="call-start"))
+            await good.drain()
+            answer = asyncio.ensure_future(reader.readuntil(b"\n"))
+            await eventually(lambda: cpu_seconds() - idle >= 1.0, timeout=60, interval=0.1,
+                             what="the panoramisk process to burn a second of CPU")
+            answered = answer.done()
+            answer.cancel()
+            good.close()
+            return answered
 
-        assert asyncio.run(scenario()) is None, "panoramisk answered: re-check the claim in the README"
+        assert asyncio.run(scenario()) is False, "panoramisk answered: re-check the claim in the README"
     finally:
         process.kill()
         process.wait(5)
@@ -124,17 +129,17 @@ async def test_ours_closes_that_client_and_answers_the_next_one_at_once(server):
     writer.write(b"agi_network: yes\nagi_network_script: call-start\n")
     await writer.drain()
     writer.close()
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
 
 
 async def test_no_empty_line_times_out_while_other_sessions_go_on(server):
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"agi_network: yes\nagi_network_script: call-start\n")  # and then nothing, socket open
     await writer.drain()
-    assert await _good_session_latency(server.port) < 0.1  # answered while the stuck one waits
-    assert await _closed_by_server(reader, timeout=2.0)      # header timeout (0.5 s here) closed it
+    await _serve_good_session(server.port)                    # served while the stuck one waits ...
+    assert await _closed_by_server(reader, timeout=30)        # ... which the header timeout (0.5 s) closes
     writer.close()
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
     assert server.recorder.seen[0][3] == "42"
 
 
@@ -147,7 +152,7 @@ async def test_one_megabyte_environment_is_cut_off_at_the_cap(server):
         pass  # the server may close while we are still sending: that is the point
     assert await _closed_by_server(reader)
     writer.close()
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
     assert server.recorder.seen == [("call-start", {}, (), "42")]
 
 
@@ -160,7 +165,7 @@ async def test_many_short_lines_beyond_the_cap_are_refused_too(server):
         pass
     assert await _closed_by_server(reader)
     writer.close()
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
 
 
 async def test_eof_inside_the_environment_then_next_session(server):
@@ -170,7 +175,7 @@ async def test_eof_inside_the_environment_then_next_session(server):
     writer.write_eof()
     assert await _closed_by_server(reader)
     writer.close()
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
 
 
 async def test_hangup_in_the_middle_of_a_command_then_next_session(server):
@@ -178,7 +183,7 @@ async def test_hangup_in_the_middle_of_a_command_then_next_session(server):
                                 hangup_after=0).run()
     assert run.commands == ["GET VARIABLE OPENDEEP_CALL_ID"] and run.replies == [b"HANGUP\n"]
     assert "OPENDEEP_DIAL" not in run.variables
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
 
 
 async def test_a_crashing_route_and_an_unknown_route_end_the_agi_cleanly(server):
@@ -186,7 +191,7 @@ async def test_a_crashing_route_and_an_unknown_route_end_the_agi_cleanly(server)
     unknown = await FakeAsteriskAgi(server.port, script="no-such-route").run()
     assert (crashed.agi_status, crashed.commands) == ("SUCCESS", [])
     assert (unknown.agi_status, unknown.commands) == ("SUCCESS", [])
-    assert await _good_session_latency(server.port) < 0.1
+    await _serve_good_session(server.port)
 
 
 async def test_route_gets_query_arguments_and_agi_args(server):
@@ -221,9 +226,7 @@ async def test_stop_cancels_sessions_that_outlive_the_grace_period():
         if server.active_sessions:
             break
         await asyncio.sleep(0.01)
-    started = time.perf_counter()
-    await server.stop(grace=0.2)
-    assert time.perf_counter() - started < 2
+    await asyncio.wait_for(server.stop(grace=0.2), 20)   # far less than the route's 30 s: it was cancelled
     assert server.active_sessions == 0
     assert (await asyncio.wait_for(client, 2)).agi_status == "SUCCESS"
 
