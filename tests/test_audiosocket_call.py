@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import warnings
 
@@ -76,7 +77,10 @@ async def test_audio_flows_both_ways_in_20ms_frames(scene, sessions, realtime):
     heard = bytes(model.audio_in)
     assert len(heard) >= 8000   # at least 1 s of the 1.5 s
     assert heard in mulaw(speech + bytes(16000 * 4)), "model audio is not a contiguous piece of the caller's"
-    assert all(len(e["audio"]) > 0 for e in model.events("input_audio_buffer.append")) or model.append_count
+    # Each append carried audio: the model's buffer grew with every one (marks: its size before each append).
+    marks = [size for _, size in model.append_times] + [len(model.audio_in)]
+    assert model.append_count == len(model.append_times) > 0
+    assert all(after > before for before, after in itertools.pairwise(marks)), "an append without audio"
 
     # Model -> caller: only 320-byte slin frames, the greeting exactly. Their timing (a 20 ms grid, no bursts, no
     # drift) is the pacer's, shown on a virtual clock in test_audiosocket_protocol.py and measured under load by
