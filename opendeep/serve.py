@@ -134,7 +134,8 @@ async def serve(runtime: Runtime, names: Sequence[str], stop_event: asyncio.Even
             handled.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
-    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
+    if runtime.settings.event_loop != "asyncio":
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     started: list[Component] = []
     # Live-call actions (DTMF, transfer, hangup) work in every process, whichever holds the call: through the
     # `ami` part's controllers where it runs here, else over an AMI connection of this process's own.

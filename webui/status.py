@@ -137,6 +137,8 @@ def waiting_for(task: dict[str, Any], campaign: dict[str, Any] | None, status: d
         return "dialing now"
     if state == "in_progress":
         return task.get("status_reason") or "call in progress"
+    if task.get("held"):   # until one succeeds (opendeep/campaign_goal.py)
+        return "waits its turn: called only if the targets before it do not succeed"
     if task.get("paused"):
         return "paused — resume to schedule it again"
     if campaign and campaign.get("status") == "paused":
