@@ -110,6 +110,7 @@ async def test_call_log_filters_pages_and_the_board_follows_a_live_call(settings
             await page.click("nav.pager >> text=Next")
             await expect(page.locator("tr.task")).to_have_count(100)
             await expect(page.locator("tr.task").first).to_have_id(f"task-{seeded.task_ids[100]}")
+            await page.wait_for_selector("body[data-live-ready='1']")   # page 2's own event stream is open
             async with runtime.sessions() as session:
                 await repo.set_task_status(session, alice, seeded.task_ids[150], TaskStatus.CANCELLED,
                                            reason="cancelled from another tab")
