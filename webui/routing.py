@@ -111,7 +111,6 @@ def _guard(endpoint: Endpoint, *, auth: bool, api: bool) -> Endpoint:
             await before_page(request)   # what every page shows (the status strip)
         return await endpoint(request)
 
-    guarded.csrf_protected = True  # type: ignore[attr-defined]
     return guarded
 
 
