@@ -60,8 +60,10 @@ demo: install
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# ruff over everything; mypy over the product packages (the list and flags are [tool.mypy] in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) opendeep.db opendeep.db-wal opendeep.db-shm *.egg-info

@@ -34,6 +34,7 @@ from ami_controller.outcomes import finish_call
 from ami_controller.scheduler import ClaimedTask, claim_due_tasks, release_task, screen_claimed_tasks
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.metrics import CALLS_IN_PROGRESS, ORIGINATES
 from opendeep.settings import Settings
@@ -181,7 +182,7 @@ async def _give_back(sessions: async_sessionmaker[AsyncSession], task: ClaimedTa
                                Task.status == TaskStatus.IN_PROGRESS)
             .values(status=task.previous_status, attempt_count=Task.attempt_count - 1, claimed_by=None,
                     claimed_at=None, status_reason=reason, next_action_time=utcnow(), updated_at=utcnow()))
-        if result.rowcount == 1:
+        if rows_changed(result) == 1:
             await repo.record_task_event(session, task.user_id, task.id, "task.deferred", reason)
         await session.commit()
 

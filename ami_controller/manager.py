@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
 from db import repo
 from db.models import Call, CallOutcome, CallStatus
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.asterisk_servers import AsteriskServer
 from opendeep.metrics import AMI_CONNECTED
@@ -155,6 +156,8 @@ class _Protocol(AMIProtocol):
 
 class _PanoramiskManager(Manager):
     """panoramisk's Manager, minus its own reconnect loop: AmiController decides when to try again."""
+
+    pinger: asyncio.TimerHandle | None   # set by panoramisk (untyped): its keep-alive Ping timer
 
     def __init__(self, *, on_lost: Callable[[Any], None], **config: Any) -> None:
         super().__init__(**config)
@@ -611,7 +614,7 @@ class AmiController:
             if event_type:
                 await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
             await session.commit()
-            if result.rowcount == 1 and self.events is not None:
+            if rows_changed(result) == 1 and self.events is not None:
                 self.events.publish(call.user_id, "call.updated", {"call_id": call_id, "task_id": call.task_id,
                                                                    "status": status.value, "outcome": None})
 

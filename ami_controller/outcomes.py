@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.costs import record_trunk_usage
 from opendeep.metrics import CALL_OUTCOMES
@@ -121,7 +122,7 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
         .where(Call.id == call_id, Call.user_id == user_id, Call.status != CallStatus.ENDED)
         .values(**values)
     )
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         return False
     CALL_OUTCOMES.labels(outcome.value).inc()   # CallOutcome values: a fixed set
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import DUE_TASK_STATUSES, Campaign, CampaignStatus, Task, TaskStatus, User
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings, parse_window
@@ -70,7 +71,7 @@ async def claim_due_tasks(session: AsyncSession, *, claimer: str, limit: int, no
     if limit <= 0:
         return []
     now = now or utcnow()
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         claimed = await _claim_postgresql(session, claimer, limit, now, exclude_user_ids)
     else:
         claimed = await _claim_sqlite(session, claimer, limit, now, exclude_user_ids)
@@ -98,7 +99,9 @@ async def _claim_postgresql(session: AsyncSession, claimer: str, limit: int, now
                    Task.max_attempts, due.c.previous_status)
     )
     rows = (await session.execute(statement)).all()
-    return sorted((ClaimedTask(*row[:6], TaskStatus(row[6])) for row in rows), key=lambda task: task.id)
+    return sorted((ClaimedTask(task_id, user_id, campaign_id, number, attempts, max_attempts, TaskStatus(previous))
+                   for task_id, user_id, campaign_id, number, attempts, max_attempts, previous in rows),
+                  key=lambda task: task.id)
 
 
 async def _claim_sqlite(session: AsyncSession, claimer: str, limit: int, now: datetime,
@@ -121,7 +124,7 @@ async def _claim_sqlite(session: AsyncSession, claimer: str, limit: int, now: da
             .values(status=TaskStatus.QUEUED, attempt_count=attempts + 1, claimed_by=claimer, claimed_at=now,
                     updated_at=now, status_reason=None)
         )
-        if result.rowcount == 1:
+        if rows_changed(result) == 1:
             claimed.append(ClaimedTask(task_id, user_id, campaign_id, number, attempts + 1, max_attempts,
                                        TaskStatus(status)))
     return claimed
@@ -138,7 +141,7 @@ async def release_task(session: AsyncSession, task: ClaimedTask, *, reason: str,
         update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.status == TaskStatus.QUEUED)
         .values(**values)
     )
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         return False
     await repo.record_task_event(session, task.user_id, task.id, event_type, reason,
                                  {"next_action_time": next_action_time.isoformat() if next_action_time else None})

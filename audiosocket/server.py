@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import openai
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 
 from audiosocket.bridge import BridgeLimits, CallBridge, ConnectModel, EndReason
 from audiosocket.instructions import build_instructions, user_display_name, voicemail_plan_line
@@ -27,6 +27,7 @@ from audiosocket.tools import tool_definitions
 from audiosocket.wrap_up import watch_for_wrap_up
 from db import repo, transfers
 from db.models import Call, CallDirection, CallOutcome, CallStatus
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.llm import LlmNotConfigured, realtime_client
 from opendeep.metrics import AUDIOSOCKET_LIVE_CALLS
@@ -48,9 +49,10 @@ class AsteriskConnection(asyncio.Protocol):
     claimed in the database it keeps what arrives; once the call's bridge `attach`es, everything goes to it.
     """
 
+    transport: asyncio.Transport   # set in connection_made, which asyncio calls before any other callback
+
     def __init__(self, server: AudioSocketServer) -> None:
         self.server = server
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]   # set in connection_made
         self.peer: Any = None
         self.frames = FrameReader(server.max_payload)
         self.bridge: CallBridge | None = None
@@ -59,7 +61,9 @@ class AsteriskConnection(asyncio.Protocol):
         self._uuid_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]   # a stream transport (asyncio's or uvloop's)
+        # A stream server's protocol always gets a read/write transport (asyncio's or uvloop's, which does not
+        # subclass asyncio.Transport, hence no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = peer = transport.get_extra_info("peername")
         server = self.server
         host = peer[0] if isinstance(peer, tuple) and peer else None
@@ -268,10 +272,10 @@ class AudioSocketServer:
         Asterisk gives us, so this one lookup is not tenant-scoped; everything after it is (CallRef.user_id).
         The first connection claims it (one conditional UPDATE); any later one with the same UUID gets None."""
         async with self.runtime.sessions() as db, db.begin():
-            claimed: CursorResult[Any] = await db.execute(  # type: ignore[assignment]   # an UPDATE's result
+            claimed = await db.execute(
                 update(Call).where(Call.audiosocket_uuid == as_uuid, Call.audiosocket_claimed_at.is_(None),
                                    Call.status != CallStatus.ENDED).values(audiosocket_claimed_at=utcnow()))
-            if claimed.rowcount != 1:
+            if rows_changed(claimed) != 1:
                 return None
             call = await db.scalar(select(Call).where(Call.audiosocket_uuid == as_uuid))
             if call is None:

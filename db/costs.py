@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import BigInteger, exists, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
 from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignStatus, PauseReason, Task, UsageKind, UsageRecord
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.prices import Priced, TokenUsage, format_usd
 
@@ -102,7 +103,7 @@ async def pause_if_budget_spent(session: AsyncSession, user_id: int, campaign_id
                Campaign.budget_microusd.is_not(None), Campaign.spent_microusd >= Campaign.budget_microusd,
                open_task)
         .values(status=CampaignStatus.PAUSED, pause_reason=PauseReason.BUDGET_SPENT))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         return None
     name, spent, budget = (await session.execute(
         select(Campaign.name, Campaign.spent_microusd, Campaign.budget_microusd)
@@ -112,6 +113,7 @@ async def pause_if_budget_spent(session: AsyncSession, user_id: int, campaign_id
         f"Campaign \u201c{name}\u201d is paused: its budget of {format_usd(budget, 2)} is spent "
         f"({format_usd(spent, 2)}). Calls in progress finish; raise the budget to resume it.",
         {"campaign_id": campaign_id, "spent_microusd": spent, "budget_microusd": budget})
+    assert budget is not None   # the UPDATE above matched only a campaign with a budget
     return BudgetStop(user_id, campaign_id, spent, budget)
 
 
@@ -155,6 +157,9 @@ async def clear_pause_reason(session: AsyncSession, user_id: int, campaign_id: i
 
 # ---------------------------------------------------------------- what the pages show
 
+# The cost of a group of usage records: COALESCE makes it never NULL, which type_coerce tells the type checker
+# (no CAST in the SQL).
+_COST_TOTAL = type_coerce(func.coalesce(func.sum(UsageRecord.cost_microusd), 0), BigInteger)
 _TOKEN_COLUMNS = ("text_in", "text_cached_in", "text_out", "audio_in", "audio_cached_in", "audio_out", "seconds")
 
 
@@ -204,11 +209,11 @@ async def campaign_costs(session: AsyncSession, user_id: int, campaign_id: int) 
     breakdown = _breakdown(await session.execute(
         _totals_query(user_id).where(UsageRecord.campaign_id == campaign_id)))
     per_task = await session.execute(
-        select(UsageRecord.task_id, func.coalesce(func.sum(UsageRecord.cost_microusd), 0))
+        select(UsageRecord.task_id, _COST_TOTAL)
         .where(UsageRecord.user_id == user_id, UsageRecord.campaign_id == campaign_id,
                UsageRecord.task_id.is_not(None)).group_by(UsageRecord.task_id))
     return {**breakdown, **budget_view(campaign),
-            "tasks": {int(task_id): int(cost) for task_id, cost in per_task}}
+            "tasks": {task_id: int(cost) for task_id, cost in per_task if task_id is not None}}
 
 
 def budget_view(campaign: Campaign) -> dict[str, Any]:
@@ -237,7 +242,7 @@ async def month_costs(session: AsyncSession, user_id: int, month: str) -> dict[s
     in_month = (UsageRecord.at >= start, UsageRecord.at < end)
     breakdown = _breakdown(await session.execute(_totals_query(user_id).where(*in_month)))
     rows = await session.execute(
-        select(UsageRecord.campaign_id, Campaign.name, func.coalesce(func.sum(UsageRecord.cost_microusd), 0),
+        select(UsageRecord.campaign_id, Campaign.name, _COST_TOTAL,
                func.coalesce(func.sum(UsageRecord.seconds).filter(UsageRecord.kind == UsageKind.TRUNK), 0))
         .outerjoin(Campaign, (Campaign.id == UsageRecord.campaign_id) & (Campaign.user_id == user_id))
         .where(UsageRecord.user_id == user_id, *in_month)

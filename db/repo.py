@@ -35,6 +35,7 @@ from db.models import (
     TaskStatus,
     User,
 )
+from db.typed import rows_changed, table_of
 from db.types import UTCDateTime, utcnow
 
 BULK_CHUNK_ROWS = 2000
@@ -65,7 +66,7 @@ async def get_user(session: AsyncSession, user_id: int) -> User | None:
 
 async def update_user_profile(session: AsyncSession, user_id: int, profile: dict[str, Any]) -> bool:
     result = await session.execute(update(User).where(User.id == user_id).values(profile=profile))
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 # ---------------------------------------------------------------- campaigns
@@ -111,7 +112,7 @@ async def set_campaign_status(session: AsyncSession, user_id: int, campaign_id: 
     if only_from is not None:
         query = query.where(Campaign.status.in_(list(only_from)))
     result = await session.execute(query.values(**values))
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 # ---------------------------------------------------------------- tasks
@@ -154,9 +155,9 @@ async def set_task_status(session: AsyncSession, user_id: int, task_id: int, sta
     if only_from is not None:
         query = query.where(Task.status.in_(list(only_from)))
     result = await session.execute(query.values(**values))
-    if result.rowcount == 1 and status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+    if rows_changed(result) == 1 and status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
         await webhooks.task_finished(session, user_id, task_id, status)   # the outbox, in this transaction
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 async def record_task_event(session: AsyncSession, user_id: int, task_id: int, type_: str, reason: str = "",
@@ -180,8 +181,8 @@ async def list_task_events(session: AsyncSession, user_id: int, task_id: int) ->
 # Set-based statements, one chunk of at most BULK_CHUNK_ROWS rows per call: Core executemany and INSERT ... SELECT,
 # no ORM objects, so the work per row is constant and a 10,000-task campaign costs ~20 chunks of 3 statements.
 
-_TASKS = Task.__table__
-_TASK_EVENTS = TaskEvent.__table__
+_TASKS = table_of(Task)
+_TASK_EVENTS = table_of(TaskEvent)
 
 
 async def add_tasks(session: AsyncSession, user_id: int, campaign_id: int,
@@ -357,7 +358,7 @@ async def remove_dnd(session: AsyncSession, user_id: int, phone_number: str) -> 
     result = await session.execute(
         delete(DndEntry).where(DndEntry.user_id == user_id, DndEntry.phone_number == phone_number)
     )
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 async def list_dnd(session: AsyncSession, user_id: int) -> Sequence[DndEntry]:
@@ -399,7 +400,7 @@ async def add_dnd_entries(session: AsyncSession, user_id: int, entries: Sequence
     were new."""
     if not entries:
         return 0
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     table = DndEntry.__table__
     statement = (dialect.insert(table).on_conflict_do_nothing(index_elements=["user_id", "phone_number"])
                  .returning(table.c.id))
@@ -439,9 +440,9 @@ async def answer_feedback_request(session: AsyncSession, user_id: int, request_i
                FeedbackRequest.status == FeedbackStatus.PENDING)
         .values(answer=answer, status=FeedbackStatus.ANSWERED, answered_at=utcnow())
     )
-    if result.rowcount == 1:
+    if rows_changed(result) == 1:
         await webhooks.feedback_changed(session, user_id, request_id, "feedback.answered")
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 async def close_feedback_request(session: AsyncSession, user_id: int, request_id: int,
@@ -453,7 +454,7 @@ async def close_feedback_request(session: AsyncSession, user_id: int, request_id
                FeedbackRequest.status == FeedbackStatus.PENDING)
         .values(status=status)
     )
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 async def list_pending_feedback(session: AsyncSession, user_id: int) -> Sequence[FeedbackRequest]:
@@ -579,7 +580,7 @@ async def mark_notification_read(session: AsyncSession, user_id: int, notificati
                Notification.read_at.is_(None))
         .values(read_at=utcnow())
     )
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 # ---------------------------------------------------------------- FastAGI call-start

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
 from db.models import TransferTarget
+from db.typed import rows_changed
 from opendeep.settings import Settings
 
 MAX_TARGETS_PER_USER = 50
@@ -45,7 +46,7 @@ async def add_transfer_target(session: AsyncSession, user_id: int, name: str,
 async def remove_transfer_target(session: AsyncSession, user_id: int, target_id: int) -> bool:
     result = await session.execute(delete(TransferTarget).where(TransferTarget.id == target_id,
                                                                 TransferTarget.user_id == user_id))
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 async def transfer_refusal(session: AsyncSession, settings: Settings, user_id: int, number: str) -> str | None:

@@ -30,6 +30,7 @@ from db.models import (
     WebhookDeliveryStatus,
     WebhookEndpoint,
 )
+from db.typed import rows_changed, table_of
 from db.types import utcnow
 
 EVENT_TYPES = ("call.ended", "task.completed", "task.failed", "campaign.finished", "feedback.asked",
@@ -70,7 +71,7 @@ async def set_endpoint_enabled(session: AsyncSession, user_id: int, endpoint_id:
     result = await session.execute(update(WebhookEndpoint)
                                    .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.user_id == user_id)
                                    .values(enabled=enabled))
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 async def remove_endpoint(session: AsyncSession, user_id: int, endpoint_id: int) -> bool:
@@ -79,7 +80,7 @@ async def remove_endpoint(session: AsyncSession, user_id: int, endpoint_id: int)
                                                         WebhookDelivery.user_id == user_id))
     result = await session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
                                                                  WebhookEndpoint.user_id == user_id))
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 # ---------------------------------------------------------------- the outbox
@@ -140,9 +141,13 @@ async def call_ended(session: AsyncSession, user_id: int, call_id: int) -> int:
 async def task_finished(session: AsyncSession, user_id: int, task_id: int, status: TaskStatus) -> int:
     """`task.completed` / `task.failed`: the task's result and its latest call's analysis."""
     event_type = {TaskStatus.COMPLETED: "task.completed", TaskStatus.FAILED: "task.failed"}.get(status)
-    wanting = event_type and await endpoints_wanting(session, user_id, event_type)
+    if event_type is None:
+        return 0
+    wanting = await endpoints_wanting(session, user_id, event_type)
+    if not wanting:
+        return 0
     # Columns, not the Task object: the caller may hold that object, and must keep what it has in memory.
-    task = wanting and (await session.execute(
+    task = (await session.execute(
         select(Task.id, Task.campaign_id, Task.target_name, Task.phone_number, Task.status_reason,
                Task.attempt_count, Task.result).where(Task.id == task_id, Task.user_id == user_id))).first()
     if not task:
@@ -301,10 +306,10 @@ class AttemptResult:
     final: bool = False
 
 
+_DELIVERIES = table_of(WebhookDelivery)
 _RECORD = (
-    update(WebhookDelivery.__table__)
-    .where(WebhookDelivery.__table__.c.id == bindparam("b_id"),
-           WebhookDelivery.__table__.c.claim == bindparam("b_claim"))
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("b_id"), _DELIVERIES.c.claim == bindparam("b_claim"))
     .values(status=bindparam("v_status"), claim=None, locked_until=None, last_status_code=bindparam("v_code"),
             last_error=bindparam("v_error"), history=bindparam("v_history"), next_attempt_at=bindparam("v_next"),
             delivered_at=bindparam("v_delivered"))

@@ -34,7 +34,7 @@ import enum
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -112,7 +112,7 @@ class CallbackRoutes:
         self.events = events
         self.clock = clock
 
-    def table(self) -> dict[str, object]:
+    def table(self) -> dict[str, Callable[[AgiSession], Awaitable[None]]]:
         return {"callback": self.callback, "callback-end": self.callback_end}
 
     # ------------------------------------------------------------ callback
@@ -132,8 +132,8 @@ class CallbackRoutes:
         elif decision.action is CallbackAction.AI:
             await agi.set_variable("OPENDEEP_AS_ADDR", self.settings.audiosocket_address)
             await agi.set_variable("OPENDEEP_MAX_SECONDS", str(self.settings.max_call_seconds))
-            if self.settings.record_calls:
-                await agi.set_variable("OPENDEEP_RECORDING", str(recording_path(
+            if self.settings.record_calls and decision.user_id is not None and decision.call_id is not None:
+                await agi.set_variable("OPENDEEP_RECORDING", str(recording_path(  # an AI answer has its call row
                     self.settings, decision.user_id, decision.call_id)))
             await agi.set_variable("OPENDEEP_AS_UUID", decision.audiosocket_uuid)
         # Last on purpose: a session cut short leaves the dialplan's default, the message.

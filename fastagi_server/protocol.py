@@ -14,6 +14,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 HEADER_TIMEOUT_SECONDS = 5.0     # Asterisk sends the whole environment at once; 5 s is a dead or hostile peer
@@ -189,10 +190,10 @@ def parse_reply_line(line: str) -> AgiReply:
     code, rest = int(match["code"]), match["rest"]
     if code != 200:
         return AgiReply(code=code, text=rest)
-    result = _RESULT.match(rest)
-    if not result:
+    parsed = _RESULT.match(rest)
+    if not parsed:
         return AgiReply(code=code, text=rest)
-    return AgiReply(code=code, text=rest, result=result["result"], data=result["data"])
+    return AgiReply(code=code, text=rest, result=parsed["result"], data=parsed["data"])
 
 
 def quote_argument(value: str) -> str:
@@ -392,8 +393,10 @@ class AgiConnection(asyncio.Protocol):
 
     # -------------------------------------------------------- asyncio.Protocol
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream server's protocol always gets a read/write transport (asyncio's or uvloop's, which does not
+        # subclass asyncio.Transport, hence no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
         if self._eof:  # refused before the loop handed us the transport: close it now
             transport.close()
 
@@ -413,7 +416,8 @@ class AgiConnection(asyncio.Protocol):
         *lines, self._tail = tail.split(b"\n")
         self._lines.extend(lines)
         self._queued += len(data)
-        if self._queued > 2 * MAX_REPLY_LINE_BYTES and not self._paused:  # a peer talking, nobody asking
+        if (self._queued > 2 * MAX_REPLY_LINE_BYTES and not self._paused  # a peer talking, nobody asking
+                and self.transport is not None):
             self._paused = True
             self.transport.pause_reading()
         self._wake()
@@ -484,7 +488,7 @@ class AgiConnection(asyncio.Protocol):
                 self._waiter = None
         line = self._lines.popleft()
         self._queued -= len(line) + 1
-        if self._paused and self._queued <= MAX_REPLY_LINE_BYTES:
+        if self._paused and self._queued <= MAX_REPLY_LINE_BYTES and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         if len(line) > MAX_REPLY_LINE_BYTES:

@@ -27,6 +27,7 @@ import enum
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ami_controller.outcomes import finish_call, map_dial_status
 from db import repo, transfers
 from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus, VoicemailAction
+from db.typed import table_of
 from db.types import utcnow
 from fastagi_server.callbacks import CallbackRoutes
 from fastagi_server.protocol import AgiError, AgiSession
@@ -52,7 +54,7 @@ _NOT_YET_CANCELLED = tuple(status for status in TaskStatus if not status.is_term
 
 # The two writes of a call-start batch, built once (executemany over the batch; SQLAlchemy caches the compiled
 # form). A call ended meanwhile (e.g. cancelled from the web UI) is never moved back to ringing.
-_CALLS = Call.__table__
+_CALLS = table_of(Call)
 _MARK_RINGING = (
     _CALLS.update()
     .where(_CALLS.c.id == bindparam("b_id"), _CALLS.c.user_id == bindparam("b_user_id"),
@@ -60,7 +62,7 @@ _MARK_RINGING = (
     .values(audiosocket_uuid=bindparam("audiosocket_uuid"), status=CallStatus.RINGING.value,
             started_at=bindparam("started_at"), asterisk_other_uniqueid=bindparam("asterisk_other_uniqueid"))
 )
-_INSERT_CALL_EVENTS = insert(CallEvent.__table__)
+_INSERT_CALL_EVENTS = insert(table_of(CallEvent))
 
 
 class AbortReason(enum.StrEnum):
@@ -114,7 +116,7 @@ class CallRoutes:
             raise ValueError(f"DIAL_STRING_TEMPLATE={settings.dial_string_template!r}: only {{number}} and "
                              f"{{digits}} may be used ({exc})") from None
 
-    def table(self) -> dict[str, object]:
+    def table(self) -> dict[str, Callable[[AgiSession], Awaitable[None]]]:
         """Route name (the `agi://host:port/<name>` path) -> coroutine taking an AgiSession."""
         return {
             "call-start": self.call_start,
@@ -335,7 +337,7 @@ class CallRoutes:
             refusal = (await transfers.transfer_refusal(db, self.settings, user_id, number) if number
                        else "no transfer was allowed for this call")
             db.add(_call_event(call, "agi.transfer", {"number": number, "refused": refusal}))
-        if refusal is not None:
+        if refusal is not None or number is None:   # no number always comes with a refusal
             log.warning("transfer of call %s to %s refused: %s", call_id, number, refusal)
             return
         await agi.set_variable("OPENDEEP_TRANSFER_DIAL", self.settings.dial_string_template.format(

@@ -197,6 +197,7 @@ class FastAgiServer:
         ok, error, seconds = self._route_metrics(env.script)
         counted = error
         try:
+            assert connection.session is not None, "on_environment is called once the session exists"
             await route(connection.session)
             counted = ok
         except asyncio.CancelledError:

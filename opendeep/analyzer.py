@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.costs import Scope
 from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Task, TaskStatus, UsageKind
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.costs import record_chat_usage
 from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
@@ -342,7 +343,7 @@ class PostCallAnalyzer:
                 .values(analysis_claim=token, analysis_locked_until=now + self.lease,
                         analysis_attempts=Call.analysis_attempts + 1)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     async def analyze_call(self, user_id: int, call_id: int) -> bool:
         """Claim one call, ask the model, apply the verdict (or the failure). False if another analyzer has it."""
@@ -389,11 +390,12 @@ class PostCallAnalyzer:
                        Call.analysis_claim == token)
                 .values(analysis=stored, analyzed_at=now, analysis_claim=None, analysis_locked_until=None)
             )
-            if result.rowcount != 1:  # our lease ran out and another analyzer took over: it applies, not us
+            if rows_changed(result) != 1:  # our lease ran out and another analyzer took over: it applies, not us
                 log.warning("call %s: claim lost before applying the analysis; leaving it to the new owner", call.id)
                 return
-            task = await repo.get_task(session, user_id, task.id)
-            assert task is not None
+            reloaded = await repo.get_task(session, user_id, task.id)
+            assert reloaded is not None
+            task = reloaded
             decision = decide(task, analysis, self.settings, now)
             if decision.add_to_dnd:
                 added = await repo.add_dnd(session, user_id, task.phone_number,
@@ -440,7 +442,7 @@ class PostCallAnalyzer:
                        Call.analysis_claim == token)
                 .values(**values)
             )
-            if result.rowcount != 1:
+            if rows_changed(result) != 1:
                 return
             if give_up:
                 reason = (f"post-call analysis of call {call.id} failed after {attempt} attempt(s): {error}. "

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, Task, TaskStatus
 from db.repo import TaskMove
+from db.typed import rows_changed
 from db.types import utcnow
 
 log = logging.getLogger("opendeep.campaign_goal")
@@ -216,7 +217,7 @@ async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime
         result = await session.execute(
             update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.held.is_(True),
                                Task.status == was).values(**values))
-        if result.rowcount != 1:
+        if rows_changed(result) != 1:
             continue
         await repo.record_task_event(session, user_id, task_id, "goal.released", reason, {"carried": bool(carried)})
         done.released.append(task_id)

@@ -247,12 +247,10 @@ async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
             rows = parse_targets_csv(text, await _region_of(session, settings, user_id))
         except CsvImportError as exc:
             raise CliError(_csv_errors(args.file, exc)) from None
-        if args.new_campaign:
-            campaign = await repo.create_campaign(session, user_id, name=args.new_campaign, goal=args.goal)
-        else:
-            campaign = await repo.get_campaign(session, user_id, args.campaign)
-            if campaign is None:
-                raise CliError(f"campaign {args.campaign} not found for user {args.user!r}")
+        campaign = (await repo.create_campaign(session, user_id, name=args.new_campaign, goal=args.goal)
+                    if args.new_campaign else await repo.get_campaign(session, user_id, args.campaign))
+        if campaign is None:
+            raise CliError(f"campaign {args.campaign} not found for user {args.user!r}")
         await import_targets(session, user_id, campaign.id, rows)
         await session.commit()
         print(f"imported {len(rows)} task(s) into campaign {campaign.id} ({campaign.name!r})")

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo, webhooks
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.campaign_goal import GoalPass, HangUp, keep_goals
 from opendeep.periodic import PassCount, run_periodically
@@ -83,7 +84,7 @@ async def refresh_inter_call_context(session: AsyncSession, user_id: int, task_i
         update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.inter_call_context != text)
         .values(inter_call_context=text)
     )
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 class LifecycleManager:
@@ -146,11 +147,10 @@ class LifecycleManager:
         published: list[tuple[str, dict[str, Any]]] = []
         counts = {"recovered": 0, "context": 0, "priority": 0, "check_in": 0}
         async with self.sessions() as session, session.begin():
-            tasks = await session.scalars(
+            tasks = (await session.scalars(
                 select(Task).where(Task.user_id == user_id, Task.status.not_in(list(TERMINAL_TASK_STATUSES)))
                 .order_by(Task.id)
-            )
-            tasks = tasks.all()
+            )).all()
             calls_of: dict[int, list[Call]] = {task.id: [] for task in tasks}
             if tasks:  # one query for every open task's calls, not one per task
                 rows = await session.scalars(
@@ -236,7 +236,7 @@ class LifecycleManager:
             .values(status=status, status_reason=reason, attempt_count=attempts, claimed_by=None,
                     claimed_at=None, next_action_time=when or task.next_action_time, updated_at=now)
         )
-        if result.rowcount != 1:
+        if rows_changed(result) != 1:
             return False
         if status is TaskStatus.FAILED:   # set_task_status does this for the other paths
             await webhooks.task_finished(session, task.user_id, task.id, status)
@@ -251,13 +251,13 @@ class LifecycleManager:
         if task.status is not TaskStatus.RETRY_SCHEDULED or task.priority >= CALLBACK_PRIORITY:
             return False
         latest = next((c for c in reversed(calls) if c.analysis), None)
-        if latest is None or not latest.analysis.get("callback_requested"):
+        if latest is None or not (latest.analysis or {}).get("callback_requested"):
             return False
         result = await session.execute(
             update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.priority < CALLBACK_PRIORITY)
             .values(priority=CALLBACK_PRIORITY)
         )
-        if result.rowcount != 1:
+        if rows_changed(result) != 1:
             return False
         reason = (f"callee asked for a callback on call {latest.id}: priority {task.priority} -> "
                   f"{CALLBACK_PRIORITY} so the scheduler rings at {task.next_action_time:%Y-%m-%d %H:%M} UTC")

@@ -6,6 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import openai
+from openai.types.chat import (
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionMessageParam,
+    ChatCompletionSystemMessageParam,
+    ChatCompletionUserMessageParam,
+)
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from opendeep.settings import Settings
 
@@ -49,6 +56,22 @@ class LlmRequestError(RuntimeError):
     """A chat request gave no usable answer; the message says why (timeout, HTTP status, connection, refusal)."""
 
 
+def _chat_messages(messages: list[dict[str, str]]) -> list[ChatCompletionMessageParam]:
+    """Our {"role", "content"} pairs as the SDK's typed message params (system, user or assistant text)."""
+    typed: list[ChatCompletionMessageParam] = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            typed.append(ChatCompletionSystemMessageParam(role="system", content=content))
+        elif role == "user":
+            typed.append(ChatCompletionUserMessageParam(role="user", content=content))
+        elif role == "assistant":
+            typed.append(ChatCompletionAssistantMessageParam(role="assistant", content=content))
+        else:
+            raise ValueError(f"chat message role must be system, user or assistant, not {role!r}")
+    return typed
+
+
 async def structured_completion(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, str]], *,
                                 name: str, schema: dict[str, Any],
                                 on_usage: Callable[[Any], None] | None = None) -> str:
@@ -58,8 +81,9 @@ async def structured_completion(client: openai.AsyncOpenAI, model: str, messages
     it was paid for either way."""
     try:
         response = await client.chat.completions.create(
-            model=model, messages=messages, temperature=0,
-            response_format={"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}},
+            model=model, messages=_chat_messages(messages), temperature=0,
+            response_format=ResponseFormatJSONSchema(
+                type="json_schema", json_schema={"name": name, "strict": True, "schema": schema}),
         )
     except openai.APITimeoutError:
         raise LlmRequestError(f"model {model!r} did not answer in time (LLM_TIMEOUT_SECONDS)") from None

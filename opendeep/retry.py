@@ -11,11 +11,11 @@ from opendeep.settings import Settings
 
 def retry_delay_seconds(attempt_count: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Delay before the next attempt after `attempt_count` attempts: base * 2**(n-1), capped, +/- jitter."""
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     base = settings.retry_backoff_base_seconds * (2 ** max(attempt_count - 1, 0))
     delay = min(base, settings.retry_backoff_max_seconds)
     if settings.retry_jitter:
-        delay *= 1 + rng.uniform(-settings.retry_jitter, settings.retry_jitter)
+        delay *= 1 + uniform(-settings.retry_jitter, settings.retry_jitter)
     return max(delay, 0.0)
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo, webhooks
 from db.costs import Scope
 from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignGoal, CampaignStatus, Task, UsageKind
+from db.typed import rows_changed
 from db.types import UTCDateTime, utcnow
 from opendeep.campaign_goal import describe_goal
 from opendeep.costs import record_chat_usage
@@ -307,7 +308,7 @@ class CampaignSummarizer:
                                     else_=CampaignStatus.COMPLETED),
                         finished_at=func.coalesce(Campaign.finished_at, literal(now, UTCDateTime())))
             )
-            if result.rowcount != 1:
+            if rows_changed(result) != 1:
                 return False  # another summarizer stored it first
             await webhooks.campaign_finished(session, user_id, campaign_id)   # the outbox, in this transaction
             note = await repo.add_notification(

@@ -93,7 +93,7 @@ async def save_preferences(sessions: async_sessionmaker[AsyncSession], user_id: 
         region = _region(raw_region)
     except ValueError as exc:
         errors.append(str(exc))
-    if errors:
+    if errors or zone is None:   # no zone always comes with an error
         raise PreferencesError(errors)
     async with sessions() as session:
         await session.execute(update(User).where(User.id == user_id)
@@ -139,6 +139,8 @@ async def api_account(request: Request) -> Response:
         request.session["tz"] = zone
     async with runtime.sessions() as session:
         user = await repo.get_user(session, request.state.user_id)
+    if user is None:
+        raise not_found("account")
     return JSONResponse({"username": user.username, "time_zone": user.time_zone or "UTC",
                          "region": user.default_region or "", "default_region": runtime.settings.default_region,
                          "is_admin": user.is_admin})
@@ -209,7 +211,7 @@ async def reset_password(sessions: async_sessionmaker[AsyncSession], target: Use
 async def _restart_own_session(request: Request, admin: User, target: User) -> None:
     if target.id == admin.id:   # the administrator's own sessions ended too: this one starts afresh
         async with request.app.state.runtime.sessions() as session:
-            start_session(request, await repo.get_user(session, admin.id))
+            start_session(request, await repo.get_user(session, admin.id) or admin)
 
 
 def _sentence(message: str) -> str:

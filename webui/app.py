@@ -178,7 +178,7 @@ class GuardedHttpProtocol(H11Protocol):
         self._waiting_since = 0.0
         self._deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._follow_request()
         if len(self.connections) > self.limits.max_connections:
@@ -283,7 +283,9 @@ class WebComponent:
         # proxy_headers off: X-Forwarded-For is read only from TRUSTED_PROXIES (webui.auth.client_address).
         # backlog: asyncio accepts up to this many sockets in one go before any is closed to make room; with
         # uvicorn's 2048, a burst of 1,100 connections hit the 1024 file limit (EMFILE on every port).
-        config = uvicorn.Config(self.app, http=functools.partial(GuardedHttpProtocol, limits=limits),
+        # uvicorn calls `http(config=..., server_state=..., app_state=...)`, so any protocol factory works; its
+        # annotation asks for a class.
+        config = uvicorn.Config(self.app, http=functools.partial(GuardedHttpProtocol, limits=limits),  # type: ignore[arg-type]
                                 log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5,
                                 proxy_headers=False, backlog=ACCEPT_BATCH)
         self._server = uvicorn.Server(config)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
@@ -165,6 +166,8 @@ class UIAssistantService:
                 raise LookupError(f"chat {chat_id} not found")
             client = chat_client(self.settings)   # LlmNotConfigured before anything is stored
             user = await repo.get_user(session, user_id)
+            if user is None:
+                raise LookupError(f"user {user_id} not found")
             await repo.add_chat_message(session, user_id, chat_id, ChatRole.USER, text)
             if chat.title == "New task":
                 chat.title = text.splitlines()[0][:80]
@@ -195,7 +198,8 @@ class UIAssistantService:
                                             tool_calls=row.get("tool_calls"), tool_call_id=row.get("tool_call_id"))
             if turn.plan is not None:
                 chat = await repo.get_chat_session(session, user_id, chat_id)
-                chat.plan = turn.plan
+                if chat is not None:   # deleted while the model was answering: nothing to attach the plan to
+                    chat.plan = turn.plan
             await session.commit()
         return turn
 
@@ -203,8 +207,11 @@ class UIAssistantService:
                     new_rows: list[dict[str, Any]], turn: AssistantTurn, usage: list[Any]) -> None:
         submissions = 0
         for _ in range(MAX_ROUNDS):
+            # Our messages and tools are plain dicts in the API's wire shape (stored rows, schema constants); the
+            # SDK types them as TypedDicts, which dicts built at run time cannot be checked against.
             completion = await client.chat.completions.create(
-                model=self.settings.openai_chat_model, messages=messages, tools=self.tools())
+                model=self.settings.openai_chat_model, messages=cast(list[ChatCompletionMessageParam], messages),
+                tools=cast(list[ChatCompletionToolParam], self.tools()))
             usage.append(completion.usage)   # each model call's tokens, for the user's costs
             message = completion.choices[0].message
             calls = [{"id": call.id, "name": call.function.name, "arguments": call.function.arguments or "{}"}

@@ -11,13 +11,15 @@ from starlette.responses import JSONResponse, Response
 from db import repo, transfers
 from db.models import User
 from webui.pages import _flash, _redirect, _render, _runtime, _text_field
-from webui.routing import HttpError, api, form_data, json_body, page
+from webui.routing import HttpError, api, form_data, json_body, not_found, page
 
 
 async def _current(request: Request) -> dict:
     async with _runtime(request).sessions() as session:
         user = await repo.get_user(session, request.state.user_id)
         targets = await transfers.list_transfer_targets(session, request.state.user_id)
+    if user is None:
+        raise not_found("account")
     fallback = next((t for t in targets if t.id == user.callback_fallback_target_id), None)
     return {"ai_answers": bool(user.callback_ai),
             "fallback_target_id": fallback.id if fallback else None,

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from ami_controller.scheduler import next_window_opening, window_for
 from db import repo
 from db.models import CampaignGoal, CampaignStatus, Task, TaskStatus
+from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.campaign_goal import live_call_ids
 from opendeep.phone import InvalidPhoneNumber, callee_timezone, normalize_e164
@@ -138,7 +139,7 @@ async def edit_campaign(runtime: Runtime, user_id: int, campaign_id: int, change
                 update(Task).where(Task.user_id == user_id, Task.campaign_id == campaign_id,
                                    Task.status.not_in([s for s in TaskStatus if s.is_terminal]))
                 .values(max_attempts=changes["max_attempts"], updated_at=utcnow()))
-            said.append(f"up to {changes['max_attempts']} attempt(s) for {result.rowcount} unfinished task(s)")
+            said.append(f"up to {changes['max_attempts']} attempt(s) for {rows_changed(result)} unfinished task(s)")
         if "caller_id" in changes:
             campaign.caller_id = changes["caller_id"]
             said.append(f"caller ID {campaign.caller_id or 'the default (CALLER_ID)'}")
@@ -165,7 +166,7 @@ async def call_task_now(runtime: Runtime, user_id: int, task_id: int, *, retry: 
         moved = await session.execute(
             update(Task).where(Task.id == task.id, Task.user_id == user_id, Task.status == task.status,
                                Task.updated_at == task.updated_at).values(**values))
-        if moved.rowcount != 1:
+        if rows_changed(moved) != 1:
             raise EditRefused(409, "changed", f"task {task_id} changed meanwhile (a call may have started); look "
                                               "at it again")
         await repo.record_task_event(session, user_id, task.id, "task.retry_now" if retry else "task.call_now",
@@ -232,6 +233,8 @@ async def api_edit_campaign(request: Request) -> Response:
         raise not_found("campaign") from None
     async with _runtime(request).sessions() as session:
         campaign = await repo.get_campaign(session, request.state.user_id, campaign_id)
+    if campaign is None:   # deleted right after the edit
+        raise not_found("campaign")
     return JSONResponse({"message": message, "campaign": views.campaign_dict(campaign)})
 
 

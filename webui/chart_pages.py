@@ -39,7 +39,7 @@ def outcomes_by_day(calls: Iterable[Any], zone: tzinfo) -> tuple[list[str], dict
     if not counts:
         return [], {}
     days = _days(min(counts), max(counts))
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for day_counts in counts.values():
         totals.update(day_counts)
     return [d.isoformat() for d in days], {outcome: [counts[d][outcome] for d in days]
@@ -64,7 +64,7 @@ def answer_rate_by_day(calls: Iterable[Any], zone: tzinfo) -> list[tuple[str, fl
 
 def duration_histogram(calls: Iterable[Any]) -> list[tuple[str, int]]:
     """Answered calls per talk-time bucket ("0–15 s", ..., "5 min+")."""
-    counts = Counter()
+    counts: Counter[tuple[int, int | None]] = Counter()
     for call in calls:
         if call.answered_at is None or call.duration_seconds is None:
             continue

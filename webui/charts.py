@@ -8,7 +8,7 @@ and carries it as data-label / data-series / data-value, so what a chart says ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import count
 
 from markupsafe import Markup, escape
@@ -84,7 +84,7 @@ def bar_chart(title: str, bars: Sequence[tuple[str, float]], *, unit: str = "", 
     return _frame(title, desc, body, top, unit, categories, slot)
 
 
-def stacked_bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[float]], *,
+def stacked_bar_chart(title: str, categories: Sequence[str], series: Mapping[str, Sequence[float]], *,
                       desc: str = "") -> Markup:
     """One stacked bar per category, a segment per series (in the dict's order), and a legend (HTML, below: it
     wraps on a narrow screen)."""
@@ -94,7 +94,7 @@ def stacked_bar_chart(title: str, categories: Sequence[str], series: dict[str, S
     plot_height = HEIGHT - TOP - BOTTOM
     body = []
     for index, category in enumerate(categories):
-        base = TOP + plot_height
+        base: float = TOP + plot_height
         x = LEFT + slot * index + slot * 0.12
         for colour, (name, values) in zip(PALETTE * 4, series.items(), strict=False):
             value = values[index]

@@ -24,7 +24,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,9 @@ from db.models import TaskStatus
 from opendeep.events import EventHub
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from webui.plan import MAX_ATTEMPTS_LIMIT
+
+if TYPE_CHECKING:
+    from _csv import Reader as _csv_reader  # the type csv.reader() returns (typeshed names it only in _csv)
 
 MAX_ROWS = 10_000
 MAX_ERRORS_REPORTED = 50   # shown on a web page; the CLI and the API list them all
@@ -86,7 +89,7 @@ class DndRow:
     reason: str = ""
 
 
-def _reader(text: str) -> csv.reader:
+def _reader(text: str) -> _csv_reader:
     if text.startswith("\ufeff"):  # Excel's UTF-8 byte order mark
         text = text[1:]
     return csv.reader(io.StringIO(text, newline=""), strict=True)

@@ -58,8 +58,8 @@ async def confirm_plan(sessions: async_sessionmaker[AsyncSession], user_id: int,
     check = validate_plan(plan, default_region)
     if not check.ok:
         raise PlanRejected(check.errors)
+    assert check.plan is not None
     plan = check.plan
-    assert plan is not None
     async with sessions() as session:
         existing = await repo.get_campaign_by_source_key(session, user_id, source_key)
         if existing is not None:

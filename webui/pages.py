@@ -335,7 +335,7 @@ async def campaign_header_fragment(request: Request) -> Response:
                                                       "asterisk": views.asterisk_state(runtime.ami)})
 
 
-async def _control(request: Request, run) -> Response:
+async def _control(request: Request, run) -> None:
     try:
         action = ControlAction(request.path_params["action"])
     except ValueError:

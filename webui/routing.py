@@ -84,8 +84,8 @@ async def json_body(request: Request) -> dict:
 async def _check_csrf(request: Request) -> None:
     submitted = request.headers.get(CSRF_HEADER)
     if submitted is None and request.headers.get("content-type", "").startswith(FORM_TYPES):
-        submitted = (await form_data(request)).get(CSRF_FIELD)
-        submitted = submitted if isinstance(submitted, str) else None
+        field = (await form_data(request)).get(CSRF_FIELD)
+        submitted = field if isinstance(field, str) else None
     if not csrf_matches(request, submitted):
         raise HttpError(403, "csrf_failed", "missing or wrong CSRF token: reload the page and try again "
                                             "(API clients: send the X-CSRF-Token header from GET /api/session)")
@@ -111,7 +111,6 @@ def _guard(endpoint: Endpoint, *, auth: bool, api: bool) -> Endpoint:
             await before_page(request)   # what every page shows (the status strip)
         return await endpoint(request)
 
-    guarded.csrf_protected = True  # type: ignore[attr-defined]
     return guarded
 
 

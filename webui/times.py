@@ -29,7 +29,8 @@ def valid_zone(name: str | None) -> str | None:
 def user_zone(name: str | None) -> ZoneInfo:
     """The zone to show a user's times in; UTC when they have none (or an unknown one)."""
     try:
-        return ZoneInfo(name) if valid_zone(name) else UTC_ZONE
+        zone = valid_zone(name)
+        return ZoneInfo(zone) if zone else UTC_ZONE
     except ZoneInfoNotFoundError:  # pragma: no cover - valid_zone checked it
         return UTC_ZONE
 
@@ -39,10 +40,11 @@ def format_when(value: datetime | str | None, precision: str = "minutes", zone: 
     if value in (None, ""):
         return "—"
     if isinstance(value, str):
+        text = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(text)
         except ValueError:
-            return value   # not a time after all (a model's free text): show it as it is
+            return text   # not a time after all (a model's free text): show it as it is
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(zone).strftime(WHEN_FORMATS[precision])

@@ -177,10 +177,11 @@ async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int,
                 .order_by(CallEvent.at, CallEvent.id)):
             call_events[event.call_id].append({"type": event.type, "payload": event.payload, "at": _iso(event.at)})
     if task_ids:
-        for event in await session.scalars(
+        for task_event in await session.scalars(
                 select(TaskEvent).where(TaskEvent.user_id == user_id, TaskEvent.task_id.in_(task_ids))
                 .order_by(TaskEvent.id)):
-            task_events[event.task_id].append({"type": event.type, "reason": event.reason, "at": _iso(event.at)})
+            task_events[task_event.task_id].append({"type": task_event.type, "reason": task_event.reason,
+                                                    "at": _iso(task_event.at)})
     calls_by_task: dict[int, list] = defaultdict(list)
     for call in calls:
         calls_by_task[call.task_id].append({**call_dict(call), "transcript": transcripts[call.id],
@@ -316,7 +317,7 @@ def summary_table(summary: Any) -> tuple[list[str], list[list[Any]]]:
         return ["field", "value"], [[key, _cell(value)] for key, value in summary.items()]
     if isinstance(summary, list) and summary:
         if all(isinstance(row, dict) for row in summary):
-            columns: list[str] = []
+            columns = []
             for row in summary:
                 columns += [str(key) for key in row if str(key) not in columns]
             return columns, [[_cell(row.get(c)) for c in columns] for row in summary]

@@ -20,7 +20,10 @@ if connection is None:
     # Plain `alembic` CLI use (e.g. `alembic revision --autogenerate`): build a sync connection.
     from sqlalchemy import create_engine
 
-    url = config.get_main_option("sqlalchemy.url").replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("alembic: set sqlalchemy.url in db/alembic.ini (or run `opendeep db upgrade`)")
+    url = url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
     with create_engine(url).connect() as sync_connection:
         run_migrations(sync_connection)
 else:
