@@ -32,8 +32,8 @@ from ami_controller.manager import (
 )
 from ami_controller.outcomes import finish_call
 from ami_controller.scheduler import ClaimedTask, claim_due_tasks, release_task, screen_claimed_tasks
-from db import repo
-from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
+from db import repo, task_life
+from db.models import Call, CallOutcome, CallStatus, TaskStatus
 from db.types import utcnow
 from opendeep.metrics import CALLS_IN_PROGRESS, ORIGINATES
 from opendeep.settings import Settings
@@ -125,9 +125,9 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
         one, two = call_uniqueids(call.id)
         call.ami_action_id = originate_action_id(call.id)
         call.asterisk_uniqueid, call.asterisk_other_uniqueid, call.asterisk_linkedid = one, two, one
-        moved = await repo.set_task_status(session, task.user_id, task.id, TaskStatus.IN_PROGRESS,
-                                           reason=f"calling (attempt {task.attempt_count} of {task.max_attempts})",
-                                           only_from=[TaskStatus.QUEUED])
+        moved = await task_life.move(session, task.user_id, task.id, TaskStatus.IN_PROGRESS,
+                                     reason=f"calling (attempt {task.attempt_count} of {task.max_attempts})",
+                                     only_from=[TaskStatus.QUEUED], payload={"call_id": call.id})
         if not moved:  # the user paused or cancelled the task since the claim
             await session.rollback()
             return
@@ -176,17 +176,11 @@ async def _give_back(sessions: async_sessionmaker[AsyncSession], task: ClaimedTa
     """Undo a dial that never reached Asterisk: no call row, the task due again, the attempt not spent."""
     async with sessions() as session:
         await session.execute(delete(Call).where(Call.id == call_id, Call.status == CallStatus.CREATED))
-        result = await session.execute(
-            update(Task).where(Task.id == task.id, Task.user_id == task.user_id,
-                               Task.status == TaskStatus.IN_PROGRESS)
-            .values(status=task.previous_status, attempt_count=Task.attempt_count - 1, claimed_by=None,
-                    claimed_at=None, status_reason=reason, next_action_time=utcnow(), updated_at=utcnow()))
-        if result.rowcount == 1:
-            await repo.record_task_event(session, task.user_id, task.id, "task.deferred", reason)
+        await task_life.move(session, task.user_id, task.id, task.previous_status, reason=reason,
+                             only_from=[TaskStatus.IN_PROGRESS], next_action_time=utcnow(),
+                             also=task_life.GIVE_BACK_CLAIM, event_type="task.deferred")
         await session.commit()
 
 
 def _publish_task(events: EventHub | None, task: ClaimedTask, status: TaskStatus) -> None:
-    if events is not None:
-        events.publish(task.user_id, "task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
-                                                      "status": status.value})
+    task_life.task_updated(events, task.user_id, task.id, task.campaign_id, status)

@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami_controller.outcomes import finish_call, map_dial_status
-from db import repo, transfers
+from db import repo, task_life, transfers
 from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus, VoicemailAction
 from db.types import utcnow
 from fastagi_server.callbacks import CallbackRoutes
@@ -205,12 +205,9 @@ class CallRoutes:
             await self._end_without_dialing(db, call, CallOutcome.CANCELLED, AbortReason.TASK_NOT_LIVE, reason)
             return CallStartDecision(abort=AbortReason.TASK_NOT_LIVE)
 
-        listed_by_user, tenants = bool(call.dnd_listed_by_user), int(call.dnd_tenants or 0)
-        threshold = self.settings.global_dnd_tenant_threshold
-        if listed_by_user or tenants >= threshold:
-            reason = ("number is on your do-not-call list" if listed_by_user else
-                      f"number is on the global do-not-call list ({tenants} tenants list it, "
-                      f"threshold {threshold})")
+        reason = repo.dnd_verdict(bool(call.dnd_listed_by_user), int(call.dnd_tenants or 0),
+                                  self.settings.global_dnd_tenant_threshold)
+        if reason is not None:
             await self._end_without_dialing(db, call, CallOutcome.DND_BLOCKED, AbortReason.DND, reason)
             return CallStartDecision(abort=AbortReason.DND)
 
@@ -246,8 +243,8 @@ class CallRoutes:
         if outcome is CallOutcome.DND_BLOCKED:
             # finish_call moves a queued / in-progress task to cancelled_dnd; whatever its state, a listed
             # number is never called again for this task, and the reason names which list.
-            await repo.set_task_status(db, call.user_id, call.task_id, TaskStatus.CANCELLED_DND, reason=reason,
-                                       only_from=_NOT_YET_CANCELLED)
+            await task_life.move(db, call.user_id, call.task_id, TaskStatus.CANCELLED_DND, reason=reason,
+                                 only_from=_NOT_YET_CANCELLED)
 
     # ------------------------------------------------------------ call-answered
 

@@ -26,19 +26,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import repo, task_life
 from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, Task, TaskStatus
-from db.repo import TaskMove
+from db.task_life import LIVE, OPEN, TaskMove
 from db.types import utcnow
 
 log = logging.getLogger("opendeep.campaign_goal")
 
 MAX_PARALLEL_CALLS = 3
-LIVE = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
-OPEN = [status for status in TaskStatus if not status.is_terminal]
 CARRIED_KEY = "learned_from_other_targets"   # tasks.context key the next target's call AI reads
 MAX_CARRIED_CHARS = 1500
 WRAP_UP_EVENT = "call.wrap_up"   # EventHub kind: the AudioSocket side tells the call AI to end the call
@@ -160,11 +158,10 @@ async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, don
     while True:
         chunk = await repo.task_states(session, campaign.user_id, campaign_id=campaign.id, statuses=OPEN,
                                        after_id=after, limit=repo.BULK_CHUNK_ROWS)
-        moves = [TaskMove(row.id, row.updated_at, TaskStatus.CANCELLED, row.next_action_time) for row in chunk]
-        moved = set(await repo.move_tasks(session, campaign.user_id, moves, reason, "goal.cancelled"))
-        if moved:   # a cancelled target waits for nothing any more
-            await session.execute(update(Task).where(Task.id.in_(moved), Task.user_id == campaign.user_id,
-                                                     Task.held.is_(True)).values(held=False))
+        moves = [TaskMove(row.id, row.updated_at, TaskStatus.CANCELLED, row.next_action_time, was=row.status)
+                 for row in chunk]
+        moved = set(await task_life.move_many(session, campaign.user_id, moves, reason, "goal.cancelled"))
+        await task_life.clear_held(session, campaign.user_id, moved)   # a cancelled target waits for nothing
         for row in chunk:
             if row.id in moved and row.status in LIVE:
                 await _end_live_calls(session, campaign.user_id, row.id, reason, done)
@@ -208,18 +205,11 @@ async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime
                                     .order_by(Task.id.desc()).limit(1))
     reason = f"its turn: {previous} did not succeed" if previous else "its turn"
     for task_id, user_id, was, context in waiting:
-        values: dict[str, Any] = {"held": False, "updated_at": utcnow()}
-        if was is TaskStatus.PENDING:   # a task paused on its own keeps its pause
-            values["next_action_time"] = now
-        if carried:
-            values["context"] = {**(context or {}), CARRIED_KEY: carried}
-        result = await session.execute(
-            update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.held.is_(True),
-                               Task.status == was).values(**values))
-        if result.rowcount != 1:
-            continue
-        await repo.record_task_event(session, user_id, task_id, "goal.released", reason, {"carried": bool(carried)})
-        done.released.append(task_id)
+        if await task_life.release_held(
+                session, user_id, task_id, was=was, reason=reason, payload={"carried": bool(carried)},
+                next_action_time=now if was is TaskStatus.PENDING else None,   # a task paused on its own keeps it
+                context={**(context or {}), CARRIED_KEY: carried} if carried else None):
+            done.released.append(task_id)
 
 
 def carried_learnings(finished: list[Task]) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from ami_controller.initiator import dispatch_due_tasks
 from ami_controller.scheduler import claim_due_tasks
-from db import repo
+from db import repo, task_life
 from db.models import Call, CallStatus, CampaignStatus, Task, TaskStatus
 from db.types import utcnow
 from opendeep.phone import callee_timezone
@@ -59,7 +59,7 @@ async def test_the_api_edits_name_window_attempts_and_caller_id(two_users):
     runtime, alice, _, alice_id = two_users
     campaign_id, (first, second) = await _campaign(runtime, alice_id)
     async with runtime.sessions() as session, session.begin():
-        await repo.set_task_status(session, alice_id, second, TaskStatus.FAILED, reason="wrong number")
+        await task_life.move(session, alice_id, second, TaskStatus.FAILED, reason="wrong number")
     response = await alice.api("PATCH", f"/api/campaigns/{campaign_id}", {
         "name": "  Cleaning, one dentist ", "calling_window": "08:30-18:00", "max_attempts": 5,
         "caller_id": "Acme Dental <+1 415 555 0199>"})
