@@ -76,13 +76,13 @@ class IllegalMove(ValueError):
 
 
 def _from(to: TaskStatus, only_from: Iterable[TaskStatus] | None) -> list[TaskStatus]:
+    """The states a move to `to` may start from: `only_from` (the caller's condition) narrowed to the table's."""
     allowed = sources(to)
     if only_from is None:
         return list(allowed)
-    asked = list(only_from)
-    illegal = [status.value for status in asked if status not in allowed]
-    if illegal:
-        raise IllegalMove(f"a task cannot move from {', '.join(illegal)} to {to.value}")
+    asked = [status for status in only_from if status in allowed]
+    if not asked:
+        raise IllegalMove(f"a task cannot move to {to.value} from {', '.join(s.value for s in only_from)}")
     return asked
 
 
@@ -90,7 +90,7 @@ async def move(session: AsyncSession, user_id: int, task_id: int, to: TaskStatus
                only_from: Iterable[TaskStatus] | None = None, next_action_time: datetime | None = None,
                unchanged_since: datetime | None = None, also: dict[str, Any] | None = None,
                event_type: str | None = None, payload: dict[str, Any] | None = None) -> bool:
-    """Move one of the user's tasks to `to` if it is in one of `only_from` (default: every state the table allows)
+    """Move one of the user's tasks to `to` if it is in one of `only_from` that the table allows (default: all)
     and, with `unchanged_since`, not written since that updated_at. `also` sets other columns in the same UPDATE
     (e.g. the attempt a claim counted, given back). Records task_events `event_type` (default "task.<to>") and, on
     completed / failed, the webhook. Returns whether it moved; the caller commits."""

@@ -21,6 +21,7 @@ from sqlalchemy import event, func, select
 from db import repo, task_life
 from db.models import Call, CallStatus, CampaignStatus, DndEntry, Task, TaskEvent, TaskStatus
 from db.types import utcnow
+from tests.doubles.task_state import put_task
 from tests.doubles.webui_client import WebClient, add_user, make_runtime
 from webui.app import create_app
 
@@ -86,9 +87,9 @@ async def _campaign_of_10000(runtime, user_id: int) -> tuple[int, dict[str, int]
         ids = [task.id for task in await repo.list_tasks(session, user_id, campaign.id)]
         retry_at = (utcnow() + timedelta(hours=2)).replace(microsecond=0)
         for task_id in ids[100:110]:
-            await task_life.move(session, user_id, task_id, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
+            await put_task(session, user_id, task_id, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
         for task_id in ids[:3]:
-            await task_life.move(session, user_id, task_id, TaskStatus.IN_PROGRESS)
+            await put_task(session, user_id, task_id, TaskStatus.IN_PROGRESS)
             session.add(Call(user_id=user_id, task_id=task_id, attempt_number=1, status=CallStatus.ANSWERED,
                              dialed_number="+14150000000", channel=f"PJSIP/trunk-{task_id:08x}"))
         await session.commit()
@@ -174,7 +175,7 @@ async def test_a_bulk_move_reaches_only_its_own_users_tasks_and_skips_a_task_tha
         states = await repo.task_states(session, alice, campaign_id=campaign.id)
         assert await repo.task_states(session, bob, campaign_id=campaign.id) == []
         # The scheduler claims the second task between the read and the move.
-        await task_life.move(session, alice, second, TaskStatus.QUEUED)
+        await put_task(session, alice, second, TaskStatus.QUEUED)
         moves = [task_life.TaskMove(s.id, s.updated_at, TaskStatus.CANCELLED, s.next_action_time) for s in states]
         assert await task_life.move_many(session, bob, moves, "injected", "task.cancelled") == []
         assert await task_life.move_many(session, alice, moves, "cancelled by user", "task.cancelled") == [first]
