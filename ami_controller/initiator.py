@@ -69,6 +69,7 @@ async def server_capacity(session: AsyncSession, settings: Settings, ami: AmiCon
     server, MAX_CONCURRENT_CALLS) minus its calls not ended. Test mode: one call at a time over all servers."""
     if settings.app_test_mode:
         return 1 - active_total
+    # tenant-safe: every tenant's calls on this server, counted for its max_calls: a number, no rows
     on_server = await session.scalar(select(func.count()).select_from(Call).where(
         Call.status != CallStatus.ENDED, ami.carries_call()))
     return ami.server.max_calls - int(on_server or 0)
@@ -160,6 +161,7 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
         # Written but unanswered: Asterisk may be dialing. Never re-send; the re-sync decides.
         log.warning("call %s: Originate sent but not confirmed (%s); the AMI re-sync will settle it", call.id, exc)
     async with sessions() as session:
+        # tenant-safe: the call row this function just created (its id, under this task's user_id)
         await session.execute(update(Call).where(Call.id == call.id, Call.status == CallStatus.CREATED)
                               .values(status=CallStatus.ORIGINATING, started_at=utcnow()))
         await repo.record_call_event(session, task.user_id, call.id, "ami.originate",
@@ -175,6 +177,7 @@ async def _give_back(sessions: async_sessionmaker[AsyncSession], task: ClaimedTa
                      reason: str) -> None:
     """Undo a dial that never reached Asterisk: no call row, the task due again, the attempt not spent."""
     async with sessions() as session:
+        # tenant-safe: the call row this dial created (its id, from the ClaimedTask of this user)
         await session.execute(delete(Call).where(Call.id == call_id, Call.status == CallStatus.CREATED))
         await task_life.move(session, task.user_id, task.id, task.previous_status, reason=reason,
                              only_from=[TaskStatus.IN_PROGRESS], next_action_time=utcnow(),

@@ -60,6 +60,7 @@ _MARK_RINGING = (
     .values(audiosocket_uuid=bindparam("audiosocket_uuid"), status=CallStatus.RINGING.value,
             started_at=bindparam("started_at"), asterisk_other_uniqueid=bindparam("asterisk_other_uniqueid"))
 )
+# tenant-safe: each event row carries the user_id read from its own call row (as _MARK_RINGING's b_user_id)
 _INSERT_CALL_EVENTS = insert(CallEvent.__table__)
 
 

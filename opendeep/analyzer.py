@@ -275,6 +275,7 @@ def task_result(task: Task, call: Call, analysis: dict[str, Any], now: datetime)
 
 def _ready_for_analysis(now: datetime) -> list:
     """Ended, not analyzed, not leased or backing off, and its transcript complete (see AUDIOSOCKET_SETTLE)."""
+    # tenant-safe: a correlated subquery on the outer call's own id (the outer query is per call)
     transcript_saved = select(CallEvent.id).where(CallEvent.call_id == Call.id,
                                                   CallEvent.type == AUDIOSOCKET_ENDED).exists()
     return [Call.status == CallStatus.ENDED, Call.analyzed_at.is_(None), Call.outcome.in_(ANALYZABLE_OUTCOMES),

@@ -95,6 +95,8 @@ async def keep_goals(sessions: async_sessionmaker[AsyncSession], *, events: Any 
     done = GoalPass()
     async with sessions() as session:
         open_task = exists().where(Task.campaign_id == Campaign.id, Task.status.in_(OPEN))
+        # tenant-safe: the goal keeper serves every tenant; each campaign keeps its user_id, and every query
+        # after it is _of(campaign)
         campaigns = (await session.scalars(
             select(Campaign).where(Campaign.goal_type == CampaignGoal.UNTIL_ONE_SUCCEEDS,
                                    Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.PAUSED]), open_task)
@@ -137,6 +139,7 @@ def _verdict_is(outcome: str):
 
 
 async def _keep_one(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     winner = await session.scalar(select(Task).where(*_of(campaign), Task.status == TaskStatus.COMPLETED,
                                                      _verdict_is("success")).order_by(Task.id).limit(1))
     if winner is not None:
@@ -186,6 +189,7 @@ async def _end_live_calls(session: AsyncSession, user_id: int, task_id: int, rea
 
 
 async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     in_play = await session.scalar(select(func.count(Task.id)).where(*_of(campaign), Task.status.in_(OPEN),
                                                                      Task.held.is_(False)))
     free = max(1, campaign.parallel_calls) - (in_play or 0)
@@ -198,9 +202,11 @@ async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime
     if not waiting:
         return
     terminal = [status for status in TaskStatus if status.is_terminal]
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     partial = (await session.scalars(select(Task).where(*_of(campaign), Task.status.in_(terminal),
                                                         _verdict_is("partial")).order_by(Task.id))).all()
     carried = carried_learnings(list(partial))
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     previous = await session.scalar(select(Task.target_name).where(*_of(campaign), Task.status.in_(terminal))
                                     .order_by(Task.id.desc()).limit(1))
     reason = f"its turn: {previous} did not succeed" if previous else "its turn"
