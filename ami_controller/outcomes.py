@@ -65,8 +65,6 @@ HANGUP_CAUSES: dict[int, CallOutcome] = {
     42: CallOutcome.CONGESTION,  # switching equipment congestion
 }
 
-UNCONNECTED = frozenset({CallOutcome.BUSY, CallOutcome.NO_ANSWER, CallOutcome.CONGESTION, CallOutcome.FAILED,
-                         CallOutcome.CANCELLED})
 AWAITING_ANALYSIS = "awaiting analysis"
 DND_LISTED = "number is on the do-not-call list"   # call-start says which list (repo.dnd_verdict)
 
