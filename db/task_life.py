@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import JSON, Row, bindparam, insert, literal, select, update
+from sqlalchemy import JSON, CursorResult, Table, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import webhooks
@@ -71,6 +71,11 @@ def sources(to: TaskStatus) -> tuple[TaskStatus, ...]:
     return tuple(status for status in TaskStatus if to in ALLOWED[status])
 
 
+def _rowcount(result: object) -> int:
+    """Rows an UPDATE changed (session.execute is typed as returning a Result; an UPDATE's is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 class IllegalMove(ValueError):
     """A caller asked for a move the table does not allow (a programming error, not a race)."""
 
@@ -101,8 +106,7 @@ async def move(session: AsyncSession, user_id: int, task_id: int, to: TaskStatus
     query = update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.status.in_(_from(to, only_from)))
     if unchanged_since is not None:
         query = query.where(Task.updated_at == unchanged_since)
-    result = await session.execute(query.values(**values))
-    if result.rowcount != 1:
+    if _rowcount(await session.execute(query.values(**values))) != 1:
         return False
     session.add(TaskEvent(user_id=user_id, task_id=task_id, type=event_type or f"task.{to.value}",
                           reason=reason or "", payload=payload or {}, at=now))
@@ -128,8 +132,8 @@ def task_updated(events: Publisher | None, user_id: int, task_id: int, campaign_
 # Set-based statements, one chunk of at most repo.BULK_CHUNK_ROWS rows per call: a 10,000-task campaign costs ~20
 # chunks of 2 statements (bench/bench_bulk_writes.py).
 
-_TASKS = Task.__table__
-_TASK_EVENTS = TaskEvent.__table__
+_TASKS = cast(Table, Task.__table__)
+_TASK_EVENTS = cast(Table, TaskEvent.__table__)
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ async def release_held(session: AsyncSession, user_id: int, task_id: int, *, was
     result = await session.execute(
         update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.held.is_(True), Task.status == was)
         .values(**values))
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         return False
     session.add(TaskEvent(user_id=user_id, task_id=task_id, type="goal.released", reason=reason,
                           payload=payload or {}, at=now))
@@ -262,7 +266,7 @@ async def claim_due(session: AsyncSession, *, claimer: str, limit: int, now: dat
     writes one) or its release (which writes one), and the claim runs every tick over many tasks."""
     if limit <= 0:
         return []
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         return await _claim_postgresql(session, claimer, limit, now, exclude_user_ids)
     return await _claim_sqlite(session, claimer, limit, now, exclude_user_ids)
 
@@ -286,8 +290,10 @@ async def _claim_postgresql(session: AsyncSession, claimer: str, limit: int, now
         .returning(Task.id, Task.user_id, Task.campaign_id, Task.phone_number, Task.attempt_count,
                    Task.max_attempts, due.c.previous_status)
     )
-    rows: Sequence[Row[Any]] = (await session.execute(statement)).all()
-    return sorted((ClaimedTask(*row[:6], TaskStatus(row[6])) for row in rows), key=lambda task: task.id)
+    rows: Sequence[Any] = (await session.execute(statement)).all()
+    claimed = [ClaimedTask(task_id, user_id, campaign_id, number, attempts, max_attempts, TaskStatus(previous))
+               for task_id, user_id, campaign_id, number, attempts, max_attempts, previous in rows]
+    return sorted(claimed, key=lambda task: task.id)
 
 
 async def _claim_sqlite(session: AsyncSession, claimer: str, limit: int, now: datetime,
@@ -310,7 +316,7 @@ async def _claim_sqlite(session: AsyncSession, claimer: str, limit: int, now: da
             .values(status=Q, attempt_count=attempts + 1, claimed_by=claimer, claimed_at=now,
                     updated_at=now, status_reason=None)
         )
-        if result.rowcount == 1:
+        if _rowcount(result) == 1:
             claimed.append(ClaimedTask(task_id, user_id, campaign_id, number, attempts + 1, max_attempts,
                                        TaskStatus(status)))
     return claimed

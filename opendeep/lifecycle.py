@@ -27,7 +27,16 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo, task_life
-from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
+from db.models import (
+    ANALYZED_OUTCOMES,
+    TERMINAL_TASK_STATUSES,
+    Call,
+    CallOutcome,
+    CallStatus,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
 from db.types import utcnow
 from opendeep.campaign_goal import GoalPass, HangUp, keep_goals
 from opendeep.periodic import PassCount, run_periodically
@@ -212,7 +221,7 @@ class LifecycleManager:
             return True
 
         latest = calls[-1] if calls else None
-        if latest is not None and latest.analyzed_at is None and latest.outcome.needs_analysis:
+        if latest is not None and latest.analyzed_at is None and latest.outcome in ANALYZED_OUTCOMES:
             return False  # ended and awaiting the post-call analyzer: not stuck
         since = task.claimed_at or task.updated_at
         if now - since <= self.stuck_after:
