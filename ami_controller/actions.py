@@ -82,7 +82,7 @@ class CallActions:
 
     async def _for_channel(self, channel: str) -> AmiController:
         async with self.sessions() as db:
-            # Internal routing, not a tenant query: the caller already checked the call is the user's.
+            # tenant-safe: internal routing, not a tenant query: the caller already checked the call is the user's.
             servers = set((await db.scalars(select(Call.asterisk_server).where(
                 Call.channel == channel, Call.status != CallStatus.ENDED))).all())
         if len(servers) > 1:

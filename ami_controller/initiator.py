@@ -32,9 +32,8 @@ from ami_controller.manager import (
 )
 from ami_controller.outcomes import finish_call
 from ami_controller.scheduler import ClaimedTask, claim_due_tasks, release_task, screen_claimed_tasks
-from db import repo
-from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
-from db.typed import rows_changed
+from db import repo, task_life
+from db.models import Call, CallOutcome, CallStatus, TaskStatus
 from db.types import utcnow
 from opendeep.metrics import CALLS_IN_PROGRESS, ORIGINATES
 from opendeep.settings import Settings
@@ -70,6 +69,7 @@ async def server_capacity(session: AsyncSession, settings: Settings, ami: AmiCon
     server, MAX_CONCURRENT_CALLS) minus its calls not ended. Test mode: one call at a time over all servers."""
     if settings.app_test_mode:
         return 1 - active_total
+    # tenant-safe: every tenant's calls on this server, counted for its max_calls: a number, no rows
     on_server = await session.scalar(select(func.count()).select_from(Call).where(
         Call.status != CallStatus.ENDED, ami.carries_call()))
     return ami.server.max_calls - int(on_server or 0)
@@ -126,9 +126,9 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
         one, two = call_uniqueids(call.id)
         call.ami_action_id = originate_action_id(call.id)
         call.asterisk_uniqueid, call.asterisk_other_uniqueid, call.asterisk_linkedid = one, two, one
-        moved = await repo.set_task_status(session, task.user_id, task.id, TaskStatus.IN_PROGRESS,
-                                           reason=f"calling (attempt {task.attempt_count} of {task.max_attempts})",
-                                           only_from=[TaskStatus.QUEUED])
+        moved = await task_life.move(session, task.user_id, task.id, TaskStatus.IN_PROGRESS,
+                                     reason=f"calling (attempt {task.attempt_count} of {task.max_attempts})",
+                                     only_from=[TaskStatus.QUEUED], payload={"call_id": call.id})
         if not moved:  # the user paused or cancelled the task since the claim
             await session.rollback()
             return
@@ -161,6 +161,7 @@ async def _dial(sessions: async_sessionmaker[AsyncSession], settings: Settings, 
         # Written but unanswered: Asterisk may be dialing. Never re-send; the re-sync decides.
         log.warning("call %s: Originate sent but not confirmed (%s); the AMI re-sync will settle it", call.id, exc)
     async with sessions() as session:
+        # tenant-safe: the call row this function just created (its id, under this task's user_id)
         await session.execute(update(Call).where(Call.id == call.id, Call.status == CallStatus.CREATED)
                               .values(status=CallStatus.ORIGINATING, started_at=utcnow()))
         await repo.record_call_event(session, task.user_id, call.id, "ami.originate",
@@ -176,18 +177,13 @@ async def _give_back(sessions: async_sessionmaker[AsyncSession], task: ClaimedTa
                      reason: str) -> None:
     """Undo a dial that never reached Asterisk: no call row, the task due again, the attempt not spent."""
     async with sessions() as session:
+        # tenant-safe: the call row this dial created (its id, from the ClaimedTask of this user)
         await session.execute(delete(Call).where(Call.id == call_id, Call.status == CallStatus.CREATED))
-        result = await session.execute(
-            update(Task).where(Task.id == task.id, Task.user_id == task.user_id,
-                               Task.status == TaskStatus.IN_PROGRESS)
-            .values(status=task.previous_status, attempt_count=Task.attempt_count - 1, claimed_by=None,
-                    claimed_at=None, status_reason=reason, next_action_time=utcnow(), updated_at=utcnow()))
-        if rows_changed(result) == 1:
-            await repo.record_task_event(session, task.user_id, task.id, "task.deferred", reason)
+        await task_life.move(session, task.user_id, task.id, task.previous_status, reason=reason,
+                             only_from=[TaskStatus.IN_PROGRESS], next_action_time=utcnow(),
+                             also=task_life.GIVE_BACK_CLAIM, event_type="task.deferred")
         await session.commit()
 
 
 def _publish_task(events: EventHub | None, task: ClaimedTask, status: TaskStatus) -> None:
-    if events is not None:
-        events.publish(task.user_id, "task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
-                                                      "status": status.value})
+    task_life.task_updated(events, task.user_id, task.id, task.campaign_id, status)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import repo
+from db import repo, task_life
 from db.models import Call, CallOutcome, CallStatus, Task, TaskStatus
 from db.typed import rows_changed
 from db.types import utcnow
@@ -66,9 +66,8 @@ HANGUP_CAUSES: dict[int, CallOutcome] = {
     42: CallOutcome.CONGESTION,  # switching equipment congestion
 }
 
-UNCONNECTED = frozenset({CallOutcome.BUSY, CallOutcome.NO_ANSWER, CallOutcome.CONGESTION, CallOutcome.FAILED,
-                         CallOutcome.CANCELLED})
 AWAITING_ANALYSIS = "awaiting analysis"
+DND_LISTED = "number is on the do-not-call list"   # call-start says which list (repo.dnd_verdict)
 
 
 def map_originate_reason(reason: int | str | None, response: str | None = None) -> CallOutcome:
@@ -115,7 +114,7 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
         values["hangup_cause"] = int(hangup_cause)
     if answered_seconds is not None and answered_seconds >= 0:
         values["duration_seconds"] = int(round(answered_seconds))
-    if outcome in UNCONNECTED or outcome is CallOutcome.DND_BLOCKED:
+    if not outcome.needs_analysis:
         values["analyzed_at"] = now  # decided by rule: nothing for the analyzer to read
     result = await session.execute(
         update(Call)
@@ -153,23 +152,17 @@ async def finish_call(session: AsyncSession, settings: Settings, *, user_id: int
 async def _move_task_on(session: AsyncSession, settings: Settings, task: Task, outcome: CallOutcome,
                         call_id: int) -> TaskStatus | None:
     """Apply the rule for this outcome; a task the user paused or cancelled meanwhile is left alone."""
-    live = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
     if outcome is CallOutcome.DND_BLOCKED:
-        status, reason, when = TaskStatus.CANCELLED_DND, "number is on the do-not-call list", None
-    elif outcome in UNCONNECTED:
-        if task.attempt_count >= task.max_attempts:
-            status, when = TaskStatus.FAILED, None
-            reason = f"{outcome.value} on attempt {task.attempt_count} of {task.max_attempts}; no attempts left"
-        else:
-            status, when = TaskStatus.RETRY_SCHEDULED, next_retry_time(task.attempt_count, settings)
-            reason = (f"{outcome.value} on attempt {task.attempt_count} of {task.max_attempts}; "
-                      f"retry at {when:%Y-%m-%d %H:%M} UTC")
+        status, reason, when = TaskStatus.CANCELLED_DND, DND_LISTED, None
+    elif not outcome.needs_analysis:
+        status, when = task_life.retry_or_fail(task.attempt_count, task.max_attempts,
+                                               next_retry_time(task.attempt_count, settings))
+        reason = (f"{outcome.value} on attempt {task.attempt_count} of {task.max_attempts}; "
+                  + (f"retry at {when:%Y-%m-%d %H:%M} UTC" if when else "no attempts left"))
     else:
         status, reason, when = TaskStatus.IN_PROGRESS, AWAITING_ANALYSIS, None
-    moved = await repo.set_task_status(session, task.user_id, task.id, status, reason=reason,
-                                       next_action_time=when, only_from=live)
+    moved = await task_life.move(session, task.user_id, task.id, status, reason=reason, next_action_time=when,
+                                 only_from=task_life.LIVE, payload={"call_id": call_id, "outcome": outcome.value})
     if not moved:
         return None
-    await repo.record_task_event(session, task.user_id, task.id, f"task.{status.value}", reason,
-                                 {"call_id": call_id, "outcome": outcome.value})
     return status

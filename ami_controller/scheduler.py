@@ -1,6 +1,7 @@
 """The scheduler: which due tasks may be called now.
 
-`claim_due_tasks` takes due tasks atomically, so that several scheduler processes never claim one task twice:
+`claim_due_tasks` takes due tasks (db/task_life.py says which are) atomically, so that several scheduler
+processes never claim one task twice:
 on PostgreSQL one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)` statement, on SQLite one conditional
 `UPDATE ... WHERE status = <what we read>` per task (SQLite serializes writers; the rowcount says who won).
 A claim counts an attempt and moves the task to `queued`.
@@ -19,12 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
-from db.models import DUE_TASK_STATUSES, Campaign, CampaignStatus, Task, TaskStatus, User
-from db.typed import rows_changed
+from db import repo, task_life
+from db.models import Campaign, Task, TaskStatus
+from db.task_life import ClaimedTask
 from db.types import utcnow
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings, parse_window
@@ -32,120 +32,22 @@ from opendeep.settings import CallingWindow, Settings, parse_window
 log = logging.getLogger("opendeep.scheduler")
 
 
-@dataclass(frozen=True)
-class ClaimedTask:
-    """A task this scheduler now owns (status `queued`, attempt already counted)."""
-
-    id: int
-    user_id: int
-    campaign_id: int
-    phone_number: str
-    attempt_count: int
-    max_attempts: int
-    previous_status: TaskStatus
-
-
-def _due_conditions(now: datetime, exclude_user_ids: Iterable[int]) -> list:
-    conditions = [
-        Task.status.in_(DUE_TASK_STATUSES),
-        Task.next_action_time <= now,
-        Task.attempt_count < Task.max_attempts,
-        Campaign.status == CampaignStatus.ACTIVE,   # paused / cancelled campaigns are skipped
-        # An until-one-succeeds campaign holds the targets whose turn has not come (opendeep/campaign_goal.py
-        # releases them one by one): a held task is never due, whatever its next_action_time.
-        Task.held.is_(False),
-        Task.user_id.not_in(select(User.id).where(User.disabled_at.is_not(None))),   # disabled by an admin
-    ]
-    excluded = list(exclude_user_ids)
-    if excluded:
-        conditions.append(Task.user_id.not_in(excluded))
-    return conditions
-
-
-_CLAIM_ORDER = (Task.priority.desc(), Task.next_action_time, Task.id)
-
-
 async def claim_due_tasks(session: AsyncSession, *, claimer: str, limit: int, now: datetime | None = None,
                           exclude_user_ids: Iterable[int] = ()) -> list[ClaimedTask]:
     """Claim up to `limit` due tasks for `claimer` and commit. Never returns a task another claimer holds."""
-    if limit <= 0:
-        return []
-    now = now or utcnow()
-    if session.get_bind().dialect.name == "postgresql":
-        claimed = await _claim_postgresql(session, claimer, limit, now, exclude_user_ids)
-    else:
-        claimed = await _claim_sqlite(session, claimer, limit, now, exclude_user_ids)
+    claimed = await task_life.claim_due(session, claimer=claimer, limit=limit, now=now or utcnow(),
+                                        exclude_user_ids=exclude_user_ids)
     await session.commit()
-    return claimed
-
-
-async def _claim_postgresql(session: AsyncSession, claimer: str, limit: int, now: datetime,
-                            exclude_user_ids: Iterable[int]) -> list[ClaimedTask]:
-    due = (
-        select(Task.id, Task.status.label("previous_status"))
-        .join(Campaign, Campaign.id == Task.campaign_id)
-        .where(*_due_conditions(now, exclude_user_ids))
-        .order_by(*_CLAIM_ORDER)
-        .limit(limit)
-        .with_for_update(of=Task, skip_locked=True)
-        .cte("due")
-    )
-    statement = (
-        update(Task)
-        .where(Task.id == due.c.id)
-        .values(status=TaskStatus.QUEUED, attempt_count=Task.attempt_count + 1, claimed_by=claimer,
-                claimed_at=now, updated_at=now, status_reason=None)
-        .returning(Task.id, Task.user_id, Task.campaign_id, Task.phone_number, Task.attempt_count,
-                   Task.max_attempts, due.c.previous_status)
-    )
-    rows = (await session.execute(statement)).all()
-    return sorted((ClaimedTask(task_id, user_id, campaign_id, number, attempts, max_attempts, TaskStatus(previous))
-                   for task_id, user_id, campaign_id, number, attempts, max_attempts, previous in rows),
-                  key=lambda task: task.id)
-
-
-async def _claim_sqlite(session: AsyncSession, claimer: str, limit: int, now: datetime,
-                        exclude_user_ids: Iterable[int]) -> list[ClaimedTask]:
-    candidates = (await session.execute(
-        select(Task.id, Task.user_id, Task.campaign_id, Task.phone_number, Task.attempt_count, Task.max_attempts,
-               Task.status)
-        .join(Campaign, Campaign.id == Task.campaign_id)
-        .where(*_due_conditions(now, exclude_user_ids))
-        .order_by(*_CLAIM_ORDER)
-        .limit(limit)
-    )).all()
-    claimed: list[ClaimedTask] = []
-    for task_id, user_id, campaign_id, number, attempts, max_attempts, status in candidates:
-        # Conditional on exactly what we read: if another scheduler got there first, rowcount is 0.
-        result = await session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status == status, Task.attempt_count == attempts,
-                   Task.next_action_time <= now)
-            .values(status=TaskStatus.QUEUED, attempt_count=attempts + 1, claimed_by=claimer, claimed_at=now,
-                    updated_at=now, status_reason=None)
-        )
-        if rows_changed(result) == 1:
-            claimed.append(ClaimedTask(task_id, user_id, campaign_id, number, attempts + 1, max_attempts,
-                                       TaskStatus(status)))
     return claimed
 
 
 async def release_task(session: AsyncSession, task: ClaimedTask, *, reason: str,
                        next_action_time: datetime | None = None, event_type: str = "task.released") -> bool:
     """Give a claimed task back, as it was before the claim (the attempt is not spent). Caller commits."""
-    values = {"status": task.previous_status, "attempt_count": Task.attempt_count - 1, "claimed_by": None,
-              "claimed_at": None, "status_reason": reason, "updated_at": utcnow()}
-    if next_action_time is not None:
-        values["next_action_time"] = next_action_time
-    result = await session.execute(
-        update(Task).where(Task.id == task.id, Task.user_id == task.user_id, Task.status == TaskStatus.QUEUED)
-        .values(**values)
-    )
-    if rows_changed(result) != 1:
-        return False
-    await repo.record_task_event(session, task.user_id, task.id, event_type, reason,
-                                 {"next_action_time": next_action_time.isoformat() if next_action_time else None})
-    return True
+    return await task_life.move(
+        session, task.user_id, task.id, task.previous_status, reason=reason, only_from=[TaskStatus.QUEUED],
+        next_action_time=next_action_time, also=task_life.GIVE_BACK_CLAIM, event_type=event_type,
+        payload={"next_action_time": next_action_time.isoformat() if next_action_time else None})
 
 
 # ---------------------------------------------------------------- calling window
@@ -210,32 +112,26 @@ async def screen_claimed_tasks(sessions: async_sessionmaker[AsyncSession], setti
                 continue
             status, reason, when = decision
             if status is TaskStatus.CANCELLED_DND:
-                moved = await repo.set_task_status(session, task.user_id, task.id, TaskStatus.CANCELLED_DND,
-                                                   reason=reason, only_from=[TaskStatus.QUEUED])
-                if moved:
-                    # No call was made: the claim's attempt is given back so counts stay honest.
-                    await session.execute(update(Task).where(Task.id == task.id)
-                                          .values(attempt_count=Task.attempt_count - 1))
-                    await repo.record_task_event(session, task.user_id, task.id, "task.cancelled_dnd", reason)
+                # No call was made: the claim's attempt is given back so counts stay honest.
+                if await task_life.move(session, task.user_id, task.id, TaskStatus.CANCELLED_DND, reason=reason,
+                                        only_from=[TaskStatus.QUEUED], event_type="task.cancelled_dnd",
+                                        also={"attempt_count": Task.attempt_count - 1}):
                     result.cancelled_dnd.append(task)
             elif await release_task(session, task, reason=reason, next_action_time=when,
                                     event_type="task.rescheduled"):
                 result.rescheduled.append(task)
-            if events is not None:
-                events.publish(task.user_id, "task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
-                                                              "status": (status or task.previous_status).value})
+            task_life.task_updated(events, task.user_id, task.id, task.campaign_id, status or task.previous_status)
         await session.commit()
     return result
 
 
 async def _screen_one(session: AsyncSession, settings: Settings, task: ClaimedTask,
                       now: datetime) -> tuple[TaskStatus | None, str, datetime | None] | None:
-    if await repo.is_dnd(session, task.user_id, task.phone_number):
-        return TaskStatus.CANCELLED_DND, "number is on your do-not-call list", None
-    tenants = await repo.count_dnd_tenants(session, task.phone_number)
-    if tenants >= settings.global_dnd_tenant_threshold:
-        return (TaskStatus.CANCELLED_DND,
-                f"number is on the global do-not-call list (listed by {tenants} accounts)", None)
+    listed_by_user = await repo.is_dnd(session, task.user_id, task.phone_number)
+    reason = repo.dnd_verdict(listed_by_user, 0 if listed_by_user else await repo.count_dnd_tenants(
+        session, task.phone_number), settings.global_dnd_tenant_threshold)
+    if reason is not None:
+        return TaskStatus.CANCELLED_DND, reason, None
     campaign = await repo.get_campaign(session, task.user_id, task.campaign_id)
     window = window_for(campaign, settings)
     zone = callee_timezone(task.phone_number)

@@ -272,11 +272,13 @@ class AudioSocketServer:
         Asterisk gives us, so this one lookup is not tenant-scoped; everything after it is (CallRef.user_id).
         The first connection claims it (one conditional UPDATE); any later one with the same UUID gets None."""
         async with self.runtime.sessions() as db, db.begin():
+            # tenant-safe: the AudioSocket UUID is the only key Asterisk gives (see above)
             claimed = await db.execute(
                 update(Call).where(Call.audiosocket_uuid == as_uuid, Call.audiosocket_claimed_at.is_(None),
                                    Call.status != CallStatus.ENDED).values(audiosocket_claimed_at=utcnow()))
             if rows_changed(claimed) != 1:
                 return None
+            # tenant-safe: the call just claimed by its UUID; everything after uses its user_id
             call = await db.scalar(select(Call).where(Call.audiosocket_uuid == as_uuid))
             if call is None:
                 return None

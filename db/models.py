@@ -54,7 +54,7 @@ class TaskStatus(enum.StrEnum):
 TERMINAL_TASK_STATUSES = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.CANCELLED_DND}
 )
-DUE_TASK_STATUSES = (TaskStatus.PENDING, TaskStatus.ON_HOLD, TaskStatus.RETRY_SCHEDULED)
+# Which states are due, and the moves between states: db/task_life.py.
 
 
 class CampaignStatus(enum.StrEnum):
@@ -92,6 +92,16 @@ class CallOutcome(enum.StrEnum):
     VOICEMAIL = "voicemail"            # a machine answered (AMD or the call AI); no message left
     VOICEMAIL_LEFT = "voicemail_left"  # a machine answered and the call AI left the task's message after the beep
     FAILED_AI = "failed_ai"
+
+    @property
+    def needs_analysis(self) -> bool:
+        """Somebody (or a machine) was on the line: the post-call analyzer reads the call. The others (never
+        connected, or blocked by a do-not-call list) are decided by rule when the call ends."""
+        return self in ANALYZED_OUTCOMES
+
+
+ANALYZED_OUTCOMES = frozenset({CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT,
+                               CallOutcome.FAILED_AI})
 
 
 class CallDirection(enum.StrEnum):

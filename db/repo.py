@@ -7,11 +7,10 @@ Functions take an AsyncSession and do not commit; the caller owns the transactio
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Row, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import Row, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,7 +35,7 @@ from db.models import (
     User,
 )
 from db.typed import rows_changed, table_of
-from db.types import UTCDateTime, utcnow
+from db.types import utcnow
 
 BULK_CHUNK_ROWS = 2000
 # Rows per transaction of a bulk change (an import, a campaign's pause / resume / cancel): the caller commits after
@@ -144,22 +143,6 @@ async def get_task(session: AsyncSession, user_id: int, task_id: int) -> Task | 
     return await session.scalar(select(Task).where(Task.id == task_id, Task.user_id == user_id))
 
 
-async def set_task_status(session: AsyncSession, user_id: int, task_id: int, status: TaskStatus, *,
-                          reason: str | None = None, next_action_time: datetime | None = None,
-                          only_from: Iterable[TaskStatus] | None = None) -> bool:
-    """Move a task to `status`; with `only_from`, only if it is currently in one of those (no lost updates)."""
-    values: dict[str, Any] = {"status": status, "status_reason": reason, "updated_at": utcnow()}
-    if next_action_time is not None:
-        values["next_action_time"] = next_action_time
-    query = update(Task).where(Task.id == task_id, Task.user_id == user_id)
-    if only_from is not None:
-        query = query.where(Task.status.in_(list(only_from)))
-    result = await session.execute(query.values(**values))
-    if rows_changed(result) == 1 and status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
-        await webhooks.task_finished(session, user_id, task_id, status)   # the outbox, in this transaction
-    return rows_changed(result) == 1
-
-
 async def record_task_event(session: AsyncSession, user_id: int, task_id: int, type_: str, reason: str = "",
                             payload: dict[str, Any] | None = None) -> TaskEvent | None:
     if await get_task(session, user_id, task_id) is None:
@@ -233,51 +216,7 @@ async def count_tasks(session: AsyncSession, user_id: int, campaign_id: int, sta
     ) or 0
 
 
-@dataclass(frozen=True)
-class TaskMove:
-    """One task's move in a bulk change, decided on the task as it was when last updated at `read_at`."""
-
-    task_id: int
-    read_at: datetime          # the task's updated_at when it was read: every write of a task changes it
-    status: TaskStatus
-    next_action_time: datetime
-    context: dict[str, Any] | None = None   # the task's new context; None leaves it as it is
-
-
-async def move_tasks(session: AsyncSession, user_id: int, moves: Sequence[TaskMove], reason: str,
-                     event_type: str) -> list[int]:
-    """Move several of the user's tasks, each only if it has not changed since it was read (its updated_at: a
-    task the scheduler claimed meanwhile is left alone), and record a task_events row `event_type` for each that
-    moved. Two statements whatever the number of moves: an executemany UPDATE, then an INSERT ... SELECT of the
-    events, which returns the ids that moved (the rows now carrying this move's reason and time). All moves carry
-    a context, or none does. (The UPDATE finds each row by id and updated_at only: with the status in the WHERE,
-    PostgreSQL picks the (user_id, status) index for it on a freshly imported table, 2 ms a row.)"""
-    if not moves:
-        return []
-    at = utcnow()
-    values: dict[str, Any] = {"status": bindparam("to_status"), "next_action_time": bindparam("to_time"),
-                              "status_reason": reason, "updated_at": at}
-    if moves[0].context is not None:
-        values["context"] = bindparam("to_context")
-    statement = (
-        update(_TASKS)
-        .where(_TASKS.c.id == bindparam("b_id"), _TASKS.c.user_id == user_id,
-               _TASKS.c.updated_at == bindparam("b_read_at"))
-        .values(**values)
-    )
-    params = [{"b_id": move.task_id, "b_read_at": move.read_at, "to_status": move.status,
-               "to_time": move.next_action_time}
-              | ({"to_context": move.context} if move.context is not None else {}) for move in moves]
-    connection = await session.connection()
-    await connection.execute(statement, params)
-    moved = (
-        select(_TASKS.c.user_id, _TASKS.c.id, literal(event_type), literal(reason), literal({}, JSON()),
-               literal(at, UTCDateTime()))
-        .where(_TASKS.c.id.in_([move.task_id for move in moves]), _TASKS.c.user_id == user_id,
-               _TASKS.c.updated_at == at, _TASKS.c.status_reason == reason)
-    )
-    events = insert(_TASK_EVENTS).from_select(["user_id", "task_id", "type", "reason", "payload", "at"], moved)
-    return sorted((await connection.execute(events.returning(_TASK_EVENTS.c.task_id))).scalars())
+# Moving tasks, one or a chunk: db/task_life.py.
 
 
 # ---------------------------------------------------------------- calls
@@ -392,6 +331,16 @@ async def count_dnd_tenants(session: AsyncSession, phone_number: str) -> int:
     return await session.scalar(
         select(func.count(func.distinct(DndEntry.user_id))).where(DndEntry.phone_number == phone_number)
     ) or 0
+
+
+def dnd_verdict(listed_by_user: bool, tenants: int, threshold: int) -> str | None:
+    """Why a number must not be called (the task's status reason), or None: on the user's own list, or listed by
+    at least `threshold` tenants (the global list). The scheduler and call-start both say it this way."""
+    if listed_by_user:
+        return "number is on your do-not-call list"
+    if tenants >= threshold:
+        return f"number is on the global do-not-call list ({tenants} tenants list it, threshold {threshold})"
+    return None
 
 
 async def add_dnd_entries(session: AsyncSession, user_id: int, entries: Sequence[tuple[str, str]]) -> int:

@@ -43,7 +43,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami_controller.outcomes import finish_call, map_dial_status
-from db import repo, transfers
+from db import repo, task_life, transfers
 from db.models import (
     Call,
     CallDirection,
@@ -164,13 +164,10 @@ class CallbackRoutes:
                 "action": action.value, "reason": reason, "caller": number, "last_call_id": last_call.id,
                 "forward_to": forward or None, "test_mode": self.settings.app_test_mode}))
             if action is CallbackAction.AI and task.status in _REOPENED:
-                moved = await repo.set_task_status(db, task.user_id, task.id, TaskStatus.IN_PROGRESS,
-                                                   reason=f"the callee called back (call {call.id})",
-                                                   only_from=_REOPENED)
-                if moved:
-                    await repo.record_task_event(db, task.user_id, task.id, "task.callback",
-                                                 f"the callee called back (call {call.id})",
-                                                 {"call_id": call.id, "was": task.status.value})
+                await task_life.move(db, task.user_id, task.id, TaskStatus.IN_PROGRESS,
+                                     reason=f"the callee called back (call {call.id})", only_from=_REOPENED,
+                                     event_type="task.callback", payload={"call_id": call.id,
+                                                                          "was": task.status.value})
             decision = CallbackDecision(action, reason, call.id, call.user_id, task.id,
                                         call.audiosocket_uuid or "", forward)
         self._publish(decision.user_id, "call.updated", {"call_id": decision.call_id, "task_id": decision.task_id,

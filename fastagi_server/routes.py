@@ -35,7 +35,7 @@ from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ami_controller.outcomes import finish_call, map_dial_status
-from db import repo, transfers
+from db import repo, task_life, transfers
 from db.models import Call, CallEvent, CallOutcome, CallStatus, TaskStatus, VoicemailAction
 from db.typed import table_of
 from db.types import utcnow
@@ -62,6 +62,7 @@ _MARK_RINGING = (
     .values(audiosocket_uuid=bindparam("audiosocket_uuid"), status=CallStatus.RINGING.value,
             started_at=bindparam("started_at"), asterisk_other_uniqueid=bindparam("asterisk_other_uniqueid"))
 )
+# tenant-safe: each event row carries the user_id read from its own call row (as _MARK_RINGING's b_user_id)
 _INSERT_CALL_EVENTS = insert(table_of(CallEvent))
 
 
@@ -207,13 +208,10 @@ class CallRoutes:
             await self._end_without_dialing(db, call, CallOutcome.CANCELLED, AbortReason.TASK_NOT_LIVE, reason)
             return CallStartDecision(abort=AbortReason.TASK_NOT_LIVE)
 
-        listed_by_user, tenants = bool(call.dnd_listed_by_user), int(call.dnd_tenants or 0)
-        threshold = self.settings.global_dnd_tenant_threshold
-        if listed_by_user or tenants >= threshold:
-            reason = ("number is on your do-not-call list" if listed_by_user else
-                      f"number is on the global do-not-call list ({tenants} tenants list it, "
-                      f"threshold {threshold})")
-            await self._end_without_dialing(db, call, CallOutcome.DND_BLOCKED, AbortReason.DND, reason)
+        verdict = repo.dnd_verdict(bool(call.dnd_listed_by_user), int(call.dnd_tenants or 0),
+                                   self.settings.global_dnd_tenant_threshold)
+        if verdict is not None:
+            await self._end_without_dialing(db, call, CallOutcome.DND_BLOCKED, AbortReason.DND, verdict)
             return CallStartDecision(abort=AbortReason.DND)
 
         number = (self.settings.app_test_mode_redirect_number if self.settings.app_test_mode
@@ -248,8 +246,8 @@ class CallRoutes:
         if outcome is CallOutcome.DND_BLOCKED:
             # finish_call moves a queued / in-progress task to cancelled_dnd; whatever its state, a listed
             # number is never called again for this task, and the reason names which list.
-            await repo.set_task_status(db, call.user_id, call.task_id, TaskStatus.CANCELLED_DND, reason=reason,
-                                       only_from=_NOT_YET_CANCELLED)
+            await task_life.move(db, call.user_id, call.task_id, TaskStatus.CANCELLED_DND, reason=reason,
+                                 only_from=_NOT_YET_CANCELLED)
 
     # ------------------------------------------------------------ call-answered
 

@@ -27,9 +27,18 @@ import openai
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import repo, task_life
 from db.costs import Scope
-from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, Task, TaskStatus, UsageKind
+from db.models import (
+    ANALYZED_OUTCOMES,
+    Call,
+    CallEvent,
+    CallStatus,
+    CallTranscript,
+    Task,
+    TaskStatus,
+    UsageKind,
+)
 from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.costs import record_chat_usage
@@ -44,8 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("opendeep.analyzer")
 
 # Telephony outcomes that mean somebody (or a machine) was on the line: the analyzer reads these.
-ANALYZABLE_OUTCOMES = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT,
-                       CallOutcome.FAILED_AI)
+ANALYZABLE_OUTCOMES = tuple(ANALYZED_OUTCOMES)
 # Asterisk may report a call's end before the AudioSocket side has saved its last transcript lines: a call
 # bridged to the AI is analyzed once its `audiosocket.ended` event is written, or this long after it ended
 # (that process died and the event will never come).
@@ -53,11 +61,7 @@ AUDIOSOCKET_SETTLE = timedelta(seconds=60)
 AUDIOSOCKET_ENDED = "audiosocket.ended"
 
 # Where a task waiting for analysis is; anything else (the user paused or cancelled it) keeps its status.
-LIVE_TASK_STATUSES = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
-
-# A task held for the user's review must not be dialed again by the scheduler (ON_HOLD is a due status):
-# its next action waits until the user resumes it, which sets a new next_action_time.
-HELD_FOR_REVIEW_UNTIL = datetime(9999, 12, 31, tzinfo=UTC)
+LIVE_TASK_STATUSES = task_life.LIVE
 
 # The latest a model-chosen retry time may be: a typo in a year must not park a task for a decade.
 MAX_RETRY_HORIZON = timedelta(days=30)
@@ -224,13 +228,13 @@ def decide(task: Task, analysis: dict[str, Any], settings: Settings, now: dateti
     dnd = bool(analysis["add_to_dnd"]) or outcome is AnalysisOutcome.DO_NOT_CALL
 
     def retry_or_fail(label: str) -> Decision:
-        if task.attempt_count >= task.max_attempts:
-            return Decision(TaskStatus.FAILED, f"{label} on {attempts}; no attempts left: {why}", add_to_dnd=dnd)
         asked = parse_retry_at(analysis["retry_at"], now)
-        when = asked or next_retry_time(task.attempt_count, settings, now)
+        status, when = task_life.retry_or_fail(task.attempt_count, task.max_attempts,
+                                               asked or next_retry_time(task.attempt_count, settings, now))
+        if when is None:
+            return Decision(status, f"{label} on {attempts}; no attempts left: {why}", add_to_dnd=dnd)
         source = "time the callee asked for" if asked else "backoff"
-        return Decision(TaskStatus.RETRY_SCHEDULED,
-                        f"{label} on {attempts}; retry at {when:%Y-%m-%d %H:%M} UTC ({source}): {why}",
+        return Decision(status, f"{label} on {attempts}; retry at {when:%Y-%m-%d %H:%M} UTC ({source}): {why}",
                         next_action_time=when, add_to_dnd=dnd)
 
     if outcome is AnalysisOutcome.DO_NOT_CALL:
@@ -246,12 +250,13 @@ def decide(task: Task, analysis: dict[str, Any], settings: Settings, now: dateti
         return Decision(TaskStatus.COMPLETED, f"partly done (no further call planned): {why}")
     if outcome is AnalysisOutcome.VOICEMAIL_LEFT:
         # A message asked them to call back: give them the longest backoff to do it before we call again.
-        if task.attempt_count >= task.max_attempts:
-            return Decision(TaskStatus.FAILED, f"voicemail left on {attempts}; no attempts left (a callback still "
-                                               f"reaches this task): {why}")
-        when = max(next_retry_time(task.attempt_count, settings, now),
-                   now + timedelta(seconds=settings.retry_backoff_max_seconds))
-        return Decision(TaskStatus.RETRY_SCHEDULED, f"voicemail left on {attempts}; waiting for a callback, "
+        status, when = task_life.retry_or_fail(task.attempt_count, task.max_attempts, max(
+            next_retry_time(task.attempt_count, settings, now),
+            now + timedelta(seconds=settings.retry_backoff_max_seconds)))
+        if when is None:
+            return Decision(status, f"voicemail left on {attempts}; no attempts left (a callback still "
+                                    f"reaches this task): {why}")
+        return Decision(status, f"voicemail left on {attempts}; waiting for a callback, "
                         f"next call at {when:%Y-%m-%d %H:%M} UTC: {why}", next_action_time=when)
     if outcome in (AnalysisOutcome.RETRY, AnalysisOutcome.VOICEMAIL):
         return retry_or_fail("voicemail" if outcome is AnalysisOutcome.VOICEMAIL else "not finished")
@@ -271,6 +276,7 @@ def task_result(task: Task, call: Call, analysis: dict[str, Any], now: datetime)
 
 def _ready_for_analysis(now: datetime) -> list:
     """Ended, not analyzed, not leased or backing off, and its transcript complete (see AUDIOSOCKET_SETTLE)."""
+    # tenant-safe: a correlated subquery on the outer call's own id (the outer query is per call)
     transcript_saved = select(CallEvent.id).where(CallEvent.call_id == Call.id,
                                                   CallEvent.type == AUDIOSOCKET_ENDED).exists()
     return [Call.status == CallStatus.ENDED, Call.analyzed_at.is_(None), Call.outcome.in_(ANALYZABLE_OUTCOMES),
@@ -405,16 +411,18 @@ class PostCallAnalyzer:
                                              f"{task.phone_number} on the do-not-call list",
                                              {"call_id": call.id})
             task.result = task_result(task, call, analysis, now)
-            moved = await repo.set_task_status(session, user_id, task.id, decision.status, reason=decision.reason,
-                                               next_action_time=decision.next_action_time,
-                                               only_from=LIVE_TASK_STATUSES)
-            event_type = f"analysis.{decision.status.value}" if moved else "analysis.recorded"
-            reason = decision.reason if moved else (
-                f"verdict {analysis['outcome']} recorded; task left {task.status.value} (changed meanwhile)")
-            await repo.record_task_event(session, user_id, task.id, event_type, reason,
-                                         {"call_id": call.id, "outcome": analysis["outcome"],
-                                          "next_action_time": decision.next_action_time.isoformat()
-                                          if moved and decision.next_action_time else None})
+            moved = await task_life.move(session, user_id, task.id, decision.status, reason=decision.reason,
+                                         next_action_time=decision.next_action_time, only_from=LIVE_TASK_STATUSES,
+                                         event_type=f"analysis.{decision.status.value}",
+                                         payload={"call_id": call.id, "outcome": analysis["outcome"],
+                                                  "next_action_time": decision.next_action_time.isoformat()
+                                                  if decision.next_action_time else None})
+            if not moved:
+                await repo.record_task_event(session, user_id, task.id, "analysis.recorded",
+                                             f"verdict {analysis['outcome']} recorded; task left "
+                                             f"{task.status.value} (changed meanwhile)",
+                                             {"call_id": call.id, "outcome": analysis["outcome"],
+                                              "next_action_time": None})
             await refresh_inter_call_context(session, user_id, task.id)
             status = decision.status if moved else task.status
             published.append(("task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
@@ -447,11 +455,10 @@ class PostCallAnalyzer:
             if give_up:
                 reason = (f"post-call analysis of call {call.id} failed after {attempt} attempt(s): {error}. "
                           f"Read the transcript at /calls/{call.id} and set the outcome by hand.")
-                moved = await repo.set_task_status(session, user_id, task.id, TaskStatus.ON_HOLD, reason=reason,
-                                                   next_action_time=HELD_FOR_REVIEW_UNTIL,
-                                                   only_from=LIVE_TASK_STATUSES)
-                await repo.record_task_event(session, user_id, task.id, "analysis.on_hold", reason,
-                                             {"call_id": call.id, "error": str(error), "attempts": attempt})
+                # ON_HOLD is not due: the task waits for the user (call now, or the outcome set by hand).
+                moved = await task_life.move(session, user_id, task.id, TaskStatus.ON_HOLD, reason=reason,
+                                             only_from=LIVE_TASK_STATUSES, event_type="analysis.on_hold",
+                                             payload={"call_id": call.id, "error": str(error), "attempts": attempt})
                 note = await repo.add_notification(
                     session, user_id, "task.on_hold",
                     f"Call to {task.target_name} needs your review: {reason}",
@@ -464,10 +471,9 @@ class PostCallAnalyzer:
             else:
                 reason = (f"awaiting analysis: attempt {attempt} of {self.max_attempts} failed ({error}); "
                           f"next try at {retry_at:%H:%M:%S} UTC")
-                await repo.set_task_status(session, user_id, task.id, TaskStatus.IN_PROGRESS, reason=reason,
-                                           only_from=(TaskStatus.IN_PROGRESS,))
-                await repo.record_task_event(session, user_id, task.id, "analysis.retry", reason,
-                                             {"call_id": call.id, "error": str(error), "attempt": attempt,
+                await task_life.move(session, user_id, task.id, TaskStatus.IN_PROGRESS, reason=reason,
+                                     only_from=(TaskStatus.IN_PROGRESS,), event_type="analysis.retry",
+                                     payload={"call_id": call.id, "error": str(error), "attempt": attempt,
                                               "retry_at": retry_at.isoformat()})
                 log.info("call %s: analysis attempt %s failed (%s); retrying at %s", call.id, attempt, error,
                          retry_at.isoformat())

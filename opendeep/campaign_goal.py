@@ -26,20 +26,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo
+from db import repo, task_life
 from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, Task, TaskStatus
-from db.repo import TaskMove
-from db.typed import rows_changed
+from db.task_life import LIVE, OPEN, TaskMove
 from db.types import utcnow
 
 log = logging.getLogger("opendeep.campaign_goal")
 
 MAX_PARALLEL_CALLS = 3
-LIVE = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
-OPEN = [status for status in TaskStatus if not status.is_terminal]
 CARRIED_KEY = "learned_from_other_targets"   # tasks.context key the next target's call AI reads
 MAX_CARRIED_CHARS = 1500
 WRAP_UP_EVENT = "call.wrap_up"   # EventHub kind: the AudioSocket side tells the call AI to end the call
@@ -98,6 +95,8 @@ async def keep_goals(sessions: async_sessionmaker[AsyncSession], *, events: Any 
     done = GoalPass()
     async with sessions() as session:
         open_task = exists().where(Task.campaign_id == Campaign.id, Task.status.in_(OPEN))
+        # tenant-safe: the goal keeper serves every tenant; each campaign keeps its user_id, and every query
+        # after it is _of(campaign)
         campaigns = (await session.scalars(
             select(Campaign).where(Campaign.goal_type == CampaignGoal.UNTIL_ONE_SUCCEEDS,
                                    Campaign.status.in_([CampaignStatus.ACTIVE, CampaignStatus.PAUSED]), open_task)
@@ -140,6 +139,7 @@ def _verdict_is(outcome: str):
 
 
 async def _keep_one(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     winner = await session.scalar(select(Task).where(*_of(campaign), Task.status == TaskStatus.COMPLETED,
                                                      _verdict_is("success")).order_by(Task.id).limit(1))
     if winner is not None:
@@ -161,11 +161,10 @@ async def _goal_met(session: AsyncSession, campaign: Campaign, winner: Task, don
     while True:
         chunk = await repo.task_states(session, campaign.user_id, campaign_id=campaign.id, statuses=OPEN,
                                        after_id=after, limit=repo.BULK_CHUNK_ROWS)
-        moves = [TaskMove(row.id, row.updated_at, TaskStatus.CANCELLED, row.next_action_time) for row in chunk]
-        moved = set(await repo.move_tasks(session, campaign.user_id, moves, reason, "goal.cancelled"))
-        if moved:   # a cancelled target waits for nothing any more
-            await session.execute(update(Task).where(Task.id.in_(moved), Task.user_id == campaign.user_id,
-                                                     Task.held.is_(True)).values(held=False))
+        moves = [TaskMove(row.id, row.updated_at, TaskStatus.CANCELLED, row.next_action_time, was=row.status)
+                 for row in chunk]
+        moved = set(await task_life.move_many(session, campaign.user_id, moves, reason, "goal.cancelled"))
+        await task_life.clear_held(session, campaign.user_id, moved)   # a cancelled target waits for nothing
         for row in chunk:
             if row.id in moved and row.status in LIVE:
                 await _end_live_calls(session, campaign.user_id, row.id, reason, done)
@@ -190,6 +189,7 @@ async def _end_live_calls(session: AsyncSession, user_id: int, task_id: int, rea
 
 
 async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime, done: GoalPass) -> None:
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     in_play = await session.scalar(select(func.count(Task.id)).where(*_of(campaign), Task.status.in_(OPEN),
                                                                      Task.held.is_(False)))
     free = max(1, campaign.parallel_calls) - (in_play or 0)
@@ -202,25 +202,20 @@ async def _release_next(session: AsyncSession, campaign: Campaign, now: datetime
     if not waiting:
         return
     terminal = [status for status in TaskStatus if status.is_terminal]
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     partial = (await session.scalars(select(Task).where(*_of(campaign), Task.status.in_(terminal),
                                                         _verdict_is("partial")).order_by(Task.id))).all()
     carried = carried_learnings(list(partial))
+    # tenant-safe: _of(campaign) is user_id == campaign.user_id and its campaign_id
     previous = await session.scalar(select(Task.target_name).where(*_of(campaign), Task.status.in_(terminal))
                                     .order_by(Task.id.desc()).limit(1))
     reason = f"its turn: {previous} did not succeed" if previous else "its turn"
     for task_id, user_id, was, context in waiting:
-        values: dict[str, Any] = {"held": False, "updated_at": utcnow()}
-        if was is TaskStatus.PENDING:   # a task paused on its own keeps its pause
-            values["next_action_time"] = now
-        if carried:
-            values["context"] = {**(context or {}), CARRIED_KEY: carried}
-        result = await session.execute(
-            update(Task).where(Task.id == task_id, Task.user_id == user_id, Task.held.is_(True),
-                               Task.status == was).values(**values))
-        if rows_changed(result) != 1:
-            continue
-        await repo.record_task_event(session, user_id, task_id, "goal.released", reason, {"carried": bool(carried)})
-        done.released.append(task_id)
+        if await task_life.release_held(
+                session, user_id, task_id, was=was, reason=reason, payload={"carried": bool(carried)},
+                next_action_time=now if was is TaskStatus.PENDING else None,   # a task paused on its own keeps it
+                context={**(context or {}), CARRIED_KEY: carried} if carried else None):
+            done.released.append(task_id)
 
 
 def carried_learnings(finished: list[Task]) -> str:

@@ -238,7 +238,7 @@ async def _dnd(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
     from db import repo
-    from webui.csv_import import CsvImportError, import_targets, parse_targets_csv
+    from webui.csv_import import CsvImportError, campaign_from_csv, parse_targets_csv, targets_from_csv
 
     text = _read_text(args.file)
     async with _sessions(settings) as sessions, sessions() as session:
@@ -247,12 +247,17 @@ async def _tasks_import(settings: Settings, args: argparse.Namespace) -> int:
             rows = parse_targets_csv(text, await _region_of(session, settings, user_id))
         except CsvImportError as exc:
             raise CliError(_csv_errors(args.file, exc)) from None
-        campaign = (await repo.create_campaign(session, user_id, name=args.new_campaign, goal=args.goal)
-                    if args.new_campaign else await repo.get_campaign(session, user_id, args.campaign))
-        if campaign is None:
-            raise CliError(f"campaign {args.campaign} not found for user {args.user!r}")
-        await import_targets(session, user_id, campaign.id, rows)
-        await session.commit()
+        # No event hub in this process: a page open in `serve` shows the new tasks from the database when it
+        # next loads (the same rule builds the campaign as on the web page and in the API).
+        if args.new_campaign:
+            campaign, _ = await campaign_from_csv(session, None, user_id, rows, name=args.new_campaign,
+                                                  goal=args.goal)
+        else:
+            existing = await repo.get_campaign(session, user_id, args.campaign)
+            if existing is None:
+                raise CliError(f"campaign {args.campaign} not found for user {args.user!r}")
+            await targets_from_csv(session, None, user_id, existing, rows)
+            campaign = existing
         print(f"imported {len(rows)} task(s) into campaign {campaign.id} ({campaign.name!r})")
     return 0
 

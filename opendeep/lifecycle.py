@@ -26,8 +26,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import repo, webhooks
-from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
+from db import repo, task_life
+from db.models import (
+    ANALYZED_OUTCOMES,
+    TERMINAL_TASK_STATUSES,
+    Call,
+    CallOutcome,
+    CallStatus,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
 from db.typed import rows_changed
 from db.types import utcnow
 from opendeep.campaign_goal import GoalPass, HangUp, keep_goals
@@ -41,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("opendeep.lifecycle")
 
 OPEN_TASK_STATUSES = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
-ANALYZABLE = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT, CallOutcome.FAILED_AI)
 RECOVERED_REASON = "recovered after restart"
 
 # The call AI reads this at the start of every call: keep it short enough not to crowd out the objective.
@@ -213,7 +221,7 @@ class LifecycleManager:
             return True
 
         latest = calls[-1] if calls else None
-        if latest is not None and latest.analyzed_at is None and latest.outcome in ANALYZABLE:
+        if latest is not None and latest.analyzed_at is None and latest.outcome in ANALYZED_OUTCOMES:
             return False  # ended and awaiting the post-call analyzer: not stuck
         since = task.claimed_at or task.updated_at
         if now - since <= self.stuck_after:
@@ -221,27 +229,22 @@ class LifecycleManager:
         # Nothing is ringing: make the task due again. An attempt counts only if a call row was created for it.
         dialed = len(calls)
         attempts = min(task.attempt_count, dialed)
-        if attempts >= task.max_attempts:
-            status, when = TaskStatus.FAILED, None
+        status, when = task_life.retry_or_fail(attempts, task.max_attempts, now,
+                                               retry_as=TaskStatus.RETRY_SCHEDULED if attempts else TaskStatus.PENDING)
+        if when is None:
             reason = (f"{RECOVERED_REASON}: task was left {task.status.value} with no live call; "
                       f"all {task.max_attempts} attempts used")
         else:
-            status, when = (TaskStatus.RETRY_SCHEDULED if attempts else TaskStatus.PENDING), now
             reason = (f"{RECOVERED_REASON}: task was left {task.status.value} since {since:%Y-%m-%d %H:%M} UTC "
                       f"with no live call; due again ({attempts} of {task.max_attempts} attempts used)")
-        result = await session.execute(
-            update(Task)
-            .where(Task.id == task.id, Task.user_id == task.user_id, Task.status == task.status,
-                   Task.updated_at == task.updated_at)  # nobody touched it since we looked
-            .values(status=status, status_reason=reason, attempt_count=attempts, claimed_by=None,
-                    claimed_at=None, next_action_time=when or task.next_action_time, updated_at=now)
-        )
-        if rows_changed(result) != 1:
+        moved = await task_life.move(
+            session, task.user_id, task.id, status, reason=reason, only_from=[task.status],
+            unchanged_since=task.updated_at,   # nobody touched it since we looked
+            next_action_time=when, also={"attempt_count": attempts, "claimed_by": None, "claimed_at": None},
+            event_type="lifecycle.recovered",
+            payload={"from": task.status.value, "to": status.value, "attempt_count": attempts})
+        if not moved:
             return False
-        if status is TaskStatus.FAILED:   # set_task_status does this for the other paths
-            await webhooks.task_finished(session, task.user_id, task.id, status)
-        await repo.record_task_event(session, task.user_id, task.id, "lifecycle.recovered", reason,
-                                     {"from": task.status.value, "to": status.value, "attempt_count": attempts})
         published.append(("task.updated", {"task_id": task.id, "campaign_id": task.campaign_id,
                                            "status": status.value}))
         log.warning("task %s recovered: %s", task.id, reason)

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from ami_controller.outcomes import finish_call
-from db import repo
+from ami_controller.scheduler import claim_due_tasks
+from db import repo, task_life
 from db.models import Call, CallOutcome, DndEntry, Speaker, TaskStatus
 from db.types import utcnow
-from opendeep.analyzer import AUDIOSOCKET_SETTLE, HELD_FOR_REVIEW_UNTIL, PostCallAnalyzer
+from opendeep.analyzer import AUDIOSOCKET_SETTLE, PostCallAnalyzer
 from opendeep.events import EventHub
 from tests.doubles.aftercall_seed import answered_call, end_call, load, seed_task, start_call, verdict
 
@@ -166,7 +167,9 @@ async def test_invalid_answers_are_retried_then_the_task_is_held_for_review(sess
     assert task.status is TaskStatus.ON_HOLD
     assert "failed after 3 attempt(s)" in task.status_reason and f"/calls/{call_id}" in task.status_reason
     assert complaint in task.status_reason
-    assert task.next_action_time == HELD_FOR_REVIEW_UNTIL  # the scheduler must not redial it on its own
+    async with sessions() as session:   # the scheduler must not redial it on its own, whatever the time
+        claimed = await claim_due_tasks(session, claimer="t", limit=100, now=utcnow() + timedelta(days=3650))
+    assert task.id not in [c.id for c in claimed]
     assert task.result == {}
     assert call.analyzed_at is not None and complaint in call.analysis["error"]
     assert kinds == ["notification", "task.updated"]
@@ -266,7 +269,7 @@ async def test_a_task_the_user_cancelled_meanwhile_keeps_its_status(sessions, ll
     seeded = await seed_task(sessions)
     call_id = await answered_call(sessions, llm_settings, seeded, CONVERSATION)
     async with sessions() as session, session.begin():
-        await repo.set_task_status(session, seeded.user_id, seeded.task_id, TaskStatus.CANCELLED,
+        await task_life.move(session, seeded.user_id, seeded.task_id, TaskStatus.CANCELLED,
                                    reason="cancelled by the user")
     fake_openai.queue_reply(content=verdict("do_not_call", add_to_dnd=True))
     assert await analyzer.run_once() == 1

@@ -34,6 +34,7 @@ from tests.doubles.ami_helpers import eventually
 from tests.doubles.audiosocket_calls import asterisk_call, audiosocket_server, seed_call
 from tests.doubles.fake_openai import generated_speech
 from tests.doubles.fake_realtime import FakeResponse
+from tests.doubles.task_state import put_task
 from tests.doubles.webui_client import make_runtime
 from webui.assistant import UIAssistantService
 from webui.controls import ControlAction, ControlError, control_campaign
@@ -251,7 +252,7 @@ def _namespace(usage: dict):
 async def test_a_finished_campaigns_summary_cost_does_not_pause_it(sessions):
     seeded = await seed_task(sessions)
     async with sessions() as db, db.begin():
-        await repo.set_task_status(db, seeded.user_id, seeded.task_id, TaskStatus.COMPLETED)
+        await put_task(db, seeded.user_id, seeded.task_id, TaskStatus.COMPLETED)
         await costs.set_budget(db, seeded.user_id, seeded.campaign_id, 1)
         stop = await costs.record_usage(db, costs.Scope(seeded.user_id, seeded.campaign_id), costs.UsageEntry(
             UsageKind.SUMMARIZER, "gpt-4.1-mini", TokenUsage(text_in=10),

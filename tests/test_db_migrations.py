@@ -1,10 +1,21 @@
 """The Alembic migrations build exactly the schema the models describe, on both databases."""
 
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from db.models import Base
+from db import repo
+from db.engine import create_engine
+from db.migrate import upgrade
+from db.models import Base, TaskStatus
+from tests.conftest import _pg_admin, _pg_url_for
+from tests.doubles.task_state import put_task
 
 
 def _exists_on(obj, dialect: str) -> bool:
@@ -24,3 +35,40 @@ async def test_migrated_schema_matches_the_models(engine):
         version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
     assert differences == []
     assert version is not None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_database_url(request, tmp_path):
+    """An empty database with no migration run yet."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name = f"opendeep_mig_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    yield _pg_url_for(name)
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_0011_gives_tasks_on_hold_until_a_far_future_date_the_time_they_were_held(fresh_database_url):
+    """Before 0011, on hold was kept from dialing by 2999 / 9999 dates; now on hold is not due, and the dates go."""
+    await upgrade(fresh_database_url, "0010_calllog")
+    engine = create_engine(fresh_database_url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    retry_at = datetime(2027, 1, 5, 9, 0, tzinfo=UTC)
+    async with sessions() as session:
+        user = await repo.create_user(session, "alice", "x")
+        campaign = await repo.create_campaign(session, user.id, name="c")
+        held, paused, waiting = [(await repo.add_task(session, user.id, campaign.id, target_name=name,
+                                                      phone_number="+14155550100")).id for name in "abc"]
+        await put_task(session, user.id, held, TaskStatus.ON_HOLD, next_action_time=datetime(9999, 12, 31, tzinfo=UTC))
+        await put_task(session, user.id, paused, TaskStatus.ON_HOLD, next_action_time=datetime(2999, 1, 1, tzinfo=UTC))
+        await put_task(session, user.id, waiting, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
+        await session.commit()
+    await upgrade(fresh_database_url, engine=engine)
+    async with sessions() as session:
+        tasks = {task.id: task for task in await repo.list_tasks(session, user.id)}
+    await engine.dispose()
+    for task_id in (held, paused):
+        assert tasks[task_id].status is TaskStatus.ON_HOLD
+        assert tasks[task_id].next_action_time == tasks[task_id].updated_at
+    assert tasks[waiting].next_action_time == retry_at

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from ami_controller.outcomes import AWAITING_ANALYSIS, finish_call, map_dial_status, map_originate_reason
-from db import repo
+from db import repo, task_life
 from db.models import Call, CallOutcome, CallStatus, TaskStatus
 from db.types import utcnow
 from opendeep.events import EventHub
@@ -134,7 +134,7 @@ async def test_the_second_report_of_the_same_call_changes_nothing(sessions, sett
 async def test_a_task_cancelled_meanwhile_stays_cancelled(sessions, settings):
     user_id, task_id, call_id = await _call_in_progress(sessions)
     async with sessions() as session:
-        await repo.set_task_status(session, user_id, task_id, TaskStatus.CANCELLED, reason="user cancelled")
+        await task_life.move(session, user_id, task_id, TaskStatus.CANCELLED, reason="user cancelled")
         await finish_call(session, settings, user_id=user_id, call_id=call_id, outcome=CallOutcome.CANCELLED,
                           source="agi.call-end")
         await session.commit()

@@ -155,7 +155,7 @@ async def test_global_dnd_forms_at_the_tenant_threshold(sessions, settings):
     assert [t.id for t in screening.cancelled_dnd] == [second_id]
     async with sessions() as session:
         event = await session.scalar(select(TaskEvent).where(TaskEvent.task_id == second_id))
-    assert "global do-not-call list (listed by 2 accounts)" in event.reason
+    assert "global do-not-call list (2 tenants list it, threshold 2)" in event.reason
 
 
 async def test_outside_the_window_the_task_waits_for_the_next_opening(sessions, settings):

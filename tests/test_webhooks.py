@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from db import repo
+from db import repo, task_life
 from db import webhooks as outbox
 from db.models import CallOutcome, Speaker, WebhookDelivery, WebhookDeliveryStatus
 from db.types import utcnow
@@ -484,7 +484,7 @@ async def test_no_outbox_function_lets_one_tenant_see_or_touch_anothers_rows(ses
     endpoint = await add_endpoint(sessions, alice.user_id, "https://hooks.example.com/a")
     async with sessions() as session, session.begin():
         question = await repo.create_feedback_request(session, alice.user_id, call_id, "Which day?")
-        await repo.set_task_status(session, alice.user_id, alice.task_id, TaskStatus.COMPLETED)
+        await task_life.move(session, alice.user_id, alice.task_id, TaskStatus.COMPLETED)
     queued = len(await deliveries(sessions))
     assert queued == 2
     b = bob.user_id

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from db import repo
+from db import task_life
 from db.models import Speaker, TaskStatus
 from db.types import utcnow
 from tests.doubles.call_log_seed import add_line, seed_campaign
@@ -112,7 +112,7 @@ async def test_call_log_filters_pages_and_the_board_follows_a_live_call(settings
             await expect(page.locator("tr.task").first).to_have_id(f"task-{seeded.task_ids[100]}")
             await page.wait_for_selector("body[data-live-ready='1']")   # page 2's own event stream is open
             async with runtime.sessions() as session:
-                await repo.set_task_status(session, alice, seeded.task_ids[150], TaskStatus.CANCELLED,
+                await task_life.move(session, alice, seeded.task_ids[150], TaskStatus.CANCELLED,
                                            reason="cancelled from another tab")
                 await session.commit()
             runtime.events.publish(alice, "task.updated", {"task_id": seeded.task_ids[150],

@@ -17,6 +17,7 @@ from db.types import utcnow
 from opendeep.phone import callee_timezone
 from tests.doubles.fake_ami import pairs_get
 from tests.doubles.fake_openai import always_open_window
+from tests.doubles.task_state import put_task
 from tests.doubles.webui_client import WebClient, add_user, make_runtime
 from tests.test_ami_calls import fake, world  # noqa: F401  (fixtures: a FakeAmi and a connected controller)
 from tests.test_webui_plan_csv import a_plan
@@ -59,7 +60,7 @@ async def test_the_api_edits_name_window_attempts_and_caller_id(two_users):
     runtime, alice, _, alice_id = two_users
     campaign_id, (first, second) = await _campaign(runtime, alice_id)
     async with runtime.sessions() as session, session.begin():
-        await repo.set_task_status(session, alice_id, second, TaskStatus.FAILED, reason="wrong number")
+        await put_task(session, alice_id, second, TaskStatus.FAILED, reason="wrong number")
     response = await alice.api("PATCH", f"/api/campaigns/{campaign_id}", {
         "name": "  Cleaning, one dentist ", "calling_window": "08:30-18:00", "max_attempts": 5,
         "caller_id": "Acme Dental <+1 415 555 0199>"})

@@ -13,9 +13,10 @@ from db import repo
 from db.models import Call, CallStatus, Campaign, CampaignStatus, Task, TaskStatus
 from db.types import utcnow
 from tests.doubles.fake_ami import FakeAmi
+from tests.doubles.task_state import put_task
 from tests.doubles.webui_client import add_user, make_runtime
 from tests.test_webui_plan_csv import a_plan
-from webui.controls import PAUSED_UNTIL, ControlAction, ControlError, NotFound, control_campaign, control_task
+from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
 from webui.orchestrator import PlanRejected, confirm_plan
 
 
@@ -84,13 +85,13 @@ async def test_pausing_a_task_holds_it_and_resuming_restores_its_retry_time(runt
     _, (task_id, _) = await _campaign(runtime, alice)
     retry_at = (utcnow() + timedelta(hours=2)).replace(microsecond=0)
     async with runtime.sessions() as session:
-        await repo.set_task_status(session, alice, task_id, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
+        await put_task(session, alice, task_id, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
         await session.commit()
     await control_task(runtime, alice, task_id, ControlAction.PAUSE)
     async with runtime.sessions() as session:
         task = await repo.get_task(session, alice, task_id)
         assert (task.status, task.next_action_time, task.status_reason) == (
-            TaskStatus.ON_HOLD, PAUSED_UNTIL, "paused by user")
+            TaskStatus.ON_HOLD, retry_at, "paused by user")   # on hold is not due: its time stays
     with pytest.raises(ControlError, match="only pending, scheduled or held tasks"):
         await control_task(runtime, alice, task_id, ControlAction.PAUSE)
     await control_task(runtime, alice, task_id, ControlAction.RESUME)
@@ -142,7 +143,7 @@ async def test_cancelling_a_live_call_sends_hangup_and_reports_a_refusal(setting
         campaign_id, (task_id, other_id) = await _campaign(runtime, alice)
         channel = "PJSIP/opendeep-trunk-00000007"
         async with runtime.sessions() as session:
-            await repo.set_task_status(session, alice, task_id, TaskStatus.IN_PROGRESS)
+            await put_task(session, alice, task_id, TaskStatus.IN_PROGRESS)
             session.add(Call(user_id=alice, task_id=task_id, attempt_number=1, status=CallStatus.ANSWERED,
                              dialed_number="+14155550101", channel=channel))
             await session.commit()
@@ -167,7 +168,7 @@ async def test_cancel_without_ami_in_process_says_the_call_ends_on_its_own(runti
     alice = await add_user(runtime, "alice")
     _, (task_id, _) = await _campaign(runtime, alice)
     async with runtime.sessions() as session:
-        await repo.set_task_status(session, alice, task_id, TaskStatus.QUEUED)
+        await put_task(session, alice, task_id, TaskStatus.QUEUED)
         session.add(Call(user_id=alice, task_id=task_id, attempt_number=1, status=CallStatus.RINGING,
                          dialed_number="+14155550101", channel="Local/x@opendeep-outbound-0001;1"))
         await session.commit()

@@ -10,6 +10,7 @@ import pytest_asyncio
 from db import repo
 from db.models import Call, CallOutcome, CallStatus, Speaker, TaskStatus
 from db.types import utcnow
+from tests.doubles.task_state import put_task
 from tests.doubles.webui_client import WebClient, add_user, make_runtime
 from tests.test_webui_plan_csv import a_plan
 from webui.app import create_app
@@ -32,7 +33,7 @@ async def test_campaign_page_shows_status_attempts_next_action_and_each_calls_ou
     task_id = confirmation.task_ids[0]
     retry_at = utcnow() + timedelta(hours=1)
     async with runtime.sessions() as session:
-        await repo.set_task_status(session, user_id, task_id, TaskStatus.RETRY_SCHEDULED,
+        await put_task(session, user_id, task_id, TaskStatus.RETRY_SCHEDULED,
                                    reason="busy on attempt 1 of 2", next_action_time=retry_at)
         task = await repo.get_task(session, user_id, task_id)
         task.attempt_count = 1

@@ -40,6 +40,7 @@ async def remember_browser_zone(sessions: async_sessionmaker[AsyncSession], user
     if user.time_zone is not None or zone is None:
         return user
     async with sessions() as session:
+        # tenant-safe: the signed-in user's own row
         await session.execute(update(User).where(User.id == user.id, User.time_zone.is_(None))
                               .values(time_zone=zone))
         await session.commit()
@@ -163,6 +164,7 @@ async def _users(session: AsyncSession) -> list[dict]:
         select(Campaign.user_id, func.count()).group_by(Campaign.user_id))).all())
     live = dict((await session.execute(
         select(Call.user_id, func.count()).where(Call.status != CallStatus.ENDED).group_by(Call.user_id))).all())
+    # tenant-safe: the admin page (admins only, checked by the route): every account by design
     users = await session.scalars(select(User).order_by(User.username))
     return [{"id": u.id, "username": u.username, "is_admin": u.is_admin, "created_at": u.created_at,
              "disabled_at": u.disabled_at, "campaigns": campaigns.get(u.id, 0), "live_calls": live.get(u.id, 0)}
@@ -187,9 +189,11 @@ async def set_disabled(sessions: async_sessionmaker[AsyncSession], admin: User, 
         raise AdminRefused("you cannot disable your own account")
     async with sessions() as session:
         if disabled:
+            # tenant-safe: admin action on the account the admin chose (route checks is_admin)
             await session.execute(update(User).where(User.id == target.id, User.disabled_at.is_(None)).values(
                 disabled_at=utcnow(), session_version=User.session_version + 1))
         else:
+            # tenant-safe: admin action on the account the admin chose (route checks is_admin)
             await session.execute(update(User).where(User.id == target.id).values(disabled_at=None))
         await session.commit()
 
@@ -202,6 +206,7 @@ async def reset_password(sessions: async_sessionmaker[AsyncSession], target: Use
     password = typed or secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
     password_hash = await asyncio.to_thread(hash_password, password)
     async with sessions() as session:
+        # tenant-safe: admin action on the account the admin chose (route checks is_admin)
         await session.execute(update(User).where(User.id == target.id).values(
             password_hash=password_hash, session_version=User.session_version + 1))
         await session.commit()

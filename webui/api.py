@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from db import repo
-from opendeep.campaign_goal import held_on_import, parse_goal
+from opendeep.campaign_goal import parse_goal
 from opendeep.health import health_report
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
@@ -40,13 +40,13 @@ from webui.auth import (
 from webui.controls import ControlAction, ControlError, NotFound, control_campaign, control_task
 from webui.csv_import import (
     CsvImportError,
+    campaign_from_csv,
     export_dnd_csv,
     import_dnd,
-    import_targets,
     parse_dnd_csv,
     parse_targets_csv,
-    publish_imported,
     table_csv,
+    targets_from_csv,
 )
 from webui.live import FeedbackError, answer_feedback
 from webui.orchestrator import MAX_SOURCE_KEY, PlanRejected, chat_source_key, confirm_plan
@@ -301,13 +301,8 @@ async def campaign_import(request: Request) -> Response:
         raise _csv_error(exc) from None
     runtime = _runtime(request)
     async with runtime.sessions() as session:
-        campaign = await repo.create_campaign(session, request.state.user_id, name=name[:200], goal=goal)
-        campaign.budget_microusd = budget
-        campaign.goal_type = goal_type
-        task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
-                                        default_objective=goal, held=held_on_import(goal_type))
-        await session.commit()
-    publish_imported(runtime.events, request.state.user_id, campaign.id, task_ids)
+        campaign, task_ids = await campaign_from_csv(session, runtime.events, request.state.user_id, rows, name=name,
+                                                     goal=goal, goal_type=goal_type, budget_microusd=budget)
     return JSONResponse({"campaign_id": campaign.id, "task_ids": task_ids}, status_code=201)
 
 
@@ -324,10 +319,7 @@ async def campaign_add_targets(request: Request) -> Response:
             rows = parse_targets_csv(await _csv_text(request), await request_region(request))
         except CsvImportError as exc:
             raise _csv_error(exc) from None
-        task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
-                                        default_objective=campaign.goal, held=held_on_import(campaign.goal_type))
-        await session.commit()
-    publish_imported(runtime.events, request.state.user_id, campaign_id, task_ids)
+        task_ids = await targets_from_csv(session, runtime.events, request.state.user_id, campaign, rows)
     return JSONResponse({"campaign_id": campaign_id, "task_ids": task_ids}, status_code=201)
 
 

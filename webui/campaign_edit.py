@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ami_controller.scheduler import next_window_opening, window_for
-from db import repo
+from db import repo, task_life
 from db.models import CampaignGoal, CampaignStatus, Task, TaskStatus
 from db.typed import rows_changed
 from db.types import utcnow
@@ -158,24 +158,19 @@ async def call_task_now(runtime: Runtime, user_id: int, task_id: int, *, retry: 
             raise LookupError(f"task {task_id} not found")
         campaign = await repo.get_campaign(session, user_id, task.campaign_id)
         await _check_callable(session, runtime, user_id, task, campaign, retry)
-        values: dict[str, Any] = {"status": TaskStatus.PENDING, "next_action_time": now, "held": False,
-                                  "updated_at": now,
-                                  "status_reason": "retry requested by you" if retry else "call requested by you"}
+        also: dict[str, Any] = {"held": False}
         if task.attempt_count >= task.max_attempts:
-            values["max_attempts"] = task.attempt_count + 1   # the user asks for this call: one more, exactly
-        moved = await session.execute(
-            update(Task).where(Task.id == task.id, Task.user_id == user_id, Task.status == task.status,
-                               Task.updated_at == task.updated_at).values(**values))
-        if rows_changed(moved) != 1:
+            also["max_attempts"] = task.attempt_count + 1   # the user asks for this call: one more, exactly
+        reason = "retry requested by you" if retry else "call requested by you"
+        if not await task_life.move(session, user_id, task.id, TaskStatus.PENDING, reason=reason,
+                                    only_from=[task.status], unchanged_since=task.updated_at, next_action_time=now,
+                                    also=also, event_type="task.retry_now" if retry else "task.call_now"):
             raise EditRefused(409, "changed", f"task {task_id} changed meanwhile (a call may have started); look "
                                               "at it again")
-        await repo.record_task_event(session, user_id, task.id, "task.retry_now" if retry else "task.call_now",
-                                     values["status_reason"])
         opening = next_window_opening(now, callee_timezone(task.phone_number), window_for(campaign,
                                                                                            runtime.settings))
         await session.commit()
-    runtime.events.publish(user_id, "task.updated", {"task_id": task_id, "campaign_id": task.campaign_id,
-                                                     "status": TaskStatus.PENDING.value})
+    task_life.task_updated(runtime.events, user_id, task_id, task.campaign_id, TaskStatus.PENDING)
     what = f"task {task_id} ({task.target_name}) "
     if opening is not None:
         zone = callee_timezone(task.phone_number)

@@ -1,7 +1,7 @@
 """Pause, resume and cancel a campaign or one task, on the user's behalf.
 
-A paused task is put ON_HOLD with a next action time far in the future, so any scheduler that claims due tasks
-by status and time skips it; what it was before (status and time, e.g. a retry in two hours) is kept in
+A paused task is put ON_HOLD, a state that is never due (db/task_life.py), so no scheduler claims it; what it
+was before (status and time, e.g. a retry in two hours) is kept in
 `tasks.context["paused"]` and restored on resume. A task with a call in progress cannot be paused (the call is
 already under way) but can be cancelled: the task is cancelled first and committed, then the live call's
 channel is hung up through the AMI controller when it runs in this process, so the call's end does not move a
@@ -21,23 +21,22 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import costs, repo
+from db import costs, repo, task_life
 from db.models import CallStatus, CampaignStatus, TaskStatus
-from db.repo import TaskMove
+from db.task_life import TaskMove
 from db.types import utcnow
 from opendeep.runtime import Runtime
 
 log = logging.getLogger("opendeep.webui.controls")
 
-PAUSED_UNTIL = datetime(2999, 1, 1, tzinfo=UTC)   # "never due" for any scheduler comparing times
 PAUSABLE = (TaskStatus.PENDING, TaskStatus.RETRY_SCHEDULED, TaskStatus.ON_HOLD)
-LIVE = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
-NOT_FINISHED = tuple(status for status in TaskStatus if not status.is_terminal)
+LIVE = task_life.LIVE
+NOT_FINISHED = task_life.OPEN
 
 
 class ControlAction(enum.StrEnum):
@@ -111,7 +110,7 @@ async def control_task(runtime: Runtime, user_id: int, task_id: int, action: Con
                    ControlAction.CANCEL: ("already_finished", f"task {task_id} is already {task.status.value}")}
         if move is None:
             raise ControlError(*refusal[action])
-        if not await repo.move_tasks(session, user_id, [move], reason=step.reason, event_type=step.event_type):
+        if not await task_life.move_many(session, user_id, [move], reason=step.reason, event_type=step.event_type):
             raise ControlError(refusal[action][0], f"task {task_id} changed meanwhile (a call may have started); "
                                                    "look at it again and retry")
         channels = await _live_channels(session, user_id, [task]) if step.ends_calls else []
@@ -180,7 +179,7 @@ async def _move_campaign_tasks(runtime: Runtime, user_id: int, campaign_id: int,
             chunk = await repo.task_states(session, user_id, campaign_id=campaign_id, statuses=step.statuses,
                                            campaign_status=campaign_status, after_id=after)
             moves = [move for move in map(step.move, chunk) if move is not None]
-            moved = set(await repo.move_tasks(session, user_id, moves, reason=step.reason,
+            moved = set(await task_life.move_many(session, user_id, moves, reason=step.reason,
                                               event_type=step.event_type))
             if moved and step.ends_calls:
                 channels += await _live_channels(session, user_id, [task for task in chunk if task.id in moved])
@@ -197,8 +196,8 @@ def _pause_move(task: Row, by: PausedBy) -> TaskMove | None:
         return None
     previous = {"status": task.status.value, "next_action_time": task.next_action_time.isoformat(),
                 "by": by.value}
-    return TaskMove(task.id, task.updated_at, TaskStatus.ON_HOLD, PAUSED_UNTIL,
-                    {**(task.context or {}), "paused": previous})
+    return TaskMove(task.id, task.updated_at, TaskStatus.ON_HOLD, task.next_action_time,   # ON_HOLD: not due
+                    {**(task.context or {}), "paused": previous}, was=task.status)
 
 
 def _resume_move(task: Row, only_by: PausedBy | None) -> TaskMove | None:
@@ -210,13 +209,13 @@ def _resume_move(task: Row, only_by: PausedBy | None) -> TaskMove | None:
     status = TaskStatus(paused.get("status", TaskStatus.PENDING.value))
     when = datetime.fromisoformat(paused["next_action_time"]) if paused.get("next_action_time") else utcnow()
     context = {key: value for key, value in task.context.items() if key != "paused"}
-    return TaskMove(task.id, task.updated_at, status, when, context)
+    return TaskMove(task.id, task.updated_at, status, when, context, was=task.status)
 
 
 def _cancel_move(task: Row) -> TaskMove | None:
     if task.status.is_terminal:
         return None
-    return TaskMove(task.id, task.updated_at, TaskStatus.CANCELLED, task.next_action_time)
+    return TaskMove(task.id, task.updated_at, TaskStatus.CANCELLED, task.next_action_time, was=task.status)
 
 
 async def _live_channels(session: AsyncSession, user_id: int, tasks: Sequence[Row]) -> list[str]:
@@ -231,8 +230,7 @@ async def _live_channels(session: AsyncSession, user_id: int, tasks: Sequence[Ro
 
 def _publish(runtime: Runtime, user_id: int, campaign_id: int, moves: Sequence[TaskMove]) -> None:
     for move in moves:
-        runtime.events.publish(user_id, "task.updated", {"task_id": move.task_id, "campaign_id": campaign_id,
-                                                         "status": move.status.value})
+        task_life.task_updated(runtime.events, user_id, move.task_id, campaign_id, move.status)
 
 
 async def _hang_up(runtime: Runtime, channels: list[str], result: ControlResult) -> None:

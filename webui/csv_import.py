@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import repo
-from db.models import TaskStatus
-from opendeep.events import EventHub
+from db import repo, task_life
+from db.models import Campaign, CampaignGoal, TaskStatus
+from opendeep.campaign_goal import held_on_import
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from webui.plan import MAX_ATTEMPTS_LIMIT
 
@@ -198,11 +198,37 @@ async def import_targets(session: AsyncSession, user_id: int, campaign_id: int, 
     return task_ids
 
 
-def publish_imported(events: EventHub, user_id: int, campaign_id: int, task_ids: list[int]) -> None:
+def publish_imported(events: task_life.Publisher | None, user_id: int, campaign_id: int,
+                     task_ids: list[int]) -> None:
     """Tell the user's open pages about an import's new tasks, as for any task that changes."""
     for task_id in task_ids:
-        events.publish(user_id, "task.updated", {"task_id": task_id, "campaign_id": campaign_id,
-                                                 "status": TaskStatus.PENDING.value})
+        task_life.task_updated(events, user_id, task_id, campaign_id, TaskStatus.PENDING)
+
+
+CAMPAIGN_NAME_MAX = 200   # campaigns.name is String(200)
+
+
+async def campaign_from_csv(session: AsyncSession, events: task_life.Publisher | None, user_id: int,
+                            rows: list[TargetRow], *, name: str, goal: str = "",
+                            goal_type: CampaignGoal = CampaignGoal.EACH_TARGET,
+                            budget_microusd: int | None = None) -> tuple[Campaign, list[int]]:
+    """A new campaign of the user's from parsed CSV rows (the web page, the API and the CLI all build it here):
+    the name cut to what the column holds, the goal each task's default objective, an until-one-succeeds
+    campaign's targets held, committed chunk by chunk, then `task.updated` published for each new task."""
+    campaign = await repo.create_campaign(session, user_id, name=name.strip()[:CAMPAIGN_NAME_MAX], goal=goal)
+    campaign.budget_microusd = budget_microusd
+    campaign.goal_type = goal_type
+    return campaign, await targets_from_csv(session, events, user_id, campaign, rows)
+
+
+async def targets_from_csv(session: AsyncSession, events: task_life.Publisher | None, user_id: int,
+                           campaign: Campaign, rows: list[TargetRow]) -> list[int]:
+    """Add parsed CSV rows to one of the user's campaigns, as `campaign_from_csv` does; returns the task ids."""
+    task_ids = await import_targets(session, user_id, campaign.id, rows, default_objective=campaign.goal,
+                                    held=held_on_import(campaign.goal_type))
+    await session.commit()
+    publish_imported(events, user_id, campaign.id, task_ids)
+    return task_ids
 
 
 def parse_dnd_csv(text: str, default_region: str | None = None) -> list[DndRow]:

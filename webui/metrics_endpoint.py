@@ -29,6 +29,7 @@ DATABASE_TIMEOUT_SECONDS = 2.0
 async def analyzer_queue_depth(request: Request) -> int:
     """Ended connected calls the post-call analyzer has not decided yet (all tenants: one number)."""
     async with request.app.state.runtime.sessions() as session:
+        # tenant-safe: one number over all tenants for /metrics (no rows, no tenant data)
         return await session.scalar(select(func.count()).select_from(Call).where(
             Call.status == CallStatus.ENDED, Call.analyzed_at.is_(None),
             Call.outcome.in_(ANALYZABLE_OUTCOMES))) or 0

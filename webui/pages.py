@@ -16,7 +16,7 @@ from starlette.responses import FileResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from db import repo
-from opendeep.campaign_goal import describe_goal, held_on_import, parse_goal
+from opendeep.campaign_goal import describe_goal, parse_goal
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.prices import parse_budget
@@ -41,13 +41,13 @@ from webui.controls import ControlAction, ControlError, NotFound, control_campai
 from webui.csv_import import (
     MAX_ERRORS_REPORTED,
     CsvImportError,
+    campaign_from_csv,
     export_dnd_csv,
     import_dnd,
-    import_targets,
     parse_dnd_csv,
     parse_targets_csv,
-    publish_imported,
     table_csv,
+    targets_from_csv,
 )
 from webui.live import RETRY_AFTER_SECONDS, FeedbackError, TooManyStreams, answer_feedback, live_hub
 from webui.orchestrator import PlanRejected, chat_source_key, confirm_plan
@@ -421,13 +421,8 @@ async def campaign_import(request: Request) -> Response:
                                                 "budget_usd": budget_usd, "goal_type": goal_type.value}, 400)
     runtime = _runtime(request)
     async with runtime.sessions() as session:
-        campaign = await repo.create_campaign(session, request.state.user_id, name=name, goal=goal)
-        campaign.budget_microusd = budget
-        campaign.goal_type = goal_type
-        task_ids = await import_targets(session, request.state.user_id, campaign.id, rows,
-                                        default_objective=goal, held=held_on_import(goal_type))
-        await session.commit()
-    publish_imported(runtime.events, request.state.user_id, campaign.id, task_ids)
+        campaign, task_ids = await campaign_from_csv(session, runtime.events, request.state.user_id, rows, name=name,
+                                                     goal=goal, goal_type=goal_type, budget_microusd=budget)
     _flash(request, f"Imported {len(task_ids)} target(s).")
     return _redirect(f"/campaigns/{campaign.id}")
 
@@ -448,10 +443,7 @@ async def campaign_add_targets(request: Request) -> Response:
         except CsvImportError as exc:
             _flash(request, f"Nothing was imported: {exc}", "error")
             return _redirect(f"/campaigns/{campaign_id}")
-        task_ids = await import_targets(session, request.state.user_id, campaign_id, rows,
-                                        default_objective=campaign.goal, held=held_on_import(campaign.goal_type))
-        await session.commit()
-    publish_imported(runtime.events, request.state.user_id, campaign_id, task_ids)
+        task_ids = await targets_from_csv(session, runtime.events, request.state.user_id, campaign, rows)
     _flash(request, f"Imported {len(task_ids)} target(s).")
     return _redirect(f"/campaigns/{campaign_id}")
 

@@ -54,6 +54,7 @@ async def system_status(session: AsyncSession, settings: Settings, ami: Any, use
     # IN the open statuses, not != ENDED: an index on (status, user_id) serves IN; it cannot serve !=.
     in_progress = await session.scalar(
         select(func.count()).select_from(Call).where(Call.status.in_(OPEN_CALL_STATUSES), Call.user_id == user_id))
+    # tenant-safe: all tenants' open calls as one number, against MAX_CONCURRENT_CALLS
     everyone = await session.scalar(select(func.count()).select_from(Call)
                                     .where(Call.status.in_(OPEN_CALL_STATUSES)))
     per_user = settings.max_concurrent_calls_per_user

@@ -18,12 +18,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import event, func, select
 
-from db import repo
+from db import repo, task_life
 from db.models import Call, CallStatus, CampaignStatus, DndEntry, Task, TaskEvent, TaskStatus
 from db.types import utcnow
+from tests.doubles.task_state import put_task
 from tests.doubles.webui_client import WebClient, add_user, make_runtime
 from webui.app import create_app
-from webui.controls import PAUSED_UNTIL
 
 TARGETS = 10_000
 BOUND_SECONDS = 120   # "bounded time", generous for any machine: before, a pause had not committed after 17 minutes
@@ -87,9 +87,9 @@ async def _campaign_of_10000(runtime, user_id: int) -> tuple[int, dict[str, int]
         ids = [task.id for task in await repo.list_tasks(session, user_id, campaign.id)]
         retry_at = (utcnow() + timedelta(hours=2)).replace(microsecond=0)
         for task_id in ids[100:110]:
-            await repo.set_task_status(session, user_id, task_id, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
+            await put_task(session, user_id, task_id, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
         for task_id in ids[:3]:
-            await repo.set_task_status(session, user_id, task_id, TaskStatus.IN_PROGRESS)
+            await put_task(session, user_id, task_id, TaskStatus.IN_PROGRESS)
             session.add(Call(user_id=user_id, task_id=task_id, attempt_number=1, status=CallStatus.ANSWERED,
                              dialed_number="+14150000000", channel=f"PJSIP/trunk-{task_id:08x}"))
         await session.commit()
@@ -139,7 +139,8 @@ async def test_pausing_a_10000_task_campaign_commits_in_chunks_of_a_bounded_numb
         )).all())
         last = await repo.get_task(session, alice, ids["last"])
     assert statuses == {TaskStatus.ON_HOLD: TARGETS - ids["live"], TaskStatus.IN_PROGRESS: ids["live"]}
-    assert last.next_action_time == PAUSED_UNTIL and last.context["paused"]["by"] == "campaign"
+    assert last.context["paused"] == {"status": "pending", "by": "campaign",   # on hold is not due: time kept
+                                      "next_action_time": last.next_action_time.isoformat()}
     assert await _events(runtime, alice, "task.paused") == waiting + 1   # and the one she paused alone
 
     resumed = await clients["alice"].api("POST", f"/api/campaigns/{campaign_id}/resume")
@@ -174,10 +175,10 @@ async def test_a_bulk_move_reaches_only_its_own_users_tasks_and_skips_a_task_tha
         states = await repo.task_states(session, alice, campaign_id=campaign.id)
         assert await repo.task_states(session, bob, campaign_id=campaign.id) == []
         # The scheduler claims the second task between the read and the move.
-        await repo.set_task_status(session, alice, second, TaskStatus.QUEUED)
-        moves = [repo.TaskMove(s.id, s.updated_at, TaskStatus.CANCELLED, s.next_action_time) for s in states]
-        assert await repo.move_tasks(session, bob, moves, "injected", "task.cancelled") == []
-        assert await repo.move_tasks(session, alice, moves, "cancelled by user", "task.cancelled") == [first]
+        await put_task(session, alice, second, TaskStatus.QUEUED)
+        moves = [task_life.TaskMove(s.id, s.updated_at, TaskStatus.CANCELLED, s.next_action_time) for s in states]
+        assert await task_life.move_many(session, bob, moves, "injected", "task.cancelled") == []
+        assert await task_life.move_many(session, alice, moves, "cancelled by user", "task.cancelled") == [first]
         await session.commit()
         assert [t.status for t in await repo.list_tasks(session, alice)] == [TaskStatus.CANCELLED, TaskStatus.QUEUED]
         assert [e.type for e in await repo.list_task_events(session, alice, first)] == ["task.cancelled"]
