@@ -1,17 +1,6 @@
 """The Asterisk Manager connection: login, events, reconnect, Originate and live-call commands.
 
-Built on panoramisk's `Manager` for the wire (framing, ActionID matching, pings), with three things changed
-because of how panoramisk 1.4 behaves (tests/test_ami_wire.py shows each on the wire):
-
-- An async Originate's ActionID also tags its later `Event: OriginateResponse`; panoramisk treats the pair as
-  one multi-message reply, so `send_action()` would only resolve when the callee answers or gives up, and the
-  OriginateResponse would never reach event handlers. `WireAction` resolves on the first reply (the
-  "successfully queued" ack) so the OriginateResponse arrives as an event.
-- panoramisk re-sends unanswered actions after a reconnect (`awaiting_actions`): for an Originate that is a
-  second call to the same person. We never re-send; we fail the waiting future instead, and a re-sync
-  (CoreShowChannels) after each login decides what happened to every in-flight call.
-- panoramisk reconnects every 2 s forever; we back off from 1 s, doubling up to AMI_RECONNECT_MAX_SECONDS, and
-  say in the log which Asterisk we are waiting for.
+The wire (panoramisk, with three changes) is in ami_controller/wire.py.
 
 Calls are correlated without guessing: the Originate pre-assigns `ChannelId` = `opendeep-<call id>` (the ;1
 half, whose Uniqueid is also the Linkedid of every channel of the call) and `OtherChannelId` =
@@ -25,18 +14,28 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from panoramisk import Manager
-from panoramisk.actions import Action
-from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ami_controller.call_events import call_id_from_uniqueid, call_uniqueids, originate_action_id
 from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
+from ami_controller.wire import (
+    AmiError,
+    AmiLoginRefused,
+    AmiNotConnected,
+    AmiRefused,
+    WireAction,
+    _ForgetEveryAction,
+    _header,
+    _PanoramiskManager,
+    _Protocol,
+)
 from db import repo
 from db.models import Call, CallOutcome, CallStatus
 from db.types import utcnow
@@ -59,127 +58,10 @@ TRANSFER_CONTEXT = "opendeep-transfer"          # where a transfer's Redirect se
 ORIGINATE_MARGIN_SECONDS = 15
 EVENT_CLASSES = "call"                          # every event we read is in the `call` class
 LOGIN_TIMEOUT_SECONDS = 10.0
-CALL_UNIQUEID = re.compile(r"opendeep-(\d+)(-b)?")
 # A call progresses one way only; an event that arrives late never moves it back.
 _STATUS_ORDER = [CallStatus.CREATED, CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED,
                  CallStatus.ENDED]
 LIVE_CALL_STATUSES = (CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED)
-
-
-class AmiError(RuntimeError):
-    """AMI could not do what was asked; the message says what to check."""
-
-
-class AmiNotConnected(AmiError):
-    """Not connected to Asterisk: nothing was sent (safe to try again later)."""
-
-
-class AmiRefused(AmiError):
-    """Asterisk answered `Response: Error`: it received the action and will not do it."""
-
-
-class AmiLoginRefused(AmiError):
-    """Wrong AMI username/secret or a user without the rights we need."""
-
-
-def call_uniqueids(call_id: int) -> tuple[str, str]:
-    """The Uniqueids the Originate pre-assigns: the ;1 half (also the Linkedid) and the ;2 half."""
-    return f"opendeep-{call_id}", f"opendeep-{call_id}-b"
-
-
-def originate_action_id(call_id: int) -> str:
-    return f"opendeep-orig-{call_id}"
-
-
-def call_id_from_uniqueid(uniqueid: str | None) -> int | None:
-    match = CALL_UNIQUEID.fullmatch(uniqueid or "")
-    return int(match.group(1)) if match else None
-
-
-class WireAction(Action):
-    """An AMI action written header by header in the order given; a header may repeat (`Variable`).
-
-    panoramisk's own `Action` sorts headers and guesses from the reply text whether more replies follow; this
-    one resolves on the first reply unless `as_list=True` (CoreShowChannels / Status lists).
-    """
-
-    def __init__(self, pairs: Sequence[tuple[str, str]]):
-        for key, value in pairs:
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", key) or "\r" in str(value) or "\n" in str(value):
-                raise AmiError(f"refusing to send AMI header {key!r}: names are letters/digits and values "
-                               f"cannot contain line breaks")
-        grouped: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in grouped:
-                previous = grouped[key]
-                grouped[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-            else:
-                grouped[key] = value
-        super().__init__(grouped)
-        self.pairs = [(key, str(value)) for key, value in pairs]
-
-    @property
-    def multi(self) -> bool:
-        return bool(self.as_list)
-
-    def __str__(self) -> str:
-        return "".join(f"{key}: {value}\r\n" for key, value in self.pairs) + "\r\n"
-
-
-class _ForgetEveryAction:
-    """panoramisk's `forgetable_actions`: containing everything means nothing is re-sent after a reconnect."""
-
-    def __contains__(self, _name: object) -> bool:
-        return True
-
-
-class _Protocol(AMIProtocol):
-    def handle_message(self, message: Message) -> None:
-        # A repeated `Event:` or `ActionID:` header reaches panoramisk as a list and makes it raise; raising here
-        # would make asyncio close the whole connection (tests/test_fuzz_ami.py). One bad message costs itself.
-        try:
-            super().handle_message(message)
-        except Exception:
-            log.warning("dropped an AMI message that could not be handled: %.300r", message, exc_info=True)
-
-    def close(self) -> None:
-        # Whoever waits for a reply gets a clear error now instead of waiting forever.
-        for action in list(getattr(self, "responses", {}).values()):
-            if not action.future.done():
-                action.future.set_exception(AmiError(
-                    f"the AMI connection closed before Asterisk answered {action.get('Action', 'the action')}"))
-        if getattr(self, "responses", None):
-            self.responses.clear()
-        super().close()
-
-
-class _PanoramiskManager(Manager):
-    """panoramisk's Manager, minus its own reconnect loop: AmiController decides when to try again."""
-
-    def __init__(self, *, on_lost: Callable[[Any], None], **config: Any) -> None:
-        super().__init__(**config)
-        self._on_lost = on_lost
-
-    def connection_made(self, f: asyncio.Future) -> None:
-        if f.cancelled() or f.exception() is not None:
-            return  # the caller awaits the same future and handles the error
-        super().connection_made(f)
-
-    def login(self, future: asyncio.Future) -> bool:
-        # Asterisk closing before it answers Login (it is restarting) fails the future: the caller awaiting the
-        # same future reports that and tries again; panoramisk would raise here, in a callback nobody awaits.
-        if future.cancelled() or future.exception() is not None:
-            self.authenticated_future = None
-            return False
-        return super().login(future)
-
-    def connection_lost(self, exc: Any) -> None:
-        self._connected = False
-        self.authenticated = False
-        if self.pinger:
-            self.pinger.cancel()
-            self.pinger = None
-        self._on_lost(exc)
 
 
 @dataclass
@@ -630,15 +512,6 @@ _ids: dict[str, int] = {}
 def _next_id(prefix: str) -> str:
     _ids[prefix] = _ids.get(prefix, 0) + 1
     return f"opendeep-{prefix}-{_ids[prefix]}"
-
-
-def _header(message: Message, name: str) -> str:
-    """One header's value as text ("" if absent). panoramisk gives a header that came more than once as a
-    list; the first one counts, as in Asterisk's own astman_get_header()."""
-    value = message.get(name, "")
-    if isinstance(value, list):
-        value = value[0] if value else ""
-    return value if isinstance(value, str) else str(value)
 
 
 def _int_or_none(raw: Any) -> int | None:
