@@ -26,26 +26,27 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ami_controller.call_events import call_id_from_uniqueid, call_uniqueids, originate_action_id
 from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
 from ami_controller.wire import (
+    AmiConnection,
     AmiError,
     AmiLoginRefused,
     AmiNotConnected,
     AmiRefused,
-    WireAction,
-    _ForgetEveryAction,
     _header,
-    _PanoramiskManager,
-    _Protocol,
 )
 from db import repo
 from db.models import Call, CallOutcome, CallStatus
 from db.types import utcnow
 from opendeep.asterisk_servers import AsteriskServer
-from opendeep.metrics import AMI_CONNECTED
 from opendeep.periodic import finishing
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
     from opendeep.events import EventHub
+
+# What other modules use from here: the controller, the errors its actions raise (from the wire), and how a call
+# is named in Asterisk.
+__all__ = ["AmiController", "AmiError", "AmiLoginRefused", "AmiNotConnected", "AmiRefused", "CONNECTED_CONTEXT",
+           "OUTBOUND_CONTEXT", "TRANSFER_CONTEXT", "call_uniqueids", "originate_action_id"]
 
 log = logging.getLogger("opendeep.ami")
 
@@ -56,8 +57,7 @@ TRANSFER_CONTEXT = "opendeep-transfer"          # where a transfer's Redirect se
 # (ORIGINATE_TIMEOUT_SECONDS). This margin keeps Asterisk's Dial, not the Originate, the one that times out,
 # so an unanswered call ends as DIALSTATUS=NOANSWER.
 ORIGINATE_MARGIN_SECONDS = 15
-EVENT_CLASSES = "call"                          # every event we read is in the `call` class
-LOGIN_TIMEOUT_SECONDS = 10.0
+CALL_EVENTS = ("OriginateResponse", "Newchannel", "Newstate", "DialBegin", "DialEnd", "Hangup")
 # A call progresses one way only; an event that arrives late never moves it back.
 _STATUS_ORDER = [CallStatus.CREATED, CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED,
                  CallStatus.ENDED]
@@ -88,57 +88,47 @@ class AmiController:
         # Which Asterisk (ASTERISK_SERVERS; the first one by default): its AMI address and login, and the calls
         # whose events and re-sync are ours.
         self.server = server or settings.asterisk_servers[0]
-        self.host = host or self.server.ami_host
-        self.port = port or self.server.ami_port
-        self.username, self.secret = self.server.ami_username, self.server.ami_secret
         # action_only: a second connection for live-call actions from a process that does not own this server's
         # calls (actions.py): no events, no re-sync, never an Originate.
         self.action_only = action_only
-        self.action_timeout_seconds = action_timeout_seconds
         # The dialplan's `h` extension (FastAGI call-end) knows DIALSTATUS; AMI only knows the Hangup cause.
         # After a hangup we give call-end this long to finish the call before we finish it from AMI.
         self.end_grace_seconds = end_grace_seconds
-        self.ping_seconds = ping_seconds
-        self._manager: _PanoramiskManager | None = None
-        self._connected = False
-        self._connected_event = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._runner: asyncio.Task | None = None
+        self.wire = AmiConnection(
+            self.server, host=host or self.server.ami_host, port=port or self.server.ami_port,
+            reconnect_max_seconds=settings.ami_reconnect_max_seconds, action_timeout_seconds=action_timeout_seconds,
+            ping_seconds=ping_seconds, event_names=() if action_only else CALL_EVENTS, on_event=self._on_event,
+            after_login=None if action_only else self.resync, counted=not action_only,
+            role="live-call actions only" if action_only else "")
         self._events: asyncio.Queue[Message] = asyncio.Queue()
         self._event_worker: asyncio.Task | None = None
         self._tracks: dict[int, _CallTrack] = {}
-        self._stopping = False
-        self.connect_count = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def connected(self) -> bool:
         """Logged in and re-synced: an Originate now would be sent."""
-        return self._connected
+        return self.wire.connected
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.wire.address
 
     async def start(self) -> None:
         """Start connecting in the background; Asterisk being down is not an error (we keep trying)."""
-        self._stopping = False
         self._event_worker = asyncio.create_task(self._process_events(), name="ami-events")
-        self._runner = asyncio.create_task(self._run(), name="ami-connection")
+        self.wire.start()
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._connected = False
-        for task in (self._runner, self._event_worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._event_worker is not None:
+            self._event_worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._event_worker
         for track in self._tracks.values():
             if track.finish_timer is not None:
                 track.finish_timer.cancel()
-        self._close_manager()
+        await self.wire.stop()
 
     def carries_call(self):
         """SQL condition: the call is on this controller's server (NULL, from before servers had names: the
@@ -149,113 +139,11 @@ class AmiController:
 
     async def wait_connected(self, timeout: float) -> None:
         """Wait until logged in and re-synced (tests, and `serve` logging)."""
-        await asyncio.wait_for(self._connected_event.wait(), timeout)
-
-    def _close_manager(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
-
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping:
-            try:
-                await self._connect_and_login()
-            except AmiLoginRefused as exc:
-                log.error("%s", exc)
-            except (TimeoutError, OSError, AmiError) as exc:
-                delay = self._backoff(attempt)
-                log.warning("waiting for Asterisk AMI at %s (%s); next try in %.1f s", self.address,
-                            exc or type(exc).__name__, delay)
-            else:
-                attempt = 0
-                try:
-                    if not self.action_only:
-                        await self.resync()
-                except Exception as exc:  # AMI or the database: either way try again, never stop reconnecting
-                    log.warning("AMI re-sync with %s failed (%s: %s); reconnecting", self.address,
-                                type(exc).__name__, exc)
-                    self._close_manager()
-                    await asyncio.sleep(self._backoff(attempt))
-                    attempt += 1
-                    continue
-                self._connected = True
-                self._connected_event.set()
-                if not self.action_only:
-                    AMI_CONNECTED.inc()
-                log.info("connected to Asterisk AMI at %s as %r%s", self.address, self.username,
-                         " (live-call actions only)" if self.action_only else "")
-                try:
-                    await self._lost.wait()
-                finally:
-                    self._connected = False
-                    self._connected_event.clear()
-                    if not self.action_only:
-                        AMI_CONNECTED.dec()
-                log.warning("lost the AMI connection to Asterisk at %s; reconnecting", self.address)
-                self._close_manager()
-                continue
-            await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
-
-    def _backoff(self, attempt: int) -> float:
-        # 1 s, 2 s, 4 s ... capped; a floor keeps a zero setting from spinning the CPU.
-        return max(min(2.0 ** attempt, self.settings.ami_reconnect_max_seconds), 0.05)
-
-    async def _connect_and_login(self) -> None:
-        self._lost = asyncio.Event()
-        lost = self._lost
-        manager = _PanoramiskManager(
-            on_lost=lambda _exc: lost.set(), loop=asyncio.get_running_loop(), host=self.host, port=self.port,
-            username=self.username, secret=self.secret, events="off" if self.action_only else EVENT_CLASSES,
-            ping_delay=self.ping_seconds, ping_interval=self.ping_seconds, protocol_factory=_Protocol,
-            forgetable_actions=_ForgetEveryAction(), log=logging.getLogger("opendeep.ami.wire"),
-        )
-        for name in () if self.action_only else ("OriginateResponse", "Newchannel", "Newstate", "DialBegin",
-                                                  "DialEnd", "Hangup"):
-            manager.register_event(name, self._on_event)
-        self._manager = manager
-        try:
-            await asyncio.wait_for(manager.connect(), LOGIN_TIMEOUT_SECONDS)
-            login = manager.authenticated_future
-            if login is None:
-                raise AmiError("AMI connection made but no login was sent")
-            reply = await asyncio.wait_for(login, LOGIN_TIMEOUT_SECONDS)
-        except BaseException:
-            self._close_manager()
-            raise
-        if not reply.success:
-            self._close_manager()
-            raise AmiLoginRefused(
-                f"AMI login refused for user {self.username!r} at {self.address} (server "
-                f"{self.server.name!r}; {reply.get('Message', 'no reason given')}; check AMI_USERNAME / AMI_SECRET "
-                f"or ASTERISK_SERVERS, and dialplan/manager_opendeep.conf)")
-        self.connect_count += 1
-
-    # ------------------------------------------------------------------ sending
+        await self.wire.wait_connected(timeout)
 
     async def send(self, pairs: Sequence[tuple[str, str]], *, as_list: bool = False) -> Any:
-        """Send one action; return the reply Message (or the list of messages with `as_list`).
-
-        Raises AmiNotConnected when there is no connection (nothing was written), AmiRefused on
-        `Response: Error`, AmiError when the connection drops or Asterisk does not answer in time.
-        """
-        manager = self._manager
-        if manager is None or manager.protocol is None or manager.protocol.closed or not manager.authenticated:
-            raise AmiNotConnected(f"not connected to Asterisk AMI at {self.address}; is Asterisk running and "
-                                  f"AMI_HOST/AMI_PORT right?")
-        action = WireAction(pairs)
-        name = action.get("Action", "?")
-        try:
-            reply = await asyncio.wait_for(manager.send_action(action, as_list=as_list),
-                                           self.action_timeout_seconds)
-        except TimeoutError:
-            raise AmiError(f"Asterisk at {self.address} did not answer {name} within "
-                           f"{self.action_timeout_seconds:g} s") from None
-        first = reply[0] if isinstance(reply, list) else reply
-        if first.get("Response", "").lower() == "error":
-            raise AmiRefused(f"Asterisk refused {name}: {first.get('Message', 'no reason given')}")
-        return reply
+        """Send one action on this server's AMI connection (AmiConnection.send)."""
+        return await self.wire.send(pairs, as_list=as_list)
 
     async def originate(self, call: Call, *, caller_id: str | None = None) -> str:
         """Send the async Originate for a `calls` row; return its ActionID once Asterisk has queued it.
@@ -300,30 +188,31 @@ class AmiController:
         if not digits or not re.fullmatch(r"[0-9A-Da-d*#]+", digits):
             raise AmiError(f"cannot send DTMF {digits!r}: use digits 0-9, *, # and A-D")
         for digit in digits:
-            await self.send([("Action", "PlayDTMF"), ("ActionID", _next_id("dtmf")), ("Channel", channel),
-                             ("Digit", digit)])
+            await self.send([("Action", "PlayDTMF"), ("ActionID", self.wire.next_action_id("dtmf")),
+                             ("Channel", channel), ("Digit", digit)])
 
     async def hangup(self, channel: str, cause: int = 16) -> None:
         """Hang up a live channel with a Q.850 cause (16 = normal clearing)."""
-        await self.send([("Action", "Hangup"), ("ActionID", _next_id("hangup")), ("Channel", channel),
+        await self.send([("Action", "Hangup"), ("ActionID", self.wire.next_action_id("hangup")), ("Channel", channel),
                          ("Cause", str(int(cause)))])
 
     async def transfer(self, channel: str) -> None:
         """Send a live call's ;1 half to [opendeep-transfer]: it leaves the AI, and the dialplan asks FastAGI
         (route `transfer`) for the one number OpenDeep allowed this call. No number travels in this action."""
-        await self.send([("Action", "Redirect"), ("ActionID", _next_id("transfer")), ("Channel", channel),
-                         ("Context", TRANSFER_CONTEXT), ("Exten", "s"), ("Priority", "1")])
+        await self.send([("Action", "Redirect"), ("ActionID", self.wire.next_action_id("transfer")),
+                         ("Channel", channel), ("Context", TRANSFER_CONTEXT), ("Exten", "s"), ("Priority", "1")])
 
     # ------------------------------------------------------------------ re-sync after (re)connecting
 
     async def live_channels(self) -> list[Message]:
         """Every channel Asterisk has now (CoreShowChannels; Status when that is not permitted)."""
         try:
-            reply = await self.send([("Action", "CoreShowChannels"), ("ActionID", _next_id("channels"))],
-                                    as_list=True)
+            reply = await self.send([("Action", "CoreShowChannels"),
+                                     ("ActionID", self.wire.next_action_id("channels"))], as_list=True)
             wanted = "coreshowchannel"
         except AmiRefused:
-            reply = await self.send([("Action", "Status"), ("ActionID", _next_id("status"))], as_list=True)
+            reply = await self.send([("Action", "Status"), ("ActionID", self.wire.next_action_id("status"))],
+                                    as_list=True)
             wanted = "status"
         return [message for message in reply if message.get("Event", "").lower() == wanted]
 
@@ -504,14 +393,6 @@ class AmiController:
                 return
             await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
             await session.commit()
-
-
-_ids: dict[str, int] = {}
-
-
-def _next_id(prefix: str) -> str:
-    _ids[prefix] = _ids.get(prefix, 0) + 1
-    return f"opendeep-{prefix}-{_ids[prefix]}"
 
 
 def _int_or_none(raw: Any) -> int | None:

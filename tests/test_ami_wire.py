@@ -9,7 +9,8 @@ import re
 import pytest
 from panoramisk import Manager
 
-from ami_controller.manager import AmiController, AmiError, AmiNotConnected, AmiRefused, WireAction
+from ami_controller.manager import AmiController, AmiError, AmiNotConnected, AmiRefused
+from ami_controller.wire import WireAction
 from db.models import Call
 from tests.doubles.ami_helpers import ami_settings, eventually
 from tests.doubles.captures import CAPTURES

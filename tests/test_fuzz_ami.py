@@ -19,13 +19,8 @@ from hypothesis import strategies as st
 from panoramisk.message import Message
 from sqlalchemy import select
 
-from ami_controller.manager import (
-    AmiController,
-    _PanoramiskManager,
-    _Protocol,
-    call_uniqueids,
-    originate_action_id,
-)
+from ami_controller.manager import AmiController, call_uniqueids, originate_action_id
+from ami_controller.wire import _PanoramiskManager, _Protocol
 from db import repo
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade
