@@ -1,6 +1,11 @@
-"""The Asterisk Manager connection: login, events, reconnect, Originate and live-call commands.
+"""One Asterisk server's AMI side of calls: Originate and live-call commands, and its events applied to calls.
 
-The wire (panoramisk, with three changes) is in ami_controller/wire.py.
+Three parts, each in its own module:
+- the wire (ami_controller/wire.py): panoramisk with three changes, login, reconnect with back-off, send;
+- the call-state rules (ami_controller/call_events.py): pure, event in, changes out;
+- the database writes of those changes (ami_controller/call_store.py).
+This module joins them: it sends our actions, queues events in arrival order, applies each event's changes, and
+holds the grace timers that give the dialplan's `h` extension the first word on how a call ended.
 
 Calls are correlated without guessing: the Originate pre-assigns `ChannelId` = `opendeep-<call id>` (the ;1
 half, whose Uniqueid is also the Linkedid of every channel of the call) and `OtherChannelId` =
@@ -15,27 +20,33 @@ import contextlib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from panoramisk import Manager
 from panoramisk.message import Message
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ami_controller.call_events import call_id_from_uniqueid, call_uniqueids, originate_action_id
-from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
+from ami_controller.call_events import (
+    Advance,
+    CallEventMapper,
+    Change,
+    Finish,
+    Record,
+    SetChannel,
+    call_uniqueids,
+    originate_action_id,
+)
+from ami_controller.call_store import CallStore
 from ami_controller.wire import (
     AmiConnection,
     AmiError,
     AmiLoginRefused,
     AmiNotConnected,
     AmiRefused,
-    _header,
+    header,
 )
-from db import repo
-from db.models import Call, CallOutcome, CallStatus
-from db.types import utcnow
+from db.models import Call
 from opendeep.asterisk_servers import AsteriskServer
 from opendeep.periodic import finishing
 from opendeep.settings import Settings
@@ -58,20 +69,6 @@ TRANSFER_CONTEXT = "opendeep-transfer"          # where a transfer's Redirect se
 # so an unanswered call ends as DIALSTATUS=NOANSWER.
 ORIGINATE_MARGIN_SECONDS = 15
 CALL_EVENTS = ("OriginateResponse", "Newchannel", "Newstate", "DialBegin", "DialEnd", "Hangup")
-# A call progresses one way only; an event that arrives late never moves it back.
-_STATUS_ORDER = [CallStatus.CREATED, CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED,
-                 CallStatus.ENDED]
-LIVE_CALL_STATUSES = (CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED)
-
-
-@dataclass
-class _CallTrack:
-    """What the events told us about one call so far (rebuilt lazily after a restart)."""
-
-    dial_status: str | None = None
-    hangup_cause: int | None = None
-    saw_dialplan_half: bool = False  # the ;2 channel existed, so its `h` extension reports the end too
-    finish_timer: asyncio.TimerHandle | None = None
 
 
 class AmiController:
@@ -102,7 +99,9 @@ class AmiController:
             role="live-call actions only" if action_only else "")
         self._events: asyncio.Queue[Message] = asyncio.Queue()
         self._event_worker: asyncio.Task | None = None
-        self._tracks: dict[int, _CallTrack] = {}
+        self.calls = CallEventMapper()     # what the events said so far, and what they mean
+        self.store = CallStore(settings, sessions, events, self.server)
+        self._finish_timers: dict[int, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -125,17 +124,13 @@ class AmiController:
             self._event_worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._event_worker
-        for track in self._tracks.values():
-            if track.finish_timer is not None:
-                track.finish_timer.cancel()
+        for timer in self._finish_timers.values():
+            timer.cancel()
         await self.wire.stop()
 
-    def carries_call(self):
-        """SQL condition: the call is on this controller's server (NULL, from before servers had names: the
-        first server)."""
-        if self.server.name == self.settings.asterisk_servers[0].name:
-            return or_(Call.asterisk_server == self.server.name, Call.asterisk_server.is_(None))
-        return Call.asterisk_server == self.server.name
+    def carries_call(self) -> ColumnElement[bool]:
+        """SQL condition: the call is on this controller's server (CallStore.carries_call)."""
+        return self.store.carries_call()
 
     async def wait_connected(self, timeout: float) -> None:
         """Wait until logged in and re-synced (tests, and `serve` logging)."""
@@ -179,7 +174,7 @@ class AmiController:
         for name, value in (("OPENDEEP_CALL_ID", call.id), ("OPENDEEP_TASK_ID", call.task_id),
                             ("OPENDEEP_USER_ID", call.user_id), ("OPENDEEP_NUMBER", number)):
             pairs.append(("Variable", f"{name}={value}"))
-        self._tracks[call.id] = _CallTrack()
+        self.calls.expect(call.id)
         await self.send(pairs)
         return action_id
 
@@ -193,8 +188,8 @@ class AmiController:
 
     async def hangup(self, channel: str, cause: int = 16) -> None:
         """Hang up a live channel with a Q.850 cause (16 = normal clearing)."""
-        await self.send([("Action", "Hangup"), ("ActionID", self.wire.next_action_id("hangup")), ("Channel", channel),
-                         ("Cause", str(int(cause)))])
+        await self.send([("Action", "Hangup"), ("ActionID", self.wire.next_action_id("hangup")),
+                         ("Channel", channel), ("Cause", str(int(cause)))])
 
     async def transfer(self, channel: str) -> None:
         """Send a live call's ;1 half to [opendeep-transfer]: it leaves the AI, and the dialplan asks FastAGI
@@ -224,25 +219,9 @@ class AmiController:
         and its task moves on by rule; nothing is re-sent.
         """
         channels = await self.live_channels()
-        live = {_header(message, "Uniqueid") for message in channels}
-        live |= {_header(message, "Linkedid") for message in channels}
-        async with self.sessions() as session:
-            # Only this server's calls: another Asterisk's calls are not in this one's channel list.
-            calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES),
-                                                              self.carries_call()))).all()
-            for call in calls:
-                one, two = call_uniqueids(call.id)
-                # asterisk_uniqueid: a callback's inbound channel (fastagi_server/callbacks.py) has Asterisk's own.
-                if one in live or two in live or (call.asterisk_uniqueid and call.asterisk_uniqueid in live):
-                    log.info("re-sync: call %s is still up in Asterisk", call.id)
-                    continue
-                outcome = CallOutcome.ANSWERED if call.answered_at is not None else CallOutcome.FAILED
-                await repo.record_call_event(session, call.user_id, call.id, "ami.resync",
-                                             {"found_in_asterisk": False, "outcome": outcome.value})
-                await finish_call(session, self.settings, user_id=call.user_id, call_id=call.id, outcome=outcome,
-                                  source="ami.resync", events=self.events)
-                log.warning("re-sync: call %s was no longer in Asterisk; finished as %s", call.id, outcome.value)
-            await session.commit()
+        live = {header(message, "Uniqueid") for message in channels}
+        live |= {header(message, "Linkedid") for message in channels}
+        await self.store.finish_calls_not_in(live)
 
     # ------------------------------------------------------------------ events
 
@@ -263,143 +242,46 @@ class AmiController:
     async def handle_event(self, message: Message) -> None:
         """Apply one AMI event to its calls row (events of channels that are not ours are ignored)."""
         # `Event` first: an OriginateResponse also carries a `Response:` header.
-        name = _header(message, "Event")
-        if name == "OriginateResponse":
-            await self._on_originate_response(message)
-            return
-        call_id = call_id_from_uniqueid(_header(message, "Linkedid") or _header(message, "DestLinkedid"))
-        if call_id is None:
-            return
-        track = self._tracks.setdefault(call_id, _CallTrack())
-        one, two = call_uniqueids(call_id)
-        # The callee's Dial() runs on the ;2 half; the ;1 half dials the AudioSocket channel and transfers.
-        callee_dial = _header(message, "Uniqueid") == two
-        if name == "Newchannel":
-            if _header(message, "Uniqueid") == two:
-                track.saw_dialplan_half = True
-            elif _header(message, "Uniqueid") == one:
-                # The ;1 half: what PlayDTMF, Redirect and Hangup act on (a cancelled ringing call included).
-                await self._set_channel(call_id, _header(message, "Channel"))
-        elif name == "DialBegin" and callee_dial:
-            await self._advance(call_id, CallStatus.RINGING, "ami.dial_begin",
-                                {"dest_channel": _header(message, "DestChannel") or None})
-        elif name == "DialEnd" and callee_dial:
-            track.dial_status = _header(message, "DialStatus") or None
-            payload = {"dial_status": track.dial_status, "dest_channel": _header(message, "DestChannel") or None}
-            if track.dial_status == "ANSWER":
-                await self._advance(call_id, CallStatus.ANSWERED, "ami.dial_end", payload)
-            else:
-                await self._record(call_id, "ami.dial_end", payload)
-        elif (name == "Newstate" and _header(message, "ChannelState") == "5"
-              and not _header(message, "Channel").startswith("Local/")):
-            await self._advance(call_id, CallStatus.RINGING, "ami.ringing",
-                                {"channel": _header(message, "Channel") or None})
-        elif name == "Hangup" and _header(message, "Uniqueid") == one:
-            # The ;1 half goes last: the call is over as far as Asterisk is concerned.
-            track.hangup_cause = _int_or_none(_header(message, "Cause"))
-            outcome = map_dial_status(track.dial_status, track.hangup_cause)
-            self._finish_later(call_id, outcome, "ami.hangup", dial_status=track.dial_status,
-                               hangup_cause=track.hangup_cause, answered_wins=True)
-
-    async def _on_originate_response(self, message: Message) -> None:
-        action_id = _header(message, "ActionID")
-        async with self.sessions() as session:
-            call = await session.scalar(select(Call).where(Call.ami_action_id == action_id))
-            if call is None:
+        if header(message, "Event") == "OriginateResponse":
+            call_id = await self.store.call_for_originate(header(message, "ActionID"))
+            if call_id is None:
                 return  # not one of ours (another AMI client's Originate)
-            track = self._tracks.setdefault(call.id, _CallTrack())
-            response, reason = _header(message, "Response"), _header(message, "Reason")
-            await repo.record_call_event(session, call.user_id, call.id, "ami.originate_response",
-                                         {"response": response, "reason": reason,
-                                          "uniqueid": _header(message, "Uniqueid") or None})
-            await session.commit()
-        outcome = map_originate_reason(_int_or_none(reason), response)
-        if outcome is CallOutcome.ANSWERED:
-            # Success: the ;1 half is up, which it is only once the callee answered (nothing in the shipped
-            # dialplan answers before). The call's end comes from the `h` extension and the Hangup event.
-            await self._advance(call.id, CallStatus.ANSWERED, None, {})
-            return
-        if track.dial_status:
-            # The ;2 half's DialEnd said what became of the callee; the Originate of a Local channel only says
-            # Reason 0 or 1 whatever it was (tests/test_asterisk_calls.py, real Asterisk 22).
-            outcome = map_dial_status(track.dial_status, None)
-        if track.saw_dialplan_half:
-            # The dialplan ran: its `h` extension reports DIALSTATUS and HANGUPCAUSE; give it the first word.
-            self._finish_later(call.id, outcome, "ami.originate_response")
+            changes = self.calls.originate_response(call_id, message)
         else:
-            await self._finish(call.id, outcome, "ami.originate_response")
+            changes = self.calls.call_event(message)
+        for change in changes:
+            await self._apply(change)
 
-    def _finish_later(self, call_id: int, outcome: CallOutcome, source: str, **details: Any) -> None:
-        track = self._tracks.setdefault(call_id, _CallTrack())
-        if track.finish_timer is not None:
+    async def _apply(self, change: Change) -> None:
+        if isinstance(change, SetChannel):
+            await self.store.set_channel(change.call_id, change.channel)
+        elif isinstance(change, Advance):
+            await self.store.advance(change.call_id, change.status, change.event_type, change.payload)
+        elif isinstance(change, Record):
+            await self.store.record(change.call_id, change.event_type, change.payload)
+        elif change.after_grace:
+            self._finish_later(change)
+        else:
+            await self._finish(change)
+
+    def _finish_later(self, change: Finish) -> None:
+        if change.call_id in self._finish_timers:
             return
         loop = asyncio.get_running_loop()
 
         def _fire() -> None:
-            task = loop.create_task(self._finish(call_id, outcome, source, **details))
+            task = loop.create_task(self._finish(change))
             task.add_done_callback(_log_failure)
 
-        track.finish_timer = loop.call_later(self.end_grace_seconds, _fire)
+        self._finish_timers[change.call_id] = loop.call_later(self.end_grace_seconds, _fire)
 
-    async def _finish(self, call_id: int, outcome: CallOutcome, source: str, *, answered_wins: bool = False,
-                      **details: Any) -> None:
-        async with self.sessions() as session:
-            call = await session.get(Call, call_id)
-            if call is None:
-                return
-            if answered_wins and call.answered_at is not None:
-                # Answered (OriginateResponse Success / DialEnd ANSWER) then hung up: a normal end, whatever
-                # the cause code says.
-                outcome = CallOutcome.ANSWERED
-            done = await finish_call(session, self.settings, user_id=call.user_id, call_id=call_id,
-                                     outcome=outcome, source=source, events=self.events, **details)
-            await session.commit()
-        track = self._tracks.pop(call_id, None)
-        if track is not None and track.finish_timer is not None:
-            track.finish_timer.cancel()
-        if done:
-            log.info("call %s finished from AMI (%s): %s", call_id, source, outcome.value)
-
-    async def _set_channel(self, call_id: int, channel: str) -> None:
-        async with self.sessions() as session:
-            await session.execute(update(Call).where(Call.id == call_id, Call.channel.is_(None))
-                                  .values(channel=channel[:128]))
-            await session.commit()
-
-    async def _advance(self, call_id: int, status: CallStatus, event_type: str | None,
-                       payload: dict[str, Any]) -> None:
-        """Move a call forward to `status` (never backwards); record the event either way."""
-        earlier = _STATUS_ORDER[: _STATUS_ORDER.index(status)]
-        async with self.sessions() as session:
-            call = await session.get(Call, call_id)
-            if call is None:
-                return
-            values: dict[str, Any] = {"status": status}
-            if status is CallStatus.ANSWERED and call.answered_at is None:
-                values["answered_at"] = utcnow()
-            result = await session.execute(
-                update(Call).where(Call.id == call_id, Call.status.in_(earlier)).values(**values))
-            if event_type:
-                await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
-            await session.commit()
-            if result.rowcount == 1 and self.events is not None:
-                self.events.publish(call.user_id, "call.updated", {"call_id": call_id, "task_id": call.task_id,
-                                                                   "status": status.value, "outcome": None})
-
-    async def _record(self, call_id: int, event_type: str, payload: dict[str, Any]) -> None:
-        async with self.sessions() as session:
-            call = await session.get(Call, call_id)
-            if call is None:
-                return
-            await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
-            await session.commit()
-
-
-def _int_or_none(raw: Any) -> int | None:
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return None
+    async def _finish(self, change: Finish) -> None:
+        await self.store.finish(change.call_id, change.outcome, change.source, answered_wins=change.answered_wins,
+                                **change.details)
+        self.calls.forget(change.call_id)
+        timer = self._finish_timers.pop(change.call_id, None)
+        if timer is not None:
+            timer.cancel()
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -136,7 +136,7 @@ class _PanoramiskManager(Manager):
         self._on_lost(exc)
 
 
-def _header(message: Message, name: str) -> str:
+def header(message: Message, name: str) -> str:
     """One header's value as text ("" if absent). panoramisk gives a header that came more than once as a
     list; the first one counts, as in Asterisk's own astman_get_header()."""
     value = message.get(name, "")
