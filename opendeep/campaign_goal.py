@@ -238,13 +238,6 @@ def carried_learnings(finished: list[Task]) -> str:
     return text[-MAX_CARRIED_CHARS:] if len(text) > MAX_CARRIED_CHARS else text
 
 
-async def goal_met_by(session: AsyncSession, user_id: int, campaign: Campaign) -> Task | None:
-    """The task that met the campaign's goal, if any (for the summary)."""
-    if campaign.goal_met_task_id is None:
-        return None
-    return await repo.get_task(session, user_id, campaign.goal_met_task_id)
-
-
 async def live_call_ids(session: AsyncSession, user_id: int, task_id: int) -> list[int]:
     """Calls of this task not yet ended (the edit controls refuse a second dial while one exists)."""
     rows = await session.scalars(select(Call.id).where(Call.user_id == user_id, Call.task_id == task_id,
