@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["AmiController", "AmiError", "AmiLoginRefused", "AmiNotConnected", "AmiRefused", "CONNECTED_CONTEXT",
            "OUTBOUND_CONTEXT", "TRANSFER_CONTEXT", "call_uniqueids", "originate_action_id"]
 
-log = logging.getLogger("opendeep.ami")
+log = logging.getLogger(__name__)
 
 OUTBOUND_CONTEXT = "opendeep-outbound"          # dialplan/extensions_opendeep.conf: the ;2 half dials the callee
 CONNECTED_CONTEXT = "opendeep-connected"        # where the ;1 half goes once the callee answered (the AI)

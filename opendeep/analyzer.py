@@ -40,7 +40,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.analyzer")
+log = logging.getLogger(__name__)
 
 # Telephony outcomes that mean somebody (or a machine) was on the line: the analyzer reads these.
 ANALYZABLE_OUTCOMES = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT,

@@ -34,7 +34,7 @@ from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, 
 from db.repo import TaskMove
 from db.types import utcnow
 
-log = logging.getLogger("opendeep.campaign_goal")
+log = logging.getLogger(__name__)
 
 MAX_PARALLEL_CALLS = 3
 LIVE = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)

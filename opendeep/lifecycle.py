@@ -37,7 +37,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.lifecycle")
+log = logging.getLogger(__name__)
 
 OPEN_TASK_STATUSES = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
 ANALYZABLE = (CallOutcome.ANSWERED, CallOutcome.VOICEMAIL, CallOutcome.VOICEMAIL_LEFT, CallOutcome.FAILED_AI)

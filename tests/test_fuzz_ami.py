@@ -132,7 +132,9 @@ def test_any_event_stream_moves_calls_only_forward_and_dials_nobody(tmp_path):
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'fuzz.db'}"
     settings = load_settings({"DATABASE_URL": database_url, "SECRET_KEY": "x", "RETRY_JITTER": "0"}, dotenv=None)
     errors = _Errors()
-    logging.getLogger("opendeep").addHandler(errors)
+    packages = ("ami_controller", "db", "opendeep")   # each module logs under its own name (__name__)
+    for package in packages:
+        logging.getLogger(package).addHandler(errors)
     with asyncio.Runner() as runner:
         runner.run(upgrade(database_url))
         engine = create_engine(database_url)
@@ -190,7 +192,8 @@ def test_any_event_stream_moves_calls_only_forward_and_dials_nobody(tmp_path):
         try:
             events()
         finally:
-            logging.getLogger("opendeep").removeHandler(errors)
+            for package in packages:
+                logging.getLogger(package).removeHandler(errors)
             runner.run(controller.stop())
             runner.run(fake.stop())
             runner.run(engine.dispose())

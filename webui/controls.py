@@ -32,7 +32,7 @@ from db.repo import TaskMove
 from db.types import utcnow
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.webui.controls")
+log = logging.getLogger(__name__)
 
 PAUSED_UNTIL = datetime(2999, 1, 1, tzinfo=UTC)   # "never due" for any scheduler comparing times
 PAUSABLE = (TaskStatus.PENDING, TaskStatus.RETRY_SCHEDULED, TaskStatus.ON_HOLD)
