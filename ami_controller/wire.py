@@ -108,7 +108,9 @@ class _Protocol(AMIProtocol):
 
 
 class _PanoramiskManager(Manager):
-    """panoramisk's Manager, minus its own reconnect loop: AmiController decides when to try again."""
+    """panoramisk's Manager, minus its own reconnect loop: AmiConnection decides when to try again."""
+
+    pinger: asyncio.TimerHandle | None   # set by panoramisk (untyped): its keep-alive Ping timer
 
     def __init__(self, *, on_lost: Callable[[Any], None], **config: Any) -> None:
         super().__init__(**config)
