@@ -72,8 +72,8 @@ CALL_EVENTS = ("OriginateResponse", "Newchannel", "Newstate", "DialBegin", "Dial
 
 
 class AmiController:
-    """One AMI connection for the process. `originate`, `play_dtmf`, `hangup` and `transfer` raise AmiError
-    (AmiNotConnected when Asterisk is not reachable: nothing was sent)."""
+    """One Asterisk server's AMI side in this process. `originate`, `play_dtmf`, `hangup` and `transfer` raise
+    AmiError (AmiNotConnected when Asterisk is not reachable: nothing was sent)."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], events: EventHub | None,
                  *, host: str | None = None, port: int | None = None, action_timeout_seconds: float = 10.0,
