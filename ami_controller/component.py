@@ -17,7 +17,7 @@ from ami_controller.actions import CallActions
 from ami_controller.initiator import DispatchReport, dispatch_due_tasks
 from ami_controller.manager import AmiController
 from opendeep.health import task_running
-from opendeep.periodic import finishing, log_pass_failure
+from opendeep.periodic import PassCount, run_periodically
 from opendeep.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class AmiComponent:
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self._loop_task: asyncio.Task | None = None
         self._made_actions = False
-        self.scheduler_passes = 0   # finished passes, failed ones too (shown by /healthz)
+        self.passes = PassCount()   # finished scheduler passes, failed ones too (shown by /healthz)
 
     async def start(self) -> None:
         for controller in self.controllers:
@@ -50,7 +50,9 @@ class AmiComponent:
             self._made_actions = True
         for controller in self.controllers:
             self.runtime.ami.attach(controller)
-        self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+        poll = max(self.runtime.settings.scheduler_poll_seconds, 0.05)
+        self._loop_task = asyncio.create_task(
+            run_periodically(self._scheduler_pass, poll, "scheduler pass", self.passes), name="scheduler")
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -70,7 +72,7 @@ class AmiComponent:
         """Healthy when logged in to every Asterisk (and re-synced) and the scheduler loop runs."""
         connected, scheduler = all(c.connected for c in self.controllers), task_running(self._loop_task)
         health = {"ok": connected and scheduler, "asterisk": self.controller.address, "connected": connected,
-                  "scheduler": scheduler, "scheduler_passes": self.scheduler_passes}
+                  "scheduler": scheduler, "scheduler_passes": self.passes.finished}
         if len(self.controllers) > 1:
             health["servers"] = {c.server.name: {"asterisk": c.address, "connected": c.connected}
                                  for c in self.controllers}
@@ -87,16 +89,9 @@ class AmiComponent:
                 getattr(total, name).extend(getattr(report, name))
         return total
 
-    async def _run(self) -> None:
-        poll = max(self.runtime.settings.scheduler_poll_seconds, 0.05)
-        while True:
-            try:
-                report = await finishing(self.run_once())   # stopping never cuts a claim in half
-                if report.claimed:
-                    log.info("scheduler pass: %d claimed, %d dialed, %d DND, %d outside window, %d deferred",
-                             report.claimed, len(report.dialed), len(report.cancelled_dnd),
-                             len(report.rescheduled), len(report.deferred))
-            except Exception as exc:  # a database hiccup must not stop the campaign for good
-                log_pass_failure(log, "scheduler pass", exc, poll)
-            self.scheduler_passes += 1
-            await asyncio.sleep(poll)
+    async def _scheduler_pass(self) -> None:
+        report = await self.run_once()
+        if report.claimed:
+            log.info("scheduler pass: %d claimed, %d dialed, %d DND, %d outside window, %d deferred",
+                     report.claimed, len(report.dialed), len(report.cancelled_dnd), len(report.rescheduled),
+                     len(report.deferred))

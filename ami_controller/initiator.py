@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ami_controller.manager import AmiController
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.initiator")
+log = logging.getLogger(__name__)
 
 
 @dataclass

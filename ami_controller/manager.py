@@ -1,17 +1,11 @@
-"""The Asterisk Manager connection: login, events, reconnect, Originate and live-call commands.
+"""One Asterisk server's AMI side of calls: Originate and live-call commands, and its events applied to calls.
 
-Built on panoramisk's `Manager` for the wire (framing, ActionID matching, pings), with three things changed
-because of how panoramisk 1.4 behaves (tests/test_ami_wire.py shows each on the wire):
-
-- An async Originate's ActionID also tags its later `Event: OriginateResponse`; panoramisk treats the pair as
-  one multi-message reply, so `send_action()` would only resolve when the callee answers or gives up, and the
-  OriginateResponse would never reach event handlers. `WireAction` resolves on the first reply (the
-  "successfully queued" ack) so the OriginateResponse arrives as an event.
-- panoramisk re-sends unanswered actions after a reconnect (`awaiting_actions`): for an Originate that is a
-  second call to the same person. We never re-send; we fail the waiting future instead, and a re-sync
-  (CoreShowChannels) after each login decides what happened to every in-flight call.
-- panoramisk reconnects every 2 s forever; we back off from 1 s, doubling up to AMI_RECONNECT_MAX_SECONDS, and
-  say in the log which Asterisk we are waiting for.
+Three parts, each in its own module:
+- the wire (ami_controller/wire.py): panoramisk with three changes, login, reconnect with back-off, send;
+- the call-state rules (ami_controller/call_events.py): pure, event in, changes out;
+- the database writes of those changes (ami_controller/call_store.py).
+This module joins them: it sends our actions, queues events in arrival order, applies each event's changes, and
+holds the grace timers that give the dialplan's `h` extension the first word on how a call ended.
 
 Calls are correlated without guessing: the Originate pre-assigns `ChannelId` = `opendeep-<call id>` (the ;1
 half, whose Uniqueid is also the Linkedid of every channel of the call) and `OtherChannelId` =
@@ -25,31 +19,47 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from panoramisk import Manager
-from panoramisk.actions import Action
-from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ami_controller.outcomes import finish_call, map_dial_status, map_originate_reason
-from db import repo
-from db.models import Call, CallOutcome, CallStatus
-from db.typed import rows_changed
-from db.types import utcnow
+from ami_controller.call_events import (
+    Advance,
+    CallEventMapper,
+    Change,
+    Finish,
+    Record,
+    SetChannel,
+    call_uniqueids,
+    originate_action_id,
+)
+from ami_controller.call_store import CallStore
+from ami_controller.wire import (
+    AmiConnection,
+    AmiError,
+    AmiLoginRefused,
+    AmiNotConnected,
+    AmiRefused,
+    header,
+)
+from db.models import Call
 from opendeep.asterisk_servers import AsteriskServer
-from opendeep.metrics import AMI_CONNECTED
 from opendeep.periodic import finishing
 from opendeep.settings import Settings
 
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.ami")
+# What other modules use from here: the controller, the errors its actions raise (from the wire), and how a call
+# is named in Asterisk.
+__all__ = ["AmiController", "AmiError", "AmiLoginRefused", "AmiNotConnected", "AmiRefused", "CONNECTED_CONTEXT",
+           "OUTBOUND_CONTEXT", "TRANSFER_CONTEXT", "call_uniqueids", "originate_action_id"]
+
+log = logging.getLogger(__name__)
 
 OUTBOUND_CONTEXT = "opendeep-outbound"          # dialplan/extensions_opendeep.conf: the ;2 half dials the callee
 CONNECTED_CONTEXT = "opendeep-connected"        # where the ;1 half goes once the callee answered (the AI)
@@ -58,146 +68,12 @@ TRANSFER_CONTEXT = "opendeep-transfer"          # where a transfer's Redirect se
 # (ORIGINATE_TIMEOUT_SECONDS). This margin keeps Asterisk's Dial, not the Originate, the one that times out,
 # so an unanswered call ends as DIALSTATUS=NOANSWER.
 ORIGINATE_MARGIN_SECONDS = 15
-EVENT_CLASSES = "call"                          # every event we read is in the `call` class
-LOGIN_TIMEOUT_SECONDS = 10.0
-CALL_UNIQUEID = re.compile(r"opendeep-(\d+)(-b)?")
-# A call progresses one way only; an event that arrives late never moves it back.
-_STATUS_ORDER = [CallStatus.CREATED, CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED,
-                 CallStatus.ENDED]
-LIVE_CALL_STATUSES = (CallStatus.ORIGINATING, CallStatus.RINGING, CallStatus.ANSWERED)
-
-
-class AmiError(RuntimeError):
-    """AMI could not do what was asked; the message says what to check."""
-
-
-class AmiNotConnected(AmiError):
-    """Not connected to Asterisk: nothing was sent (safe to try again later)."""
-
-
-class AmiRefused(AmiError):
-    """Asterisk answered `Response: Error`: it received the action and will not do it."""
-
-
-class AmiLoginRefused(AmiError):
-    """Wrong AMI username/secret or a user without the rights we need."""
-
-
-def call_uniqueids(call_id: int) -> tuple[str, str]:
-    """The Uniqueids the Originate pre-assigns: the ;1 half (also the Linkedid) and the ;2 half."""
-    return f"opendeep-{call_id}", f"opendeep-{call_id}-b"
-
-
-def originate_action_id(call_id: int) -> str:
-    return f"opendeep-orig-{call_id}"
-
-
-def call_id_from_uniqueid(uniqueid: str | None) -> int | None:
-    match = CALL_UNIQUEID.fullmatch(uniqueid or "")
-    return int(match.group(1)) if match else None
-
-
-class WireAction(Action):
-    """An AMI action written header by header in the order given; a header may repeat (`Variable`).
-
-    panoramisk's own `Action` sorts headers and guesses from the reply text whether more replies follow; this
-    one resolves on the first reply unless `as_list=True` (CoreShowChannels / Status lists).
-    """
-
-    def __init__(self, pairs: Sequence[tuple[str, str]]):
-        for key, value in pairs:
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", key) or "\r" in str(value) or "\n" in str(value):
-                raise AmiError(f"refusing to send AMI header {key!r}: names are letters/digits and values "
-                               f"cannot contain line breaks")
-        grouped: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in grouped:
-                previous = grouped[key]
-                grouped[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-            else:
-                grouped[key] = value
-        super().__init__(grouped)
-        self.pairs = [(key, str(value)) for key, value in pairs]
-
-    @property
-    def multi(self) -> bool:
-        return bool(self.as_list)
-
-    def __str__(self) -> str:
-        return "".join(f"{key}: {value}\r\n" for key, value in self.pairs) + "\r\n"
-
-
-class _ForgetEveryAction:
-    """panoramisk's `forgetable_actions`: containing everything means nothing is re-sent after a reconnect."""
-
-    def __contains__(self, _name: object) -> bool:
-        return True
-
-
-class _Protocol(AMIProtocol):
-    def handle_message(self, message: Message) -> None:
-        # A repeated `Event:` or `ActionID:` header reaches panoramisk as a list and makes it raise; raising here
-        # would make asyncio close the whole connection (tests/test_fuzz_ami.py). One bad message costs itself.
-        try:
-            super().handle_message(message)
-        except Exception:
-            log.warning("dropped an AMI message that could not be handled: %.300r", message, exc_info=True)
-
-    def close(self) -> None:
-        # Whoever waits for a reply gets a clear error now instead of waiting forever.
-        for action in list(getattr(self, "responses", {}).values()):
-            if not action.future.done():
-                action.future.set_exception(AmiError(
-                    f"the AMI connection closed before Asterisk answered {action.get('Action', 'the action')}"))
-        if getattr(self, "responses", None):
-            self.responses.clear()
-        super().close()
-
-
-class _PanoramiskManager(Manager):
-    """panoramisk's Manager, minus its own reconnect loop: AmiController decides when to try again."""
-
-    pinger: asyncio.TimerHandle | None   # set by panoramisk (untyped): its keep-alive Ping timer
-
-    def __init__(self, *, on_lost: Callable[[Any], None], **config: Any) -> None:
-        super().__init__(**config)
-        self._on_lost = on_lost
-
-    def connection_made(self, f: asyncio.Future) -> None:
-        if f.cancelled() or f.exception() is not None:
-            return  # the caller awaits the same future and handles the error
-        super().connection_made(f)
-
-    def login(self, future: asyncio.Future) -> bool:
-        # Asterisk closing before it answers Login (it is restarting) fails the future: the caller awaiting the
-        # same future reports that and tries again; panoramisk would raise here, in a callback nobody awaits.
-        if future.cancelled() or future.exception() is not None:
-            self.authenticated_future = None
-            return False
-        return super().login(future)
-
-    def connection_lost(self, exc: Any) -> None:
-        self._connected = False
-        self.authenticated = False
-        if self.pinger:
-            self.pinger.cancel()
-            self.pinger = None
-        self._on_lost(exc)
-
-
-@dataclass
-class _CallTrack:
-    """What the events told us about one call so far (rebuilt lazily after a restart)."""
-
-    dial_status: str | None = None
-    hangup_cause: int | None = None
-    saw_dialplan_half: bool = False  # the ;2 channel existed, so its `h` extension reports the end too
-    finish_timer: asyncio.TimerHandle | None = None
+CALL_EVENTS = ("OriginateResponse", "Newchannel", "Newstate", "DialBegin", "DialEnd", "Hangup")
 
 
 class AmiController:
-    """One AMI connection for the process. `originate`, `play_dtmf`, `hangup` and `transfer` raise AmiError
-    (AmiNotConnected when Asterisk is not reachable: nothing was sent)."""
+    """One Asterisk server's AMI side in this process. `originate`, `play_dtmf`, `hangup` and `transfer` raise
+    AmiError (AmiNotConnected when Asterisk is not reachable: nothing was sent)."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], events: EventHub | None,
                  *, host: str | None = None, port: int | None = None, action_timeout_seconds: float = 10.0,
@@ -209,174 +85,60 @@ class AmiController:
         # Which Asterisk (ASTERISK_SERVERS; the first one by default): its AMI address and login, and the calls
         # whose events and re-sync are ours.
         self.server = server or settings.asterisk_servers[0]
-        self.host = host or self.server.ami_host
-        self.port = port or self.server.ami_port
-        self.username, self.secret = self.server.ami_username, self.server.ami_secret
         # action_only: a second connection for live-call actions from a process that does not own this server's
         # calls (actions.py): no events, no re-sync, never an Originate.
         self.action_only = action_only
-        self.action_timeout_seconds = action_timeout_seconds
         # The dialplan's `h` extension (FastAGI call-end) knows DIALSTATUS; AMI only knows the Hangup cause.
         # After a hangup we give call-end this long to finish the call before we finish it from AMI.
         self.end_grace_seconds = end_grace_seconds
-        self.ping_seconds = ping_seconds
-        self._manager: _PanoramiskManager | None = None
-        self._connected = False
-        self._connected_event = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._runner: asyncio.Task | None = None
+        self.wire = AmiConnection(
+            self.server, host=host or self.server.ami_host, port=port or self.server.ami_port,
+            reconnect_max_seconds=settings.ami_reconnect_max_seconds, action_timeout_seconds=action_timeout_seconds,
+            ping_seconds=ping_seconds, event_names=() if action_only else CALL_EVENTS, on_event=self._on_event,
+            after_login=None if action_only else self.resync, counted=not action_only,
+            role="live-call actions only" if action_only else "")
         self._events: asyncio.Queue[Message] = asyncio.Queue()
         self._event_worker: asyncio.Task | None = None
-        self._tracks: dict[int, _CallTrack] = {}
-        self._stopping = False
-        self.connect_count = 0
+        self.calls = CallEventMapper()     # what the events said so far, and what they mean
+        self.store = CallStore(settings, sessions, events, self.server)
+        self._finish_timers: dict[int, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def connected(self) -> bool:
         """Logged in and re-synced: an Originate now would be sent."""
-        return self._connected
+        return self.wire.connected
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.wire.address
 
     async def start(self) -> None:
         """Start connecting in the background; Asterisk being down is not an error (we keep trying)."""
-        self._stopping = False
         self._event_worker = asyncio.create_task(self._process_events(), name="ami-events")
-        self._runner = asyncio.create_task(self._run(), name="ami-connection")
+        self.wire.start()
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._connected = False
-        for task in (self._runner, self._event_worker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        for track in self._tracks.values():
-            if track.finish_timer is not None:
-                track.finish_timer.cancel()
-        self._close_manager()
+        if self._event_worker is not None:
+            self._event_worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._event_worker
+        for timer in self._finish_timers.values():
+            timer.cancel()
+        await self.wire.stop()
 
-    def carries_call(self):
-        """SQL condition: the call is on this controller's server (NULL, from before servers had names: the
-        first server)."""
-        if self.server.name == self.settings.asterisk_servers[0].name:
-            return or_(Call.asterisk_server == self.server.name, Call.asterisk_server.is_(None))
-        return Call.asterisk_server == self.server.name
+    def carries_call(self) -> ColumnElement[bool]:
+        """SQL condition: the call is on this controller's server (CallStore.carries_call)."""
+        return self.store.carries_call()
 
     async def wait_connected(self, timeout: float) -> None:
         """Wait until logged in and re-synced (tests, and `serve` logging)."""
-        await asyncio.wait_for(self._connected_event.wait(), timeout)
-
-    def _close_manager(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
-
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping:
-            try:
-                await self._connect_and_login()
-            except AmiLoginRefused as exc:
-                log.error("%s", exc)
-            except (TimeoutError, OSError, AmiError) as exc:
-                delay = self._backoff(attempt)
-                log.warning("waiting for Asterisk AMI at %s (%s); next try in %.1f s", self.address,
-                            exc or type(exc).__name__, delay)
-            else:
-                attempt = 0
-                try:
-                    if not self.action_only:
-                        await self.resync()
-                except Exception as exc:  # AMI or the database: either way try again, never stop reconnecting
-                    log.warning("AMI re-sync with %s failed (%s: %s); reconnecting", self.address,
-                                type(exc).__name__, exc)
-                    self._close_manager()
-                    await asyncio.sleep(self._backoff(attempt))
-                    attempt += 1
-                    continue
-                self._connected = True
-                self._connected_event.set()
-                if not self.action_only:
-                    AMI_CONNECTED.inc()
-                log.info("connected to Asterisk AMI at %s as %r%s", self.address, self.username,
-                         " (live-call actions only)" if self.action_only else "")
-                try:
-                    await self._lost.wait()
-                finally:
-                    self._connected = False
-                    self._connected_event.clear()
-                    if not self.action_only:
-                        AMI_CONNECTED.dec()
-                log.warning("lost the AMI connection to Asterisk at %s; reconnecting", self.address)
-                self._close_manager()
-                continue
-            await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
-
-    def _backoff(self, attempt: int) -> float:
-        # 1 s, 2 s, 4 s ... capped; a floor keeps a zero setting from spinning the CPU.
-        return max(min(2.0 ** attempt, self.settings.ami_reconnect_max_seconds), 0.05)
-
-    async def _connect_and_login(self) -> None:
-        self._lost = asyncio.Event()
-        lost = self._lost
-        manager = _PanoramiskManager(
-            on_lost=lambda _exc: lost.set(), loop=asyncio.get_running_loop(), host=self.host, port=self.port,
-            username=self.username, secret=self.secret, events="off" if self.action_only else EVENT_CLASSES,
-            ping_delay=self.ping_seconds, ping_interval=self.ping_seconds, protocol_factory=_Protocol,
-            forgetable_actions=_ForgetEveryAction(), log=logging.getLogger("opendeep.ami.wire"),
-        )
-        for name in () if self.action_only else ("OriginateResponse", "Newchannel", "Newstate", "DialBegin",
-                                                  "DialEnd", "Hangup"):
-            manager.register_event(name, self._on_event)
-        self._manager = manager
-        try:
-            await asyncio.wait_for(manager.connect(), LOGIN_TIMEOUT_SECONDS)
-            login = manager.authenticated_future
-            if login is None:
-                raise AmiError("AMI connection made but no login was sent")
-            reply = await asyncio.wait_for(login, LOGIN_TIMEOUT_SECONDS)
-        except BaseException:
-            self._close_manager()
-            raise
-        if not reply.success:
-            self._close_manager()
-            raise AmiLoginRefused(
-                f"AMI login refused for user {self.username!r} at {self.address} (server "
-                f"{self.server.name!r}; {reply.get('Message', 'no reason given')}; check AMI_USERNAME / AMI_SECRET "
-                f"or ASTERISK_SERVERS, and dialplan/manager_opendeep.conf)")
-        self.connect_count += 1
-
-    # ------------------------------------------------------------------ sending
+        await self.wire.wait_connected(timeout)
 
     async def send(self, pairs: Sequence[tuple[str, str]], *, as_list: bool = False) -> Any:
-        """Send one action; return the reply Message (or the list of messages with `as_list`).
-
-        Raises AmiNotConnected when there is no connection (nothing was written), AmiRefused on
-        `Response: Error`, AmiError when the connection drops or Asterisk does not answer in time.
-        """
-        manager = self._manager
-        if manager is None or manager.protocol is None or manager.protocol.closed or not manager.authenticated:
-            raise AmiNotConnected(f"not connected to Asterisk AMI at {self.address}; is Asterisk running and "
-                                  f"AMI_HOST/AMI_PORT right?")
-        action = WireAction(pairs)
-        name = action.get("Action", "?")
-        try:
-            reply = await asyncio.wait_for(manager.send_action(action, as_list=as_list),
-                                           self.action_timeout_seconds)
-        except TimeoutError:
-            raise AmiError(f"Asterisk at {self.address} did not answer {name} within "
-                           f"{self.action_timeout_seconds:g} s") from None
-        first = reply[0] if isinstance(reply, list) else reply
-        if first.get("Response", "").lower() == "error":
-            raise AmiRefused(f"Asterisk refused {name}: {first.get('Message', 'no reason given')}")
-        return reply
+        """Send one action on this server's AMI connection (AmiConnection.send)."""
+        return await self.wire.send(pairs, as_list=as_list)
 
     async def originate(self, call: Call, *, caller_id: str | None = None) -> str:
         """Send the async Originate for a `calls` row; return its ActionID once Asterisk has queued it.
@@ -412,7 +174,7 @@ class AmiController:
         for name, value in (("OPENDEEP_CALL_ID", call.id), ("OPENDEEP_TASK_ID", call.task_id),
                             ("OPENDEEP_USER_ID", call.user_id), ("OPENDEEP_NUMBER", number)):
             pairs.append(("Variable", f"{name}={value}"))
-        self._tracks[call.id] = _CallTrack()
+        self.calls.expect(call.id)
         await self.send(pairs)
         return action_id
 
@@ -421,30 +183,31 @@ class AmiController:
         if not digits or not re.fullmatch(r"[0-9A-Da-d*#]+", digits):
             raise AmiError(f"cannot send DTMF {digits!r}: use digits 0-9, *, # and A-D")
         for digit in digits:
-            await self.send([("Action", "PlayDTMF"), ("ActionID", _next_id("dtmf")), ("Channel", channel),
-                             ("Digit", digit)])
+            await self.send([("Action", "PlayDTMF"), ("ActionID", self.wire.next_action_id("dtmf")),
+                             ("Channel", channel), ("Digit", digit)])
 
     async def hangup(self, channel: str, cause: int = 16) -> None:
         """Hang up a live channel with a Q.850 cause (16 = normal clearing)."""
-        await self.send([("Action", "Hangup"), ("ActionID", _next_id("hangup")), ("Channel", channel),
-                         ("Cause", str(int(cause)))])
+        await self.send([("Action", "Hangup"), ("ActionID", self.wire.next_action_id("hangup")),
+                         ("Channel", channel), ("Cause", str(int(cause)))])
 
     async def transfer(self, channel: str) -> None:
         """Send a live call's ;1 half to [opendeep-transfer]: it leaves the AI, and the dialplan asks FastAGI
         (route `transfer`) for the one number OpenDeep allowed this call. No number travels in this action."""
-        await self.send([("Action", "Redirect"), ("ActionID", _next_id("transfer")), ("Channel", channel),
-                         ("Context", TRANSFER_CONTEXT), ("Exten", "s"), ("Priority", "1")])
+        await self.send([("Action", "Redirect"), ("ActionID", self.wire.next_action_id("transfer")),
+                         ("Channel", channel), ("Context", TRANSFER_CONTEXT), ("Exten", "s"), ("Priority", "1")])
 
     # ------------------------------------------------------------------ re-sync after (re)connecting
 
     async def live_channels(self) -> list[Message]:
         """Every channel Asterisk has now (CoreShowChannels; Status when that is not permitted)."""
         try:
-            reply = await self.send([("Action", "CoreShowChannels"), ("ActionID", _next_id("channels"))],
-                                    as_list=True)
+            reply = await self.send([("Action", "CoreShowChannels"),
+                                     ("ActionID", self.wire.next_action_id("channels"))], as_list=True)
             wanted = "coreshowchannel"
         except AmiRefused:
-            reply = await self.send([("Action", "Status"), ("ActionID", _next_id("status"))], as_list=True)
+            reply = await self.send([("Action", "Status"), ("ActionID", self.wire.next_action_id("status"))],
+                                    as_list=True)
             wanted = "status"
         return [message for message in reply if message.get("Event", "").lower() == wanted]
 
@@ -456,25 +219,9 @@ class AmiController:
         and its task moves on by rule; nothing is re-sent.
         """
         channels = await self.live_channels()
-        live = {_header(message, "Uniqueid") for message in channels}
-        live |= {_header(message, "Linkedid") for message in channels}
-        async with self.sessions() as session:
-            # Only this server's calls: another Asterisk's calls are not in this one's channel list.
-            calls = (await session.scalars(select(Call).where(Call.status.in_(LIVE_CALL_STATUSES),
-                                                              self.carries_call()))).all()
-            for call in calls:
-                one, two = call_uniqueids(call.id)
-                # asterisk_uniqueid: a callback's inbound channel (fastagi_server/callbacks.py) has Asterisk's own.
-                if one in live or two in live or (call.asterisk_uniqueid and call.asterisk_uniqueid in live):
-                    log.info("re-sync: call %s is still up in Asterisk", call.id)
-                    continue
-                outcome = CallOutcome.ANSWERED if call.answered_at is not None else CallOutcome.FAILED
-                await repo.record_call_event(session, call.user_id, call.id, "ami.resync",
-                                             {"found_in_asterisk": False, "outcome": outcome.value})
-                await finish_call(session, self.settings, user_id=call.user_id, call_id=call.id, outcome=outcome,
-                                  source="ami.resync", events=self.events)
-                log.warning("re-sync: call %s was no longer in Asterisk; finished as %s", call.id, outcome.value)
-            await session.commit()
+        live = {header(message, "Uniqueid") for message in channels}
+        live |= {header(message, "Linkedid") for message in channels}
+        await self.store.finish_calls_not_in(live)
 
     # ------------------------------------------------------------------ events
 
@@ -495,160 +242,46 @@ class AmiController:
     async def handle_event(self, message: Message) -> None:
         """Apply one AMI event to its calls row (events of channels that are not ours are ignored)."""
         # `Event` first: an OriginateResponse also carries a `Response:` header.
-        name = _header(message, "Event")
-        if name == "OriginateResponse":
-            await self._on_originate_response(message)
-            return
-        call_id = call_id_from_uniqueid(_header(message, "Linkedid") or _header(message, "DestLinkedid"))
-        if call_id is None:
-            return
-        track = self._tracks.setdefault(call_id, _CallTrack())
-        one, two = call_uniqueids(call_id)
-        # The callee's Dial() runs on the ;2 half; the ;1 half dials the AudioSocket channel and transfers.
-        callee_dial = _header(message, "Uniqueid") == two
-        if name == "Newchannel":
-            if _header(message, "Uniqueid") == two:
-                track.saw_dialplan_half = True
-            elif _header(message, "Uniqueid") == one:
-                # The ;1 half: what PlayDTMF, Redirect and Hangup act on (a cancelled ringing call included).
-                await self._set_channel(call_id, _header(message, "Channel"))
-        elif name == "DialBegin" and callee_dial:
-            await self._advance(call_id, CallStatus.RINGING, "ami.dial_begin",
-                                {"dest_channel": _header(message, "DestChannel") or None})
-        elif name == "DialEnd" and callee_dial:
-            track.dial_status = _header(message, "DialStatus") or None
-            payload = {"dial_status": track.dial_status, "dest_channel": _header(message, "DestChannel") or None}
-            if track.dial_status == "ANSWER":
-                await self._advance(call_id, CallStatus.ANSWERED, "ami.dial_end", payload)
-            else:
-                await self._record(call_id, "ami.dial_end", payload)
-        elif (name == "Newstate" and _header(message, "ChannelState") == "5"
-              and not _header(message, "Channel").startswith("Local/")):
-            await self._advance(call_id, CallStatus.RINGING, "ami.ringing",
-                                {"channel": _header(message, "Channel") or None})
-        elif name == "Hangup" and _header(message, "Uniqueid") == one:
-            # The ;1 half goes last: the call is over as far as Asterisk is concerned.
-            track.hangup_cause = _int_or_none(_header(message, "Cause"))
-            outcome = map_dial_status(track.dial_status, track.hangup_cause)
-            self._finish_later(call_id, outcome, "ami.hangup", dial_status=track.dial_status,
-                               hangup_cause=track.hangup_cause, answered_wins=True)
-
-    async def _on_originate_response(self, message: Message) -> None:
-        action_id = _header(message, "ActionID")
-        async with self.sessions() as session:
-            call = await session.scalar(select(Call).where(Call.ami_action_id == action_id))
-            if call is None:
+        if header(message, "Event") == "OriginateResponse":
+            call_id = await self.store.call_for_originate(header(message, "ActionID"))
+            if call_id is None:
                 return  # not one of ours (another AMI client's Originate)
-            track = self._tracks.setdefault(call.id, _CallTrack())
-            response, reason = _header(message, "Response"), _header(message, "Reason")
-            await repo.record_call_event(session, call.user_id, call.id, "ami.originate_response",
-                                         {"response": response, "reason": reason,
-                                          "uniqueid": _header(message, "Uniqueid") or None})
-            await session.commit()
-        outcome = map_originate_reason(_int_or_none(reason), response)
-        if outcome is CallOutcome.ANSWERED:
-            # Success: the ;1 half is up, which it is only once the callee answered (nothing in the shipped
-            # dialplan answers before). The call's end comes from the `h` extension and the Hangup event.
-            await self._advance(call.id, CallStatus.ANSWERED, None, {})
-            return
-        if track.dial_status:
-            # The ;2 half's DialEnd said what became of the callee; the Originate of a Local channel only says
-            # Reason 0 or 1 whatever it was (tests/test_asterisk_calls.py, real Asterisk 22).
-            outcome = map_dial_status(track.dial_status, None)
-        if track.saw_dialplan_half:
-            # The dialplan ran: its `h` extension reports DIALSTATUS and HANGUPCAUSE; give it the first word.
-            self._finish_later(call.id, outcome, "ami.originate_response")
+            changes = self.calls.originate_response(call_id, message)
         else:
-            await self._finish(call.id, outcome, "ami.originate_response")
+            changes = self.calls.call_event(message)
+        for change in changes:
+            await self._apply(change)
 
-    def _finish_later(self, call_id: int, outcome: CallOutcome, source: str, **details: Any) -> None:
-        track = self._tracks.setdefault(call_id, _CallTrack())
-        if track.finish_timer is not None:
+    async def _apply(self, change: Change) -> None:
+        if isinstance(change, SetChannel):
+            await self.store.set_channel(change.call_id, change.channel)
+        elif isinstance(change, Advance):
+            await self.store.advance(change.call_id, change.status, change.event_type, change.payload)
+        elif isinstance(change, Record):
+            await self.store.record(change.call_id, change.event_type, change.payload)
+        elif change.after_grace:
+            self._finish_later(change)
+        else:
+            await self._finish(change)
+
+    def _finish_later(self, change: Finish) -> None:
+        if change.call_id in self._finish_timers:
             return
         loop = asyncio.get_running_loop()
 
         def _fire() -> None:
-            task = loop.create_task(self._finish(call_id, outcome, source, **details))
+            task = loop.create_task(self._finish(change))
             task.add_done_callback(_log_failure)
 
-        track.finish_timer = loop.call_later(self.end_grace_seconds, _fire)
+        self._finish_timers[change.call_id] = loop.call_later(self.end_grace_seconds, _fire)
 
-    async def _finish(self, call_id: int, outcome: CallOutcome, source: str, *, answered_wins: bool = False,
-                      **details: Any) -> None:
-        async with self.sessions() as session:
-            call = await session.get(Call, call_id)
-            if call is None:
-                return
-            if answered_wins and call.answered_at is not None:
-                # Answered (OriginateResponse Success / DialEnd ANSWER) then hung up: a normal end, whatever
-                # the cause code says.
-                outcome = CallOutcome.ANSWERED
-            done = await finish_call(session, self.settings, user_id=call.user_id, call_id=call_id,
-                                     outcome=outcome, source=source, events=self.events, **details)
-            await session.commit()
-        track = self._tracks.pop(call_id, None)
-        if track is not None and track.finish_timer is not None:
-            track.finish_timer.cancel()
-        if done:
-            log.info("call %s finished from AMI (%s): %s", call_id, source, outcome.value)
-
-    async def _set_channel(self, call_id: int, channel: str) -> None:
-        async with self.sessions() as session:
-            await session.execute(update(Call).where(Call.id == call_id, Call.channel.is_(None))
-                                  .values(channel=channel[:128]))
-            await session.commit()
-
-    async def _advance(self, call_id: int, status: CallStatus, event_type: str | None,
-                       payload: dict[str, Any]) -> None:
-        """Move a call forward to `status` (never backwards); record the event either way."""
-        earlier = _STATUS_ORDER[: _STATUS_ORDER.index(status)]
-        async with self.sessions() as session:
-            call = await session.get(Call, call_id)
-            if call is None:
-                return
-            values: dict[str, Any] = {"status": status}
-            if status is CallStatus.ANSWERED and call.answered_at is None:
-                values["answered_at"] = utcnow()
-            result = await session.execute(
-                update(Call).where(Call.id == call_id, Call.status.in_(earlier)).values(**values))
-            if event_type:
-                await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
-            await session.commit()
-            if rows_changed(result) == 1 and self.events is not None:
-                self.events.publish(call.user_id, "call.updated", {"call_id": call_id, "task_id": call.task_id,
-                                                                   "status": status.value, "outcome": None})
-
-    async def _record(self, call_id: int, event_type: str, payload: dict[str, Any]) -> None:
-        async with self.sessions() as session:
-            call = await session.get(Call, call_id)
-            if call is None:
-                return
-            await repo.record_call_event(session, call.user_id, call_id, event_type, payload)
-            await session.commit()
-
-
-_ids: dict[str, int] = {}
-
-
-def _next_id(prefix: str) -> str:
-    _ids[prefix] = _ids.get(prefix, 0) + 1
-    return f"opendeep-{prefix}-{_ids[prefix]}"
-
-
-def _header(message: Message, name: str) -> str:
-    """One header's value as text ("" if absent). panoramisk gives a header that came more than once as a
-    list; the first one counts, as in Asterisk's own astman_get_header()."""
-    value = message.get(name, "")
-    if isinstance(value, list):
-        value = value[0] if value else ""
-    return value if isinstance(value, str) else str(value)
-
-
-def _int_or_none(raw: Any) -> int | None:
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        return None
+    async def _finish(self, change: Finish) -> None:
+        await self.store.finish(change.call_id, change.outcome, change.source, answered_wins=change.answered_wins,
+                                **change.details)
+        self.calls.forget(change.call_id)
+        timer = self._finish_timers.pop(change.call_id, None)
+        if timer is not None:
+            timer.cancel()
 
 
 def _log_failure(task: asyncio.Task) -> None:

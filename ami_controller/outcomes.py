@@ -29,7 +29,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.outcomes")
+log = logging.getLogger(__name__)
 
 # Asterisk's Originate "Reason" codes (enum ast_control_frame_type values it reports).
 ORIGINATE_REASONS: dict[int, CallOutcome] = {

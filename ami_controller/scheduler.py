@@ -29,7 +29,7 @@ from db.types import utcnow
 from opendeep.phone import callee_timezone
 from opendeep.settings import CallingWindow, Settings, parse_window
 
-log = logging.getLogger("opendeep.scheduler")
+log = logging.getLogger(__name__)
 
 
 async def claim_due_tasks(session: AsyncSession, *, claimer: str, limit: int, now: datetime | None = None,

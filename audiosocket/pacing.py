@@ -185,10 +185,6 @@ class OutboundPacer:
             self._phase = None
 
     @property
-    def queued_bytes(self) -> int:
-        return self._buffered
-
-    @property
     def idle(self) -> bool:
         """Nothing queued: only silence would go out."""
         return self._buffered == 0

@@ -35,7 +35,6 @@ with warnings.catch_warnings():  # stdlib audioop: deprecated in 3.11, present u
 log = logging.getLogger(__name__)
 
 AUDIO_FORMAT = "audio/pcmu"
-# Transcribes the callee's side for call_transcripts; the agent's side comes with its audio.
 CONNECT_TIMEOUT_SECONDS = 10.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 
@@ -82,6 +81,7 @@ def session_config(settings: Settings, instructions: str, tools: list[dict[str, 
         "audio": {
             "input": {
                 "format": {"type": AUDIO_FORMAT},
+                # Transcribes the callee's side for call_transcripts; the agent's side comes with its audio.
                 "transcription": {"model": settings.openai_transcribe_model},
                 "turn_detection": {
                     "type": "server_vad",

@@ -24,7 +24,7 @@ from db.models import Call, CallEvent, CallOutcome, CallStatus, CallTranscript, 
 from db.types import utcnow
 from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.audiosocket.recorder")
+log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_SECONDS = 120.0
 Record = tuple[str, tuple[Any, ...]]

@@ -25,7 +25,7 @@ from db.models import Call, CallOutcome, CallStatus, FeedbackStatus
 from db.types import utcnow
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.audiosocket.tools")
+log = logging.getLogger(__name__)
 
 HITL_POLL_SECONDS = 0.5                  # other processes answer through the DB: poll it this often
 _DTMF = re.compile(r"[0-9A-Da-d*#]{1,32}")

@@ -23,7 +23,7 @@ from db.models import CallEvent, Campaign, CampaignGoal, Task
 from opendeep.campaign_goal import WRAP_UP_EVENT
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.audiosocket.wrap_up")
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 GRACE_SECONDS = 20.0          # for the AI's own thanks and goodbye

@@ -63,11 +63,6 @@ async def get_user(session: AsyncSession, user_id: int) -> User | None:
     return await session.get(User, user_id)
 
 
-async def update_user_profile(session: AsyncSession, user_id: int, profile: dict[str, Any]) -> bool:
-    result = await session.execute(update(User).where(User.id == user_id).values(profile=profile))
-    return rows_changed(result) == 1
-
-
 # ---------------------------------------------------------------- campaigns
 
 
@@ -523,25 +518,20 @@ async def notifications_by_user(session: AsyncSession, after_ids: dict[int, int]
 
 
 async def mark_notification_read(session: AsyncSession, user_id: int, notification_id: int) -> bool:
+    """Mark the user's notification read (the first time counts); False when the user has no such notification."""
     result = await session.execute(
         update(Notification)
         .where(Notification.id == notification_id, Notification.user_id == user_id,
                Notification.read_at.is_(None))
         .values(read_at=utcnow())
     )
-    return rows_changed(result) == 1
+    if rows_changed(result) == 1:
+        return True
+    return await session.scalar(select(Notification.id).where(Notification.id == notification_id,
+                                                              Notification.user_id == user_id)) is not None
 
 
 # ---------------------------------------------------------------- FastAGI call-start
-
-
-async def get_call_with_task(session: AsyncSession, user_id: int, call_id: int) -> tuple[Call, Task] | None:
-    """The user's call and its task in one query."""
-    row = (await session.execute(
-        select(Call, Task).join(Task, Task.id == Call.task_id)
-        .where(Call.id == call_id, Call.user_id == user_id, Task.user_id == user_id)
-    )).first()
-    return (row[0], row[1]) if row else None
 
 
 async def dnd_check(session: AsyncSession, user_id: int, phone_number: str) -> tuple[bool, int]:

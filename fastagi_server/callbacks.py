@@ -65,7 +65,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.fastagi.callbacks")
+log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
 # A callback moves these to in_progress while the callee talks: the task still wants an answer from them.

@@ -18,7 +18,7 @@ from opendeep.periodic import run_periodically
 from opendeep.runtime import Runtime
 from opendeep.summarizer import CampaignSummarizer
 
-log = logging.getLogger("opendeep.after_call")
+log = logging.getLogger(__name__)
 
 # Ended calls are picked up within this long; the summarizer needs no more haste than that.
 MIN_POLL_SECONDS = 0.05

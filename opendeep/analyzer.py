@@ -50,7 +50,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.analyzer")
+log = logging.getLogger(__name__)
 
 # Telephony outcomes that mean somebody (or a machine) was on the line: the analyzer reads these.
 ANALYZABLE_OUTCOMES = tuple(ANALYZED_OUTCOMES)

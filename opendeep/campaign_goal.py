@@ -34,7 +34,7 @@ from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, 
 from db.task_life import LIVE, OPEN, TaskMove
 from db.types import utcnow
 
-log = logging.getLogger("opendeep.campaign_goal")
+log = logging.getLogger(__name__)
 
 MAX_PARALLEL_CALLS = 3
 CARRIED_KEY = "learned_from_other_targets"   # tasks.context key the next target's call AI reads
@@ -232,13 +232,6 @@ def carried_learnings(finished: list[Task]) -> str:
         lines.append(line)
     text = "\n".join(lines)
     return text[-MAX_CARRIED_CHARS:] if len(text) > MAX_CARRIED_CHARS else text
-
-
-async def goal_met_by(session: AsyncSession, user_id: int, campaign: Campaign) -> Task | None:
-    """The task that met the campaign's goal, if any (for the summary)."""
-    if campaign.goal_met_task_id is None:
-        return None
-    return await repo.get_task(session, user_id, campaign.goal_met_task_id)
 
 
 async def live_call_ids(session: AsyncSession, user_id: int, task_id: int) -> list[int]:

@@ -18,7 +18,7 @@ from db.models import Call, UsageKind
 from opendeep.prices import Priced, TokenUsage, price_usage, trunk_cost_microusd
 from opendeep.settings import Settings
 
-log = logging.getLogger("opendeep.costs")
+log = logging.getLogger(__name__)
 _warned: set[str] = set()   # models already logged as unpriced by this process
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.health")
+log = logging.getLogger(__name__)
 
 DATABASE_TIMEOUT_SECONDS = 2.0
 

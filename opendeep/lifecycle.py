@@ -47,7 +47,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.lifecycle")
+log = logging.getLogger(__name__)
 
 OPEN_TASK_STATUSES = (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS)
 RECOVERED_REASON = "recovered after restart"

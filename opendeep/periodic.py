@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from opendeep.dberrors import unreachable_reason
 
-log = logging.getLogger("opendeep.periodic")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 FINISH_GRACE_SECONDS = 5.0
 

@@ -95,9 +95,6 @@ class PriceTable:
         name = max(matches, key=len)
         return name, self.models[name]
 
-    def to_json(self) -> str:
-        return json.dumps({name: price.as_dict() for name, price in self.models.items()}, sort_keys=True)
-
 
 @dataclass(frozen=True)
 class Priced:

@@ -24,7 +24,6 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     events: EventHub
     ami: CallActions | AmiController | None = None   # live-call actions; `serve` sets a CallActions in every process
-    extras: dict[str, Any] | None = None
     components: dict[str, Any] = field(default_factory=dict)   # what `serve` runs here, by name (/healthz)
 
     @classmethod

@@ -18,7 +18,7 @@ from opendeep.costs import warn_unpriced_models
 from opendeep.dberrors import describe_unreachable, unreachable_reason
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.serve")
+log = logging.getLogger(__name__)
 
 
 class Component(Protocol):

@@ -39,7 +39,7 @@ from opendeep.settings import Settings
 if TYPE_CHECKING:
     from opendeep.events import EventHub
 
-log = logging.getLogger("opendeep.summarizer")
+log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -42,7 +42,7 @@ from opendeep.periodic import FINISH_GRACE_SECONDS, finishing
 from opendeep.runtime import Runtime
 from opendeep.settings import Settings
 
-log = logging.getLogger("opendeep.webhooks")
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "OpenDeep-Signature"
 EVENT_ID_HEADER = "OpenDeep-Event-Id"

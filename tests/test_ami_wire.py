@@ -9,7 +9,8 @@ import re
 import pytest
 from panoramisk import Manager
 
-from ami_controller.manager import AmiController, AmiError, AmiNotConnected, AmiRefused, WireAction
+from ami_controller.manager import AmiController, AmiError, AmiNotConnected, AmiRefused
+from ami_controller.wire import WireAction
 from db.models import Call
 from tests.doubles.ami_helpers import ami_settings, eventually
 from tests.doubles.captures import CAPTURES
@@ -158,6 +159,27 @@ async def test_live_call_commands_reach_asterisk(fake, settings, sessions):
     with pytest.raises(AmiNotConnected, match="not connected to Asterisk AMI at 127.0.0.1"):
         await controller.hangup("PJSIP/trunk-00000001")
 
+
+
+async def test_each_connection_numbers_its_own_action_ids(fake, settings, sessions):
+    # The ActionID counter belongs to the connection (Asterisk matches replies per session), not to the module:
+    # a second connection in the same process starts at 1 whatever the first one sent.
+    first = AmiController(ami_settings(settings, fake.port), sessions, None)
+    second = AmiController(ami_settings(settings, fake.port), sessions, None, action_only=True)
+    for controller in (first, second):
+        await controller.start()
+    try:
+        await first.wait_connected(5)
+        await second.wait_connected(5)
+        await first.play_dtmf("PJSIP/trunk-00000001", "12")
+        await second.play_dtmf("PJSIP/trunk-00000002", "3")
+        await eventually(lambda: len(fake.actions_named("PlayDTMF")) == 3)
+        assert [(pairs_get(a, "Channel"), pairs_get(a, "ActionID")) for a in fake.actions_named("PlayDTMF")] == [
+            ("PJSIP/trunk-00000001", "opendeep-dtmf-1"), ("PJSIP/trunk-00000001", "opendeep-dtmf-2"),
+            ("PJSIP/trunk-00000002", "opendeep-dtmf-1")]
+    finally:
+        for controller in (first, second):
+            await controller.stop()
 
 def test_header_injection_is_refused():
     with pytest.raises(AmiError, match="line breaks"):

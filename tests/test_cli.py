@@ -8,6 +8,8 @@ import pytest
 
 from db import repo
 from opendeep.passwords import verify_password
+from tests.doubles.webui_client import PASSWORD, WebClient, make_runtime
+from webui.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +43,22 @@ async def test_user_add_reads_the_password_from_stdin_and_refuses_a_duplicate(da
     assert duplicate.returncode == 1
     assert duplicate.stderr.strip() == "opendeep: user 'alice' already exists"
 
+
+
+async def test_user_add_admin_makes_an_administrator_the_users_page_lets_in(settings_env, engine, sessions,
+                                                                             tmp_path):
+    for name, flags in (("root", ["--admin"]), ("alice", [])):
+        made = run_cli(["user", "add", name, "--password-stdin", *flags], settings_env["DATABASE_URL"], tmp_path,
+                       stdin=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
+    app = create_app(make_runtime(settings_env, engine, sessions))
+    for name, status in (("root", 200), ("alice", 404)):   # 404: the page does not exist for a non-admin
+        client = WebClient(app)
+        try:
+            await client.login(name)
+            assert (await client.http.get("/api/admin/users")).status_code == status
+        finally:
+            await client.aclose()
 
 @pytest.mark.parametrize("name, password, message", [
     ("alice", "short\n", "opendeep: the password must have at least 8 characters"),

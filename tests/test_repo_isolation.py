@@ -45,7 +45,6 @@ def _reads(w):
         "get_task": ((b, w["task"]), None),
         "list_task_events": ((b, w["task"]), []),
         "get_call": ((b, w["call"]), None),
-        "get_call_with_task": ((b, w["call"]), None),
         "dnd_check": ((b, "+14155550999"), (False, 1)),   # B learns a count for the global DND, not who
         "list_calls": ((b, w["task"]), []),
         "list_call_events": ((b, w["call"]), []),
@@ -91,7 +90,7 @@ def _writes(w):
 
 # Functions that take user_id but act on the caller's own data only (nothing of another tenant to reach).
 OWN_DATA_ONLY = {"create_campaign", "add_dnd", "add_dnd_entries", "create_chat_session", "add_notification",
-                 "update_user_profile", "get_user"}
+                 "get_user"}
 
 
 # The repository, and the module that owns a task's life (the only writer of a task's status).

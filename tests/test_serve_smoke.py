@@ -58,8 +58,9 @@ def test_serve_runs_everything_and_waits_for_asterisk(tmp_path):
         health = httpx.get(f"http://127.0.0.1:{web}/healthz", timeout=5)   # what monitoring sees meanwhile
         assert health.status_code == 503
         states = health.json()["components"]
-        assert states["ami"] == {"ok": False, "asterisk": f"127.0.0.1:{ami}", "connected": False, "scheduler": True,
-                                 "scheduler_passes": states["ami"]["scheduler_passes"]}
+        passes = states["ami"].pop("scheduler_passes")   # the scheduler runs its passes while AMI is down
+        assert states["ami"] == {"ok": False, "asterisk": f"127.0.0.1:{ami}", "connected": False, "scheduler": True}
+        assert isinstance(passes, int) and passes >= 1
         assert [name for name, state in states.items() if state["ok"]] == ["fastagi", "audiosocket", "aftercall",
                                                                           "webhooks", "web"]
     finally:

@@ -15,7 +15,7 @@ NOTE = "tenant-safe:"
 LOOK_ABOVE = 3   # lines above a statement where its note may stand
 # Modules another engineer is restructuring today (issue 14 item 5 splits manager.py); their queries address calls
 # by the ids and ActionIDs the AMI controller generated itself. To be annotated after that split lands.
-NOT_YET = {"ami_controller/manager.py"}
+NOT_YET: set[str] = set()
 
 
 def _queries(path: Path) -> list[tuple[int, str]]:

@@ -15,7 +15,7 @@ from tests.doubles.fake_openai import FakeOpenAI
 from tests.doubles.webui_client import WebClient, add_user, make_runtime
 from tests.test_webui_plan_csv import a_plan
 from webui.app import create_app
-from webui.assistant import MAX_ROUNDS
+from webui.assistant import MAX_ROUNDS, MAX_TOOL_RESULT_CHARS
 
 
 @pytest_asyncio.fixture
@@ -206,3 +206,19 @@ async def test_without_an_llm_the_chat_names_the_setting_and_csv_import_still_wo
         assert imported.status_code == 201 and len(imported.json()["task_ids"]) == 1
     finally:
         await client.aclose()
+
+
+async def test_a_tool_result_too_long_for_the_model_is_cut_as_data_and_stays_valid_json(fakes, chat_client):
+    openai_fake, google = fakes
+    _, client, chat_id = chat_client
+    google.search_answer = "Dentists in Oakland: " + "Bright Smile Dental takes new patients. " * 400
+    google.search_sources = [("Oakland dentists", "https://example.test/dentists")]
+    openai_fake.queue_reply(tool_calls=[{"name": "search_internet", "arguments": {"query": "dentists Oakland"}}])
+    openai_fake.queue_reply(content="I found some.")
+    await client.api("POST", f"/api/chats/{chat_id}/messages", {"text": "Which dentists are there?"})
+    sent = next(m["content"] for m in openai_fake.requests[1]["messages"] if m["role"] == "tool")
+    assert len(google.search_answer) > MAX_TOOL_RESULT_CHARS >= len(sent)
+    result = json.loads(sent)   # the old cut of the JSON text left an unterminated string here
+    assert result["truncated"] is True and result["query"] == "dentists Oakland"
+    assert google.search_answer.startswith(result["answer"]) and len(result["answer"]) > MAX_TOOL_RESULT_CHARS / 2
+    assert result["sources"] == [{"title": "Oakland dentists", "url": "https://example.test/dentists"}]

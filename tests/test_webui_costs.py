@@ -141,3 +141,19 @@ async def test_no_tenant_sees_or_sets_another_tenants_costs_or_budget(two_tenant
         assert await costs.call_scope(db, bob_id, call_id) is None
         assert (await repo.get_campaign(db, alice_id, campaign_id)).budget_microusd == 5_000_000
     assert (await alice.api("GET", "/api/usage")).json()["total_microusd"] == cost
+
+
+async def test_the_budget_notification_is_marked_read_by_its_owner_only(two_tenants):
+    runtime, (alice, alice_id), (bob, _) = two_tenants
+    confirmation = await confirm_plan(runtime.sessions, alice_id, a_plan(budget_usd=0.001), "k")
+    await spend(runtime, alice_id, confirmation.campaign.id, confirmation.task_ids[0])
+    note = (await alice.api("GET", "/api/notifications")).json()["notifications"][-1]
+    assert (note["kind"], note["read"]) == ("campaign.budget_spent", False)
+    refused = await bob.api("POST", f"/api/notifications/{note['id']}/read")   # not his: as if it did not exist
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+    assert (await alice.api("GET", "/api/notifications")).json()["notifications"][-1]["read"] is False
+    for _ in range(2):   # reading it again is no error
+        marked = await alice.api("POST", f"/api/notifications/{note['id']}/read")
+        assert marked.status_code == 200 and marked.json() == {"id": note["id"], "read": True}
+    assert (await alice.api("GET", "/api/notifications")).json()["notifications"][-1]["read"] is True
+    assert (await alice.api("POST", "/api/notifications/99999999999999999999/read")).status_code == 404

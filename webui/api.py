@@ -447,6 +447,17 @@ async def notifications(request: Request) -> Response:
                                             "read": n.read_at is not None} for n in notes]})
 
 
+async def notification_read(request: Request) -> Response:
+    """Mark one of the user's notifications read: `read` in GET /api/notifications says so from then on."""
+    notification_id = _int(request, "notification_id")
+    async with _runtime(request).sessions() as session:
+        if notification_id > MAX_ID or not await repo.mark_notification_read(session, request.state.user_id,
+                                                                              notification_id):
+            raise HttpError(404, "not_found", f"no notification {notification_id}")
+        await session.commit()
+    return JSONResponse({"id": notification_id, "read": True})
+
+
 async def healthz(request: Request) -> Response:
     """For monitoring, no login: 200 when this process and its database work, 503 otherwise (opendeep/health.py)."""
     healthy, report = await health_report(request.app.state.runtime)
@@ -485,4 +496,5 @@ def routes() -> list[Route]:
         api("/api/feedback", feedback_list),
         api("/api/feedback/{request_id:int}/answer", feedback_answer, ["POST"]),
         api("/api/notifications", notifications),
+        api("/api/notifications/{notification_id:int}/read", notification_read, ["POST"]),
     ]

@@ -51,7 +51,7 @@ from webui.routing import BodyLimit, HttpError, SecurityHeaders, error_json, is_
 from webui.status import lights, system_status, waiting_for
 from webui.times import UTC_ZONE, format_when, user_zone
 
-log = logging.getLogger("opendeep.webui")
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 MAX_BODY = 1024 * 1024            # forms and JSON

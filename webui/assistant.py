@@ -31,7 +31,7 @@ from opendeep.settings import Settings
 from webui.lookup_tools import PlacesLookup, SearchProvider, ToolError, default_search_provider
 from webui.plan import PLAN_SCHEMA, validate_plan
 
-log = logging.getLogger("opendeep.webui.assistant")
+log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 8              # model calls per user message
 MAX_PLAN_SUBMISSIONS = 3    # invalid plans the model may fix within one turn
@@ -289,7 +289,46 @@ class UIAssistantService:
         except Exception as exc:  # a bug in a tool must not end the turn; the model can work around it
             log.exception("tool %s failed", name)
             return json.dumps({"error": f"{name} failed unexpectedly ({type(exc).__name__}); try another way"})
-        return json.dumps(result)[:MAX_TOOL_RESULT_CHARS]
+        return bounded_json(result, MAX_TOOL_RESULT_CHARS)
+
+
+def bounded_json(result: Any, limit: int) -> str:
+    """`result` as JSON of at most `limit` characters, and always valid JSON: when it is too long, the data is cut
+    (the last items of the longest list, else the end of the longest text), never the JSON text, and a dict
+    result says `"truncated": true` so the model knows it saw part of it."""
+    text = json.dumps(result)
+    if len(text) <= limit:
+        return text
+    data = {**result, "truncated": True} if isinstance(result, dict) else result
+    data = json.loads(json.dumps(data))   # a copy to cut, in JSON's own types
+    while len(text := json.dumps(data)) > limit:
+        largest = _largest_cuttable(data)
+        if largest is None:
+            return json.dumps({"error": "the result was too large to send", "truncated": True})
+        parent, key = largest
+        value = parent[key]
+        if isinstance(value, list):
+            value.pop()
+        else:   # a text: each character cut shortens the JSON by at least one
+            parent[key] = value[: max(len(value) - (len(text) - limit), 0)]
+    return text
+
+
+def _largest_cuttable(node: Any) -> tuple[Any, Any] | None:
+    """(container, key) of the non-empty list or the text longer than 40 characters whose JSON is largest."""
+    best: tuple[int, Any, Any] | None = None
+    stack = [node]
+    while stack:
+        container = stack.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, value in items:
+            if isinstance(value, dict | list):
+                stack.append(value)
+            if (isinstance(value, list) and value) or (isinstance(value, str) and len(value) > 40):
+                size = len(json.dumps(value))
+                if best is None or size > best[0]:
+                    best = (size, container, key)
+    return None if best is None else (best[1], best[2])
 
 
 __all__ = ["AssistantTurn", "LlmNotConfigured", "UIAssistantService", "history_for_model"]

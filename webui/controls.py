@@ -32,7 +32,7 @@ from db.task_life import TaskMove
 from db.types import utcnow
 from opendeep.runtime import Runtime
 
-log = logging.getLogger("opendeep.webui.controls")
+log = logging.getLogger(__name__)
 
 PAUSABLE = (TaskStatus.PENDING, TaskStatus.RETRY_SCHEDULED, TaskStatus.ON_HOLD)
 LIVE = task_life.LIVE

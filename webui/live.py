@@ -36,7 +36,7 @@ from opendeep.periodic import log_pass_failure
 from opendeep.runtime import Runtime
 from webui.views import feedback_card
 
-log = logging.getLogger("opendeep.webui.live")
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5          # DB catch-up cadence: a question from another process shows within ~0.5 s
 KEEPALIVE_SECONDS = 15.0    # an SSE comment keeps proxies from closing an idle stream

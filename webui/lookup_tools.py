@@ -14,7 +14,7 @@ import httpx
 
 from opendeep.settings import Settings
 
-log = logging.getLogger("opendeep.webui.tools")
+log = logging.getLogger(__name__)
 
 PLACES_FIELD_MASK = ",".join((
     "places.id", "places.displayName", "places.formattedAddress", "places.internationalPhoneNumber",

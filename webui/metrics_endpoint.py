@@ -21,7 +21,7 @@ from opendeep.analyzer import ANALYZABLE_OUTCOMES
 from opendeep.metrics import ANALYZER_QUEUE, REGISTRY
 from webui.routing import HttpError
 
-log = logging.getLogger("opendeep.webui.metrics")
+log = logging.getLogger(__name__)
 
 DATABASE_TIMEOUT_SECONDS = 2.0
 

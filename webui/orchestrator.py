@@ -21,7 +21,7 @@ from opendeep.events import EventHub
 from opendeep.prices import usd_to_microusd
 from webui.plan import validate_plan, voicemail_message_for
 
-log = logging.getLogger("opendeep.webui.orchestrator")
+log = logging.getLogger(__name__)
 
 MAX_SOURCE_KEY = 64
 
