@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo, webhooks
 from db.models import TERMINAL_TASK_STATUSES, Call, CallOutcome, CallStatus, Task, TaskEvent, TaskStatus
 from db.types import utcnow
+from opendeep.best_of import BestOfKeeper
 from opendeep.campaign_goal import GoalPass, HangUp, keep_goals
 from opendeep.periodic import PassCount, run_periodically
 from opendeep.recordings import delete_expired_recordings
@@ -96,6 +97,8 @@ class LifecycleManager:
         self.hang_up = hang_up   # ends a ringing call whose task the goal cancelled (the AMI controller's hangup)
         self.sessions = sessions
         self.events = events
+        self.best_of = BestOfKeeper(settings, sessions, events)   # decides best-of campaigns (opendeep/best_of.py)
+        self._best_of_lock = asyncio.Lock()   # two loops run the goal step: one decision (one LLM request) at a time
         self.passes = PassCount()
         self.stuck_after = timedelta(seconds=settings.stuck_task_seconds)
         # An open call row is only ended once no real call could still be on the line (ringing + the hard call
@@ -134,7 +137,9 @@ class LifecycleManager:
     async def keep_goals(self, now: datetime | None = None) -> int:
         """The goal step of a pass (see opendeep/campaign_goal.py); returns how many tasks it moved."""
         done: GoalPass = await keep_goals(self.sessions, events=self.events, hang_up=self.hang_up, now=now)
-        return len(done.cancelled) + len(done.released)
+        async with self._best_of_lock:
+            decided = await self.best_of.run_once(now)
+        return len(done.cancelled) + len(done.released) + len(decided.decided)
 
     async def run_forever(self, interval: float) -> None:
         """The first pass runs at once (startup after a crash), then every `interval` seconds until cancelled."""
