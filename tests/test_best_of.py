@@ -71,7 +71,8 @@ def test_the_plan_states_what_best_means_and_who_decides():
     missing = {**a_plan(), "best_of": None}
     missing.pop("best_of")
     assert validate_plan(missing).errors == [
-        "best_of: a best_of goal needs best_of.criterion (what makes an offer the best) and best_of.decide (ai or user)"]
+        "best_of: a best_of goal needs best_of.criterion (what makes an offer the best) and best_of.decide "
+        "(ai or user)"]
     bad = a_plan()
     bad["best_of"]["decide"] = "coin"
     assert any(error.startswith("best_of.decide: 'coin' is not one of") for error in validate_plan(bad).errors)
@@ -180,7 +181,8 @@ async def test_no_offer_at_all_is_decided_without_asking_and_reported(sessions, 
 @pytest_asyncio.fixture
 async def web(settings_env, engine, sessions, llm_settings):
     runtime = make_runtime(settings_env, engine, sessions)
-    alice_id, bob_id = await add_user(runtime, "alice"), await add_user(runtime, "bob")
+    alice_id = await add_user(runtime, "alice")
+    await add_user(runtime, "bob")
     app = create_app(runtime)
     alice, bob = WebClient(app), WebClient(app)
     await alice.login("alice")
@@ -209,8 +211,8 @@ async def test_the_user_chooses_through_the_api_once_every_offer_is_in(web, sess
     # Another tenant neither sees nor chooses; a choice that is not an offer is refused and changes nothing.
     assert (await bob.api("GET", path)).status_code == 404
     assert (await bob.api("POST", path, json={"task_id": b})).status_code == 404
-    bobs_id = await _user(sessions, "carol")
-    other_campaign, (other_task, *_) = await _campaign(sessions, bobs_id, decide="user")
+    carol_id = await _user(sessions, "carol")
+    other_campaign, (other_task, *_) = await _campaign(sessions, carol_id, decide="user")
     for bad in (c, other_task, 999_999, "B", None, True):
         refused = await alice.api("POST", path, json={"task_id": bad})
         assert refused.status_code == 400, (bad, refused.text)
@@ -259,3 +261,22 @@ async def test_the_page_lists_the_offers_and_the_form_records_the_choice_with_cs
     assert "Chosen: Shop A</strong>" in page and "closer to home" in page and 'id="best-of-form"' not in page
     campaign = await _campaign_row(sessions, campaign_id)
     assert campaign.goal_type is CampaignGoal.BEST_OF and campaign.best_choice["by"] == "user"
+
+
+def test_the_offer_calls_collect_and_the_follow_up_accepts():
+    from audiosocket.instructions import build_instructions
+    from db.models import User
+
+    campaign = Campaign(id=1, user_id=1, goal_type=CampaignGoal.BEST_OF, best_criterion="lowest price",
+                        best_decide="ai", best_then="book_with_chosen", best_followup_task_id=9, master_prompt="")
+    offer = Task(id=3, target_name="Shop A", phone_number=SHOPS[0][1], objective="Ask the price", language="en",
+                 context={})
+    user = User(username="alice", profile={})
+    text = build_instructions(task=offer, user=user, campaign=campaign)
+    assert ("This call collects an offer; it does not commit. Ask for the offer and every detail needed to compare "
+            "it by: lowest price. Do not accept, book, order, pay or promise anything") in text
+    followup = Task(id=9, target_name="Shop A", phone_number=SHOPS[0][1], objective="Accept the offer", language="en",
+                    context={})
+    assert "it does not commit" not in build_instructions(task=followup, user=user, campaign=campaign)
+    campaign.goal_type = CampaignGoal.EACH_TARGET
+    assert "it does not commit" not in build_instructions(task=offer, user=user, campaign=campaign)
