@@ -21,11 +21,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jsonschema
 import openai
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import CursorResult, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
@@ -222,12 +222,12 @@ async def choose(session: AsyncSession, campaign: Campaign, task_id: int | None,
                                     "offer_task_id": chosen["task_id"]}},
             max_attempts=task.max_attempts, language=task.language, next_action_time=now)
         followup_id = followup.id
-    result = await session.execute(
+    result = cast(CursorResult[Any], await session.execute(
         update(Campaign).where(Campaign.id == campaign.id, Campaign.user_id == campaign.user_id,
                                Campaign.best_decided_at.is_(None))
         .values(best_choice=choice, best_decided_at=now, best_followup_task_id=followup_id,
-                goal_met_task_id=task_id))
-    if result.rowcount != 1:
+                goal_met_task_id=task_id)))
+    if result.rowcount != 1:   # decided meanwhile: the caller's transaction rolls back the follow-up too
         raise ChoiceError("already_decided", "the choice for this campaign has already been made")
     if task_id is not None:
         await repo.record_task_event(session, campaign.user_id, task_id, "goal.chosen", reason.strip()[:500],
@@ -304,16 +304,16 @@ class BestOfKeeper:
 
     async def _decide(self, user_id: int, campaign_id: int, task_id: int | None, reason: str,
                       compared: list[dict[str, Any]], now: datetime, done: BestOfPass) -> None:
-        async with self.sessions() as session, session.begin():
-            campaign = await repo.get_campaign(session, user_id, campaign_id)
-            if campaign is None:
-                return
-            try:
+        try:   # a ChoiceError rolls the whole transaction back (a follow-up task included)
+            async with self.sessions() as session, session.begin():
+                campaign = await repo.get_campaign(session, user_id, campaign_id)
+                if campaign is None:
+                    return
                 choice = await choose(session, campaign, task_id, by="ai" if task_id is not None else "rules",
                                       reason=reason, compared=compared, now=now)
-            except ChoiceError as exc:   # decided meanwhile (the user), or a target was added: next pass
-                log.info("campaign %s: no decision this pass: %s", campaign_id, exc.message)
-                return
+        except ChoiceError as exc:   # decided meanwhile (the user), or a target was added: next pass
+            log.info("campaign %s: no decision this pass: %s", campaign_id, exc.message)
+            return
         done.decided.append(campaign_id)
         log.info("campaign %s: best offer %s (%s)", campaign_id, choice["target"], reason)
         publish_choice(self.events, user_id, campaign_id, choice)
@@ -354,10 +354,10 @@ class BestOfKeeper:
         message = (f"Campaign '{name}': {count} offer(s) collected; choose the best one on the campaign page"
                    + (f" ({why})" if why else "") + ".")
         async with self.sessions() as session, session.begin():
-            asked = await session.execute(
+            asked = cast(CursorResult[Any], await session.execute(
                 update(Campaign).where(Campaign.id == campaign_id, Campaign.user_id == user_id,
                                        Campaign.best_asked_at.is_(None), Campaign.best_decided_at.is_(None))
-                .values(best_asked_at=now))
+                .values(best_asked_at=now)))
             if asked.rowcount != 1:
                 return
             note = await repo.add_notification(session, user_id, "campaign.choice_needed", message,

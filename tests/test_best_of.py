@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
 
@@ -280,3 +281,37 @@ def test_the_offer_calls_collect_and_the_follow_up_accepts():
     assert "it does not commit" not in build_instructions(task=followup, user=user, campaign=campaign)
     campaign.goal_type = CampaignGoal.EACH_TARGET
     assert "it does not commit" not in build_instructions(task=offer, user=user, campaign=campaign)
+
+
+@pytest.mark.parametrize("then", ["report_only", "book_with_chosen"])
+async def test_of_two_racing_choices_one_wins_and_there_is_at_most_one_follow_up(sessions, then):
+    from opendeep.best_of import ChoiceError, choose
+
+    user_id = await _user(sessions, "alice")
+    campaign_id, (a, b, c) = await _campaign(sessions, user_id, then=then)
+    await _offers_in(sessions, a, b, c)
+    late = sessions()
+    try:
+        await late.begin()
+        stale = await repo.get_campaign(late, user_id, campaign_id)   # read before the other choice commits
+        assert stale is not None and stale.best_decided_at is None
+        async with sessions() as session, session.begin():
+            campaign = await repo.get_campaign(session, user_id, campaign_id)
+            assert campaign is not None
+            first = await choose(session, campaign, b, by="user", reason="cheapest")
+        try:
+            await choose(late, stale, a, by="ai", reason="also fine")
+        except ChoiceError as exc:
+            # The conditional UPDATE refuses it; with a follow-up, the late reader may already see that task open.
+            assert exc.code in (("already_decided",) if then == "report_only" else ("already_decided",
+                                                                                    "still_collecting"))
+        else:
+            raise AssertionError("the second choice was accepted")
+        await late.rollback()
+    finally:
+        await late.close()
+    async with sessions() as session:
+        tasks = (await session.scalars(select(Task).where(Task.campaign_id == campaign_id))).all()
+    expected = [first["followup_task_id"]] if then == "book_with_chosen" else []
+    assert [t.id for t in tasks if t.id not in (a, b, c)] == expected
+    assert (await _campaign_row(sessions, campaign_id)).best_choice["task_id"] == b
