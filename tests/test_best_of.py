@@ -315,3 +315,28 @@ async def test_of_two_racing_choices_one_wins_and_there_is_at_most_one_follow_up
     expected = [first["followup_task_id"]] if then == "book_with_chosen" else []
     assert [t.id for t in tasks if t.id not in (a, b, c)] == expected
     assert (await _campaign_row(sessions, campaign_id)).best_choice["task_id"] == b
+
+
+async def test_the_0011_best_of_migration_goes_down_and_up_again(engine, database_url):
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from db.migrate import alembic_config
+
+    config = alembic_config(database_url)
+    added = {"best_criterion", "best_decide", "best_then", "best_choice", "best_decided_at", "best_asked_at",
+             "best_followup_task_id"}
+
+    def migrate(sync_connection, to: str, step) -> set[str]:
+        config.attributes["connection"] = sync_connection
+        step(config, to)
+        return {c["name"] for c in inspect(sync_connection).get_columns("campaigns")}
+
+    async with engine.begin() as connection:
+        down = await connection.run_sync(migrate, "0010_calllog", command.downgrade)
+    try:
+        assert not added & down and "goal_type" in down
+    finally:
+        async with engine.begin() as connection:
+            up = await connection.run_sync(migrate, "head", command.upgrade)
+    assert added <= up
