@@ -392,16 +392,19 @@ def goal_report(campaign: Campaign, rows: list[dict[str, Any]]) -> str:
         return facts or row.get("summary") or row.get("outcome_words") or row["outcome"]
 
     def offered(row: dict[str, Any]) -> str:
-        return said(row) if row["outcome"] in OFFER_OUTCOMES else row.get("outcome_words") or row["outcome"]
+        if row["outcome"] in OFFER_OUTCOMES:
+            return said(row)
+        # No offer: what the call found out ("No stock of 2 kg bags."), else the outcome in words ("not called").
+        return (row.get("summary") if row.get("verdict") else "") or row.get("outcome_words") or row["outcome"]
 
-    others = "; ".join(f"{row['target']}: {offered(row)}" for row in offer_rows if row is not chosen)
+    others = "; ".join(f"{row['target']}: {offered(row).rstrip('.')}" for row in offer_rows if row is not chosen)
     if chosen is None:
         if campaign.best_decided_at is None:
             return f"No choice made: the campaign ended before the best of the {len(offer_rows)} offer(s) was chosen."
         return (f"No offer to choose from: none of the {len(offer_rows)} target(s) made one"
                 + (f" ({others})." if others else "."))
     who = "chosen by the AI" if choice.get("by") == "ai" else "your choice"
-    text = f"Best offer: {chosen['target']} ({said(chosen)}), by {best.criterion}; {who}"
+    text = f"Best offer: {chosen['target']} ({said(chosen).rstrip('.')}), by {best.criterion}; {who}"
     text += f": {choice['reason'].rstrip('.')}." if choice.get("reason") else "."
     if others:
         text += f" Also asked: {others}."

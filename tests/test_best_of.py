@@ -138,7 +138,7 @@ async def test_the_ai_picks_the_best_offer_and_the_follow_up_to_accept_it_is_cre
     report = campaign.summary["goal"]["report"]
     assert report.startswith("Best offer: Shop B (price $12), by lowest price for a 2 kg bag; chosen by the AI: "
                              "Shop B is $2 cheaper than Shop A; Shop C has no stock.")
-    assert "Also asked: Shop A: price $14; Shop C:" in report
+    assert "Also asked: Shop A: price $14; Shop C: No stock of 2 kg bags. Follow-up" in report
     assert report.endswith("Follow-up call to accept it: accepted: Ordered at $12.")
     assert campaign.summary_text.startswith(report) and campaign.status is CampaignStatus.COMPLETED
 
@@ -246,6 +246,9 @@ async def test_the_page_lists_the_offers_and_the_form_records_the_choice_with_cs
     assert f'value="{a}" required >' in page and f'value="{c}" required disabled>' in page   # C made no offer
     assert "price: $12" in page and "no offer (No stock of 2 kg bags.)" in page
     assert (await bob.http.get(f"/campaigns/{campaign_id}")).status_code == 404
+    fragment = await alice.http.get(f"/campaigns/{campaign_id}/best-of")   # the live refresh of the section
+    assert fragment.status_code == 200 and 'id="best-of-form"' in fragment.text
+    assert (await bob.http.get(f"/campaigns/{campaign_id}/best-of")).status_code == 404
 
     without_token = await alice.http.post(f"/campaigns/{campaign_id}/choose", data={"task_id": str(b)})
     assert without_token.status_code == 403

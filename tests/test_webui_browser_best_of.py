@@ -1,6 +1,7 @@
 """A real browser (headless Chromium) at 1280 and 390 px: the plan page states a best-of goal in words (what
-"best" means, who decides, what follows); once the offers are in, the campaign page says it waits for the user's
-choice and lists the offers in a form; the user picks one and the page shows the choice and the follow-up call."""
+"best" means, who decides, what follows); once the offers are in, the open campaign page says (live, without a
+reload) that it waits for the user's choice and lists the offers in a form; the user picks one and the page shows
+the choice and the follow-up call."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ async def test_the_user_sees_the_offers_and_chooses_the_best_on_the_campaign_pag
             await _fits(page, "#plan-goal", width)
             await page.click("#confirm-plan")
             await expect(page.locator("#best-of")).to_contain_text("Collecting offers")
+            await expect(page.locator("body[data-live-ready='1']")).to_have_count(1)   # the live events are on
 
             # The offer calls end (as the analyzer writes them); the decision pass asks the user.
             async with runtime.sessions() as session, session.begin():
@@ -70,7 +72,7 @@ async def test_the_user_sees_the_offers_and_chooses_the_best_on_the_campaign_pag
                         status=TaskStatus.COMPLETED, result={"outcome": "success", "data": {"earliest": slot},
                                                              "summary": f"Earliest cleaning: {slot}."}))
             assert (await BestOfKeeper(runtime.settings, sessions, runtime.events).run_once()).asked == [campaign.id]
-            await page.reload()
+            # No reload: the live event brings the header's note and the choice form.
             await expect(page.locator("#waiting-for-choice")).to_contain_text("Waiting for your choice")
             form = page.locator("#best-of-form")
             await expect(form.locator("label.offer")).to_have_count(2)

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from db import repo
 from opendeep import best_of
 from opendeep.runtime import Runtime
-from webui.pages import _flash, _redirect, _runtime, _text_field
+from webui.pages import _flash, _redirect, _render, _runtime, _text_field
 from webui.routing import HttpError, api, form_data, json_body, not_found, page
 
 REFUSED_STATUS = {"not_an_offer": 400, "invalid_choice": 400}   # the rest: 409 (not now)
@@ -60,6 +60,19 @@ async def api_choice_state(request: Request) -> Response:
     return JSONResponse(state)
 
 
+async def page_best_of_fragment(request: Request) -> Response:
+    """The campaign page's offers-and-choice section, rendered again on live events (app.js)."""
+    campaign_id = int(request.path_params["campaign_id"])
+    async with _runtime(request).sessions() as session:
+        campaign = await repo.get_campaign(session, request.state.user_id, campaign_id)
+        if campaign is None:
+            raise not_found("campaign")
+        state = await best_of.state(session, campaign)
+    if state is None:
+        raise not_found("best-of choice")
+    return _render(request, "_best_of.html", {"best_of": state, "campaign": {"id": campaign_id}})
+
+
 async def api_choose(request: Request) -> Response:
     """POST {"task_id": n, "reason": "..."}: the user picks the best offer."""
     body = await json_body(request)
@@ -96,6 +109,7 @@ def routes() -> list:
     """Listed before the pages' and the API's `/{action}` routes, which would take these paths."""
     return [
         page("/campaigns/{campaign_id:int}/choose", page_choose, ["POST"]),
+        page("/campaigns/{campaign_id:int}/best-of", page_best_of_fragment, ["GET"]),
         api("/api/campaigns/{campaign_id:int}/choice", api_choice_state, ["GET"]),
         api("/api/campaigns/{campaign_id:int}/choice", api_choose, ["POST"]),
     ]
