@@ -343,3 +343,21 @@ async def test_the_0011_best_of_migration_goes_down_and_up_again(engine, databas
         async with engine.begin() as connection:
             up = await connection.run_sync(migrate, "head", command.upgrade)
     assert added <= up
+
+
+async def test_a_campaign_whose_best_offer_is_chosen_takes_no_new_targets(web, sessions, llm_settings):
+    runtime, alice, bob, campaign_id, (a, b, c) = web
+    await _offers_in(sessions, a, b, c)
+    csv = "name,phone_number\nShop D,+14155550104\n"
+    added = await alice.api("POST", f"/api/campaigns/{campaign_id}/targets", content=csv,
+                            headers={"content-type": "text/csv"})
+    assert added.status_code == 201, added.text   # before the choice: one more offer to wait for
+    path = f"/api/campaigns/{campaign_id}/choice"
+    assert (await alice.api("POST", path, json={"task_id": b})).json()["error"]["code"] == "still_collecting"
+    async with sessions() as session, session.begin():
+        await session.execute(update(Task).where(Task.id == added.json()["task_ids"][0]).values(
+            status=TaskStatus.FAILED, result={"outcome": "failed", "summary": "Closed for good.", "data": {}}))
+    assert (await alice.api("POST", path, json={"task_id": b})).status_code == 200
+    refused = await alice.api("POST", f"/api/campaigns/{campaign_id}/targets", content=csv.replace("D,", "E,")
+                              .replace("0104", "0105"), headers={"content-type": "text/csv"})
+    assert refused.status_code == 409 and "best offer of this campaign has been chosen" in refused.text

@@ -117,6 +117,9 @@ def targets_refusal(campaign: Campaign) -> str | None:
     if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED):
         return (f"the campaign is {campaign.status.value}: its summary is final. Start a new campaign for these "
                 f"targets")
+    if campaign.goal_type is CampaignGoal.BEST_OF and campaign.best_decided_at is not None:
+        return ("the best offer of this campaign has been chosen: new targets would not be compared. Start a new "
+                "campaign for these targets")
     return None
 
 
