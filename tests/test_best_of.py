@@ -361,3 +361,13 @@ async def test_a_campaign_whose_best_offer_is_chosen_takes_no_new_targets(web, s
     refused = await alice.api("POST", f"/api/campaigns/{campaign_id}/targets", content=csv.replace("D,", "E,")
                               .replace("0104", "0105"), headers={"content-type": "text/csv"})
     assert refused.status_code == 409 and "best offer of this campaign has been chosen" in refused.text
+
+
+async def test_once_chosen_only_the_follow_up_can_be_called_again(web, sessions):
+    runtime, alice, bob, campaign_id, (a, b, c) = web
+    await _offers_in(sessions, a, b, c)
+    chosen = (await alice.api("POST", f"/api/campaigns/{campaign_id}/choice", json={"task_id": b})).json()
+    refused = await alice.api("POST", f"/api/tasks/{a}/retry-now")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "choice_made"
+    followup = await alice.api("POST", f"/api/tasks/{chosen['followup_task_id']}/call-now")
+    assert followup.status_code == 200, followup.text
