@@ -47,6 +47,7 @@ DEFAULT_CRITERION = "the offer that best meets the campaign's goal"
 OFFER_OUTCOMES = ("success", "partial")   # the analyzer's verdicts of a call that brought back an offer
 FOLLOWUP_KEY = "accepting_offer"          # tasks.context of the follow-up: the offer being accepted
 MAX_OFFERS_TO_MODEL = 200
+MAX_REASON_CHARS = 1000   # the model's (or the user's) reason, shown on the page and in the summary
 
 DECISION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -209,7 +210,8 @@ async def choose(session: AsyncSession, campaign: Campaign, task_id: int | None,
                                           f"{choices}")
     best = settings_of(campaign)
     choice = {"task_id": task_id, "target": chosen["target"] if chosen else None, "by": by,
-              "reason": reason.strip(), "compared": compared or [], "at": now.isoformat()}
+              "reason": reason.strip()[:MAX_REASON_CHARS], "compared": (compared or [])[:MAX_OFFERS_TO_MODEL],
+              "at": now.isoformat()}
     followup_id: int | None = None
     if chosen is not None and best.then == "book_with_chosen":
         task = await repo.get_task(session, campaign.user_id, chosen["task_id"])

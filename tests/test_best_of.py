@@ -371,3 +371,32 @@ async def test_once_chosen_only_the_follow_up_can_be_called_again(web, sessions)
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "choice_made"
     followup = await alice.api("POST", f"/api/tasks/{chosen['followup_task_id']}/call-now")
     assert followup.status_code == 200, followup.text
+
+
+async def test_the_follow_up_is_an_ordinary_task_for_the_scheduler_dnd_and_window_apply(sessions, settings):
+    from datetime import UTC, datetime
+
+    from ami_controller.scheduler import screen_claimed_tasks
+    from opendeep.best_of import choose
+
+    user_id = await _user(sessions, "alice")
+    # Shop B's follow-up: outside the calling window (03:00 UTC is 19:00 in San Francisco); Shop A's: on DND.
+    night = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    followups = {}
+    for name, then_dnd in (("B", False), ("A", True)):
+        campaign_id, (a, b, c) = await _campaign(sessions, user_id, criterion=f"price {name}")
+        await _offers_in(sessions, a, b, c)
+        async with sessions() as session, session.begin():
+            campaign = await repo.get_campaign(session, user_id, campaign_id)
+            assert campaign is not None
+            campaign.window_start, campaign.window_end = "09:00", "17:00"
+            chosen = await choose(session, campaign, b if name == "B" else a, by="user", reason="", now=night)
+            if then_dnd:
+                await repo.add_dnd(session, user_id, SHOPS[0][1], "asked not to be called")
+        followups[name] = chosen["followup_task_id"]
+    async with sessions() as session:
+        claimed = await claim_due_tasks(session, claimer="test", limit=10, now=night)
+    assert sorted(t.id for t in claimed) == sorted(followups.values())
+    screened = await screen_claimed_tasks(sessions, settings, claimed, now=night)
+    assert [t.id for t in screened.cancelled_dnd] == [followups["A"]]
+    assert [t.id for t in screened.rescheduled] == [followups["B"]] and screened.callable == []
