@@ -9,6 +9,7 @@ best offer, the other one, and the follow-up's result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -68,9 +69,9 @@ class OfferModels(ScriptedModels):
         return super().realtime(conn, index)
 
 
-@pytest.fixture
-async def offer_stack(tmp_path):
-    models = OfferModels()
+@contextlib.asynccontextmanager
+async def _stack(tmp_path, models: ScriptedModels):
+    """The scripted models on the fake OpenAI server, the simulator and `opendeep serve`."""
     fake = models.install(FakeOpenAI())
     base_url = await fake.start()
     serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'best.db'}",
@@ -84,7 +85,7 @@ async def offer_stack(tmp_path):
         await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
         await serve.start()
         await eventually(lambda: sim.ami.connected_clients >= 1, 15, 0.1, what="the AMI login")
-        yield serve, sim, models
+        yield serve, sim
     finally:
         try:
             code = await serve.stop()
@@ -94,6 +95,13 @@ async def offer_stack(tmp_path):
             await fake.stop()
     assert code == 0, serve.log_text()
     assert "Traceback" not in serve.log_text(), serve.log_text()
+
+
+@pytest.fixture
+async def offer_stack(tmp_path):
+    models = OfferModels()
+    async with _stack(tmp_path, models) as (serve, sim):
+        yield serve, sim, models
 
 
 async def test_offers_are_collected_the_ai_picks_the_cheapest_and_the_chosen_shop_is_called_back(offer_stack):
@@ -151,3 +159,46 @@ async def test_offers_are_collected_the_ai_picks_the_cheapest_and_the_chosen_sho
     assert {t.id: t.status for t in tasks} == {dear_id: TaskStatus.COMPLETED, cheap_id: TaskStatus.COMPLETED,
                                                followup_id: TaskStatus.COMPLETED}
     assert sorted(c.task_id for c in calls) == sorted([dear_id, cheap_id, followup_id])
+
+
+async def test_the_demo_request_ask_both_dentists_and_let_me_pick_waits_for_the_users_choice(tmp_path):
+    """What `make demo` shows: the assistant reads "let me pick" as best of several (the user decides, the chosen
+    one is booked); both dentists give their earliest slot; the campaign waits for the user's choice; the chosen
+    dentist is called back and books; the summary says which was chosen and what the other offered."""
+    models = ScriptedModels(DEMO_TARGETS, ask_user=True, goal=None)
+    (first, first_number), (second, second_number) = DEMO_TARGETS
+    async with _stack(tmp_path, models) as (serve, sim), httpx.AsyncClient(base_url=serve.web_url, timeout=10) as http:
+        headers = {"x-csrf-token": await _login(http)}
+        chat_id = (await http.post("/api/chats", json={}, headers=headers)).json()["id"]
+        turn = (await http.post(f"/api/chats/{chat_id}/messages", headers=headers, json={
+            "text": "Ask these two dentists for their earliest cleaning next week and let me pick."})).json()
+        assert turn["plan"]["goal_type"] == "best_of" and turn["plan"]["best_of"]["decide"] == "user"
+        assert "Best of several" in (await http.get(f"/chat/{chat_id}")).text
+        confirmed = await http.post(f"/api/chats/{chat_id}/confirm", headers=headers,
+                                    json={"source_key": turn["chat"]["source_key"]})
+        assert confirmed.status_code == 201, confirmed.text
+        campaign_id, (first_id, second_id) = confirmed.json()["campaign_id"], confirmed.json()["task_ids"]
+        for call in [await sim.wait_for_call(timeout=15), await sim.wait_for_call(timeout=15)]:
+            await call.wait_done(timeout=20)
+
+        async def waiting():
+            state = (await http.get(f"/api/campaigns/{campaign_id}/choice")).json()
+            return state if state["phase"] == "waiting_for_choice" else None
+        state = await eventually(waiting, 30, 0.1, what="the request for the user's choice")
+        assert [(o["task_id"], o["facts"]) for o in state["offers"]] == [
+            (first_id, {"earliest": "Thursday at 15:30"}), (second_id, {"earliest": "Tuesday at 10:00"})]
+        assert await _summary(http, campaign_id) is None   # the summary waits for the choice
+        chosen = await http.post(f"/api/campaigns/{campaign_id}/choice", headers=headers,
+                                 json={"task_id": second_id, "reason": "earliest"})
+        assert chosen.status_code == 200, chosen.text
+        follow_up = await sim.wait_for_call(timeout=30)
+        assert follow_up.number == second_number
+        await follow_up.wait_done(timeout=20)
+        summary = await eventually(lambda: _summary(http, campaign_id), 30, 0.1, what="the summary")
+
+    report = summary["summary"]["goal"]["report"]
+    assert report.startswith(f"Best offer: {second} (earliest Tuesday at 10:00), by earliest appointment; your "
+                             "choice: earliest.")
+    assert f"Also asked: {first}: earliest Thursday at 15:30." in report
+    assert report.endswith("Follow-up call to accept it: accepted: Booked the cleaning for Tuesday at 10:00.")
+    assert len(sim.calls) == 3 and [c.number for c in sim.calls].count(first_number) == 1
