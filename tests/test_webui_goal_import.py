@@ -105,8 +105,8 @@ async def test_the_assistant_must_state_the_goal_and_is_told_to_ask_when_unclear
         refused = llm.requests[1]["messages"][-1]["content"]
         assert "goal_type: state each_target, until_one_succeeds or best_of" in refused
         schema = next(t for t in llm.requests[0]["tools"] if t["function"]["name"] == "submit_campaign_plan")
-        assert schema["function"]["parameters"]["properties"]["goal_type"]["enum"] == ["each_target",
-                                                                                      "until_one_succeeds"]
+        assert schema["function"]["parameters"]["properties"]["goal_type"]["enum"] == [
+            "each_target", "until_one_succeeds", "best_of"]
     finally:
         await client.aclose()
         await llm.stop()
