@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from db.models import Campaign, Task, User
+from db.models import Campaign, CampaignGoal, Task, User
+from opendeep import best_of
 from opendeep.campaign_goal import CARRIED_KEY
 
 LANGUAGE_NAMES = {
@@ -61,6 +62,9 @@ def build_instructions(*, task: Task, user: User, campaign: Campaign | None = No
     ]
     if campaign is not None and campaign.master_prompt:
         sections.append(f"Guidance for every call of this campaign:\n{campaign.master_prompt}")
+    # Best of several (opendeep/best_of.py): the offer calls only collect; the follow-up's objective accepts.
+    if campaign is not None and campaign.goal_type is CampaignGoal.BEST_OF and not best_of.is_followup(campaign, task):
+        sections.append(best_of.collect_instruction(best_of.settings_of(campaign), name))
     context = dict(task.context or {})
     # Until-one-succeeds campaigns: what partial outcomes of the targets tried before learned (campaign_goal.py).
     other_targets = context.pop(CARRIED_KEY, None)
@@ -124,6 +128,8 @@ def callback_instructions(*, task: Task, user: User, caller_number: str, campaig
     ]
     if campaign is not None and campaign.master_prompt:
         sections.append(f"Guidance for every call of this campaign:\n{campaign.master_prompt}")
+    if campaign is not None and campaign.goal_type is CampaignGoal.BEST_OF and not best_of.is_followup(campaign, task):
+        sections.append(best_of.collect_instruction(best_of.settings_of(campaign), name))
     if task.context:
         sections.append(f"Context:\n{_render(task.context)}")
     notes = earlier_attempts if earlier_attempts is not None else task.inter_call_context

@@ -69,6 +69,7 @@ class CampaignGoal(enum.StrEnum):
 
     EACH_TARGET = "each_target"                 # every target is called for its own result (ask all 40 shops)
     UNTIL_ONE_SUCCEEDS = "until_one_succeeds"   # targets in turn; the first success cancels the rest
+    BEST_OF = "best_of"                         # every target for an offer, then the best is chosen (best_of.py)
 
 
 class CallStatus(enum.StrEnum):
@@ -209,6 +210,16 @@ class Campaign(Base):
                                                     server_default=CampaignGoal.EACH_TARGET.value)
     parallel_calls: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     goal_met_task_id: Mapped[int | None] = mapped_column(Integer)   # the task whose success met the goal
+    # Best of several (opendeep/best_of.py): what "best" means, who decides ("ai" or "user"), what follows
+    # ("report_only" or "book_with_chosen"); the choice once made (best_decided_at set in the same UPDATE), when
+    # the user was asked to choose, and the follow-up task that accepts the chosen offer.
+    best_criterion: Mapped[str | None] = mapped_column(Text)
+    best_decide: Mapped[str | None] = mapped_column(String(8))
+    best_then: Mapped[str | None] = mapped_column(String(24))
+    best_choice: Mapped[dict[str, Any] | None] = mapped_column()
+    best_decided_at: Mapped[datetime | None] = mapped_column()
+    best_asked_at: Mapped[datetime | None] = mapped_column()
+    best_followup_task_id: Mapped[int | None] = mapped_column(Integer)
     caller_id: Mapped[str | None] = mapped_column(String(80))      # NULL: the CALLER_ID setting
     plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Idempotency key of the confirm that created it: a double click finds this row instead of a second one.

@@ -72,3 +72,4 @@ class AfterCallComponent:
                 await task
         await self.analyzer.close()
         await self.summarizer.close()
+        await self.lifecycle.best_of.close()

@@ -2,6 +2,9 @@
 
 `each_target` (ask all 40 shops): every target is called for its own result; nothing here acts on it.
 
+`best_of` (the best of several offers): every target is called for an offer, then the best is chosen; see
+opendeep/best_of.py.
+
 `until_one_succeeds` (book with one of three dentists): the targets are called in the plan's order,
 `parallel_calls` at a time; the others wait `held` (the scheduler never claims a held task). Each pass of
 `keep_goals`, per such campaign:
@@ -33,6 +36,7 @@ from db import repo, task_life
 from db.models import Call, CallStatus, Campaign, CampaignGoal, CampaignStatus, Task, TaskStatus
 from db.task_life import LIVE, OPEN, TaskMove
 from db.types import utcnow
+from opendeep import best_of
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,12 @@ def parse_goal(value: Any, *, where: str = "goal_type") -> CampaignGoal:
         raise ValueError(f"{where}: {value!r} is not a goal; use one of {accepted}") from None
 
 
-def describe_goal(goal: CampaignGoal | str, parallel_calls: int = 1) -> str:
-    """The goal in words, for the plan page, the campaign page and the summary."""
+def describe_goal(goal: CampaignGoal | str, parallel_calls: int = 1, best: best_of.BestOf | None = None) -> str:
+    """The goal in words, for the plan page, the campaign page and the summary (`best`: a best-of goal's
+    criterion, decider and what follows; opendeep/best_of.py)."""
     goal = CampaignGoal(goal)
+    if goal is CampaignGoal.BEST_OF:
+        return best_of.describe(best or best_of.BestOf())
     if goal is CampaignGoal.UNTIL_ONE_SUCCEEDS:
         pace = ("one call at a time" if parallel_calls <= 1
                 else f"{parallel_calls} calls at a time, the others wait their turn")

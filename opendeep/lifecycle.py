@@ -39,6 +39,7 @@ from db.models import (
 )
 from db.typed import rows_changed
 from db.types import utcnow
+from opendeep.best_of import BestOfKeeper
 from opendeep.campaign_goal import GoalPass, HangUp, keep_goals
 from opendeep.periodic import PassCount, run_periodically
 from opendeep.recordings import delete_expired_recordings
@@ -105,6 +106,10 @@ class LifecycleManager:
         self.hang_up = hang_up   # ends a ringing call whose task the goal cancelled (the AMI controller's hangup)
         self.sessions = sessions
         self.events = events
+        self.best_of = BestOfKeeper(settings, sessions, events)   # decides best-of campaigns (opendeep/best_of.py)
+        # Two loops run the goal step: one best-of decision pass (LLM requests) at a time, and the other loop's
+        # until-one-succeeds moves never wait behind it.
+        self._best_of_lock = asyncio.Lock()
         self.passes = PassCount()
         self.stuck_after = timedelta(seconds=settings.stuck_task_seconds)
         # An open call row is only ended once no real call could still be on the line (ringing + the hard call
@@ -143,7 +148,11 @@ class LifecycleManager:
     async def keep_goals(self, now: datetime | None = None) -> int:
         """The goal step of a pass (see opendeep/campaign_goal.py); returns how many tasks it moved."""
         done: GoalPass = await keep_goals(self.sessions, events=self.events, hang_up=self.hang_up, now=now)
-        return len(done.cancelled) + len(done.released)
+        decided = 0
+        if not self._best_of_lock.locked():   # the other loop is deciding (an LLM request): its turn, not ours
+            async with self._best_of_lock:
+                decided = len((await self.best_of.run_once(now)).decided)
+        return len(done.cancelled) + len(done.released) + decided
 
     async def run_forever(self, interval: float) -> None:
         """The first pass runs at once (startup after a crash), then every `interval` seconds until cancelled."""

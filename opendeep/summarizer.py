@@ -30,6 +30,7 @@ from db.costs import Scope
 from db.models import TERMINAL_TASK_STATUSES, Call, Campaign, CampaignGoal, CampaignStatus, Task, UsageKind
 from db.typed import rows_changed
 from db.types import UTCDateTime, utcnow
+from opendeep import best_of
 from opendeep.campaign_goal import describe_goal
 from opendeep.costs import record_chat_usage
 from opendeep.llm import LlmNotConfigured, LlmRequestError, chat_client, structured_completion
@@ -131,6 +132,8 @@ def count_line(rows: list[dict[str, Any]]) -> str:
 def goal_report(campaign: Campaign, rows: list[dict[str, Any]]) -> str:
     """What the campaign achieved, measured against its goal (rule-based, so the model cannot contradict it)."""
     goal = CampaignGoal(campaign.goal_type or CampaignGoal.EACH_TARGET)
+    if goal is CampaignGoal.BEST_OF:
+        return best_of.goal_report(campaign, rows)
     if goal is CampaignGoal.UNTIL_ONE_SUCCEEDS:
         winner = next((row for row in rows if row["task_id"] == campaign.goal_met_task_id), None)
         if winner is None:
@@ -204,7 +207,8 @@ async def request_summary(client: openai.AsyncOpenAI, model: str, campaign: Camp
     """Ask the LLM for the summary in SUMMARY_SCHEMA; SummaryError on any failure. `on_usage` gets the
     response's token usage (see structured_completion)."""
     facts = {"campaign": campaign.name, "goal": campaign.goal,
-             "goal_type": describe_goal(campaign.goal_type or CampaignGoal.EACH_TARGET, campaign.parallel_calls or 1),
+             "goal_type": describe_goal(campaign.goal_type or CampaignGoal.EACH_TARGET, campaign.parallel_calls or 1,
+                                          best_of.settings_of(campaign)),
              "measured_against_the_goal": goal_report(campaign, rows), "calls": count_line(rows),
              "targets": [{k: row[k] for k in ("target", "status", "outcome", "attempts", "summary", "result")}
                          for row in rows]}
@@ -254,7 +258,9 @@ class CampaignSummarizer:
         async with self.sessions() as session:
             rows = await session.execute(
                 select(Campaign.user_id, Campaign.id)
-                .where(Campaign.summarized_at.is_(None), any_task, ~open_task).order_by(Campaign.id)
+                .where(Campaign.summarized_at.is_(None), any_task, ~open_task,
+                       best_of.not_awaiting_choice())   # a best-of campaign waits for its choice
+                .order_by(Campaign.id)
             )
             return [(user_id, campaign_id) for user_id, campaign_id in rows.all()]
 
@@ -277,7 +283,7 @@ class CampaignSummarizer:
         """Write one campaign's summary; True only for the summarizer whose UPDATE stored it."""
         async with self.sessions() as session:
             campaign = await repo.get_campaign(session, user_id, campaign_id)
-            if campaign is None or campaign.summarized_at is not None:
+            if campaign is None or campaign.summarized_at is not None or best_of.awaits_choice(campaign):
                 return False
             tasks = list(await repo.list_tasks(session, user_id, campaign_id))
             if not tasks or any(not t.status.is_terminal for t in tasks):
@@ -293,7 +299,8 @@ class CampaignSummarizer:
                    "calls": count_line(rows),
                    "goal": {"type": (campaign.goal_type or CampaignGoal.EACH_TARGET).value, "report": report,
                             "in_words": describe_goal(campaign.goal_type or CampaignGoal.EACH_TARGET,
-                                                      campaign.parallel_calls or 1),
+                                                      campaign.parallel_calls or 1, best_of.settings_of(campaign)),
+                            "choice": campaign.best_choice,
                             "met_by_task_id": campaign.goal_met_task_id},
                    "generated_by": generated_by, "generated_at": now.isoformat()}
         # The goal's report comes first: it is what the user asked for.

@@ -10,7 +10,10 @@ summarizer), migrates ./demo.db, creates the user `demo` (password `demo-passwor
 it asks whether you want one appointment in total or one with each (the campaign's goal). Answer "just one": the
 plan says "until one succeeds", the first dentist is called, its call AI asks you which slot to book (answer in
 the page), and once that booking is made the second dentist is not called; the summary says why it stopped.
-Answer "one with each" and both are called. Ctrl-C stops everything. The app's log goes to ./demo-serve.log.
+Answer "one with each" and both are called. Ask instead "ask these two dentists for their earliest cleaning and
+let me pick": the plan says "best of several", both give their earliest slot without booking, the campaign page
+waits for your choice (a form listing both offers), and the one you pick is called back to book it; the summary
+says which was chosen and what the other offered. Ctrl-C stops everything. The app's log goes to ./demo-serve.log.
 
 The simulator plays Asterisk the way tests/test_asterisk_calls.py shows a real Asterisk 22 does (see
 tests/doubles/README.md); with a real Asterisk, `make run` and the dialplan README are the way.
@@ -89,7 +92,10 @@ OpenDeep demo is running: {serve.web_url}
   then chat: "call these two dentists and book me a cleaning next week"; the assistant asks whether
   you want one appointment or one with each: answer "just one", confirm the plan ("until one succeeds"),
   and answer the question the call asks you. Once one dentist has booked you the other is not called,
-  and the campaign's summary says why. The app's log: {serve.log_path}
+  and the campaign's summary says why.
+  Or chat: "ask these two dentists for their earliest cleaning and let me pick" ("best of several"): both
+  give a slot, the campaign page asks you to choose, and the one you pick is called back to book it.
+  The app's log: {serve.log_path}
   Ctrl-C to stop.
 """, flush=True)
         while not stop.is_set():

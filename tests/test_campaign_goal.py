@@ -182,8 +182,10 @@ def test_the_goal_in_words_and_bad_values():
     assert "one call at a time" in describe_goal("until_one_succeeds")
     assert "2 calls at a time" in describe_goal("until_one_succeeds", 2)
     assert parse_goal(None) is CampaignGoal.EACH_TARGET
-    with pytest.raises(ValueError, match="use one of each_target, until_one_succeeds"):
-        parse_goal("best_of")
+    assert parse_goal("best_of") is CampaignGoal.BEST_OF
+    assert describe_goal("best_of").startswith("Best of several")
+    with pytest.raises(ValueError, match="use one of each_target, until_one_succeeds, best_of"):
+        parse_goal("cheapest")
 
 
 

@@ -222,3 +222,39 @@ async def test_a_tool_result_too_long_for_the_model_is_cut_as_data_and_stays_val
     assert result["truncated"] is True and result["query"] == "dentists Oakland"
     assert google.search_answer.startswith(result["answer"]) and len(result["answer"]) > MAX_TOOL_RESULT_CHARS / 2
     assert result["sources"] == [{"title": "Oakland dentists", "url": "https://example.test/dentists"}]
+
+
+# ---------------------------------------------------------------- a best-of goal (opendeep/best_of.py)
+
+BEST_OF = {"criterion": "earliest appointment", "decide": "user", "then": "book_with_chosen"}
+
+
+async def test_a_best_of_plan_needs_its_criterion_and_decider_and_the_page_says_it_in_words(fakes, chat_client):
+    openai_fake, _ = fakes
+    runtime, client, chat_id = chat_client
+    vague = a_plan(goal_type="best_of")
+    openai_fake.queue_reply(tool_calls=[{"name": "submit_campaign_plan", "arguments": vague}])
+    openai_fake.queue_reply(content="I will ask both for their earliest slot; you choose, then I book it.",
+                            tool_calls=[{"name": "submit_campaign_plan",
+                                         "arguments": a_plan(goal_type="best_of", best_of=BEST_OF)}])
+    response = await client.api("POST", f"/api/chats/{chat_id}/messages",
+                                {"text": "Ask both dentists for their earliest cleaning and let me pick"})
+    assert response.status_code == 200, response.text
+    plan = response.json()["plan"]
+    assert plan["goal_type"] == "best_of" and plan["best_of"] == BEST_OF
+
+    first, second = openai_fake.requests
+    system = first["messages"][0]["content"]
+    assert "best_of when the user wants offers compared before choosing one" in system
+    assert "If the criterion, who decides, or whether to book is unclear, ask" in system
+    schema = next(t for t in first["tools"] if t["function"]["name"] == "submit_campaign_plan")["function"]
+    assert "best_of" in schema["parameters"]["properties"]["goal_type"]["enum"]
+    (refused,) = tool_results(second)
+    assert refused["accepted"] is False and refused["errors"] == [
+        "best_of: a best_of goal needs best_of.criterion (what makes an offer the best) and best_of.decide "
+        "(ai or user)"]
+
+    page = (await client.http.get(f"/chat/{chat_id}")).text
+    assert ("Best of several: every target is asked for an offer (nothing is accepted on these calls); then you "
+            "pick the best by \u201cearliest appointment\u201d; the chosen one is then called back to accept its "
+            "offer.") in page

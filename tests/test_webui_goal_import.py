@@ -64,7 +64,7 @@ async def test_the_default_goal_is_each_target_and_a_bad_one_is_refused(alice):
                            headers={"content-type": "text/csv"})
     assert bad.status_code == 400
     assert bad.json()["error"]["message"] == ("goal_type: 'best' is not a goal; use one of each_target, "
-                                              "until_one_succeeds")
+                                              "until_one_succeeds, best_of")
     async with runtime.sessions() as session:
         assert len(await repo.list_campaigns(session, user_id)) == 1
 
@@ -103,10 +103,10 @@ async def test_the_assistant_must_state_the_goal_and_is_told_to_ask_when_unclear
         system = llm.requests[0]["messages"][0]["content"]
         assert "until_one_succeeds" in system and "one appointment in" in system and "ask with" in system
         refused = llm.requests[1]["messages"][-1]["content"]
-        assert "goal_type: state each_target or until_one_succeeds" in refused
+        assert "goal_type: state each_target, until_one_succeeds or best_of" in refused
         schema = next(t for t in llm.requests[0]["tools"] if t["function"]["name"] == "submit_campaign_plan")
-        assert schema["function"]["parameters"]["properties"]["goal_type"]["enum"] == ["each_target",
-                                                                                      "until_one_succeeds"]
+        assert schema["function"]["parameters"]["properties"]["goal_type"]["enum"] == [
+            "each_target", "until_one_succeeds", "best_of"]
     finally:
         await client.aclose()
         await llm.stop()

@@ -33,6 +33,7 @@ from opendeep.runtime import Runtime
 from webui import (
     account,
     api,
+    best_of_choice,
     board,
     callback_settings,
     calllog,
@@ -122,7 +123,8 @@ def create_app(runtime: Runtime, *, assistant: UIAssistantService | None = None,
     secret = runtime.settings.secret_key or secrets.token_urlsafe(32)
     app = Starlette(
         # costs and campaign_edit first: POST /campaigns/{id}/{action} would catch /campaigns/{id}/budget|edit.
-        routes=[*costs.routes(), *campaign_edit.routes(), *pages.routes(), *api.routes(), *transfers.routes(),
+        routes=[*costs.routes(), *campaign_edit.routes(), *best_of_choice.routes(), *pages.routes(), *api.routes(),
+                *transfers.routes(),
                 *webhooks.routes(), *metrics_endpoint.routes(), *callback_settings.routes(), *calllog.routes(),
                 *board.routes(), *chart_pages.routes(), *account.routes(), *status.routes(),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static")],

@@ -85,6 +85,11 @@ callee's time zone; default {window}) and how many attempts per target (default 
   and one success is enough ("book a cleaning with one of three dentists"), listed in the order to try them. If the
   request does not make this clear (e.g. "call these two dentists and book me a cleaning": one appointment in
   total, or one with each?), ask with {ask} before submitting the plan.
+  best_of when the user wants offers compared before choosing one ("find me the cheapest of these three shops"):
+  every call only collects an offer. Then state best_of.criterion (what "best" means, e.g. "lowest price for a
+  2 kg bag", "earliest appointment"), best_of.decide ("ai": you pick by the criterion; "user": the user is shown
+  the offers and picks) and best_of.then ("book_with_chosen": call the chosen one back to accept; "report_only").
+  If the criterion, who decides, or whether to book is unclear, ask with {ask}.
 Today is {today} (UTC). The user's name: {user_name}."""
 
 
@@ -262,7 +267,7 @@ class UIAssistantService:
                 check = validate_plan(arguments, turn.region)
                 errors = list(check.errors)
                 if "goal_type" not in arguments:   # the user confirms the goal: the model must state it
-                    errors.append("goal_type: state each_target or until_one_succeeds (ask the user with "
+                    errors.append("goal_type: state each_target, until_one_succeeds or best_of (ask the user with "
                                   f"{ToolName.ASK} if the request does not say which)")
                 if errors:
                     turn.plan_errors = errors

@@ -189,6 +189,10 @@ async def _check_callable(session, runtime: Runtime, user_id: int, task: Task, c
     if campaign.goal_type is CampaignGoal.UNTIL_ONE_SUCCEEDS and campaign.goal_met_task_id is not None:
         raise EditRefused(409, "goal_met", f"campaign {campaign.id}'s goal was already met (task "
                                            f"{campaign.goal_met_task_id}): no more calls are needed")
+    if (campaign.goal_type is CampaignGoal.BEST_OF and campaign.best_decided_at is not None
+            and task.id != campaign.best_followup_task_id):   # only the call accepting the chosen offer goes on
+        raise EditRefused(409, "choice_made", f"campaign {campaign.id}'s best offer has been chosen: {label} asked "
+                                              "for an offer, which is no longer needed")
     if task.status in (TaskStatus.QUEUED, TaskStatus.IN_PROGRESS) or await live_call_ids(session, user_id, task.id):
         raise EditRefused(409, "already_dialing", f"{label} is being called now: it cannot be called twice")
     if "paused" in (task.context or {}):

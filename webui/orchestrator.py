@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import Campaign, ChatSession, Task, VoicemailAction
+from db.models import Campaign, CampaignGoal, ChatSession, Task, VoicemailAction
+from opendeep.best_of import from_plan as best_of_plan
 from opendeep.campaign_goal import held_at_start, parse_goal
 from opendeep.events import EventHub
 from opendeep.prices import usd_to_microusd
@@ -98,6 +99,9 @@ async def _write(session: AsyncSession, user_id: int, plan: dict[str, Any], sour
     campaign.budget_microusd = usd_to_microusd(plan["budget_usd"]) if plan.get("budget_usd") else None
     goal = parse_goal(plan.get("goal_type"))
     campaign.goal_type, campaign.parallel_calls = goal, int(plan.get("parallel_calls", 1))
+    if goal is CampaignGoal.BEST_OF:   # what "best" means, who decides, what follows (opendeep/best_of.py)
+        best = best_of_plan(plan)
+        campaign.best_criterion, campaign.best_decide, campaign.best_then = best.criterion, best.decide, best.then
     tasks = []
     for index, target in enumerate(plan["targets"]):
         task = await repo.add_task(

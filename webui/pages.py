@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from db import repo
+from opendeep.best_of import from_plan as best_of_plan
 from opendeep.campaign_goal import describe_goal, parse_goal
 from opendeep.llm import LlmNotConfigured
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
@@ -235,7 +236,8 @@ async def chat_page(request: Request) -> Response:
     callback_number = _runtime(request).settings.callback_number_e164
     voicemail = [(target["name"], voicemail_script(message, callback_number))
                  for target in plan.get("targets", []) if (message := voicemail_message_for(plan, target))]
-    goal_in_words = describe_goal(plan.get("goal_type", "each_target"), plan.get("parallel_calls", 1)) if plan else ""
+    goal_in_words = describe_goal(plan.get("goal_type", "each_target"), plan.get("parallel_calls", 1),
+                                  best_of_plan(plan)) if plan else ""
     return _render(request, "chat.html", {"chat": chat, "source_key": source_key, "voicemail": voicemail,
                                           "goal_in_words": goal_in_words,
                                           "scheduled_id": scheduled.id if scheduled else None})

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 
 from db.models import VoicemailAction
+from opendeep.best_of import DECIDERS, THEN
 from opendeep.campaign_goal import MAX_PARALLEL_CALLS
 from opendeep.phone import InvalidPhoneNumber, normalize_e164
 from opendeep.settings import parse_window
@@ -35,11 +36,25 @@ PLAN_SCHEMA: dict[str, Any] = {
                  "description": "short campaign title, e.g. 'Dental cleaning next week'"},
         "goal": {"type": "string", "minLength": 1, "maxLength": 4000,
                  "description": "what the user wants achieved overall"},
-        "goal_type": {"type": "string", "enum": ["each_target", "until_one_succeeds"],
+        "goal_type": {"type": "string", "enum": ["each_target", "until_one_succeeds", "best_of"],
                       "description": "each_target: every target is called for its own result (ask all 40 shops "
                                      "for a quote). until_one_succeeds: the targets are alternatives, called in "
                                      "the listed order until one achieves the goal; the rest are then cancelled "
-                                     "(book one cleaning with one of three dentists)"},
+                                     "(book one cleaning with one of three dentists). best_of: every target "
+                                     "is asked for an offer, nothing is committed; then the best is chosen "
+                                     "(state best_of)"},
+        "best_of": {"type": "object", "additionalProperties": False, "required": ["criterion", "decide"],
+                    "description": "best_of only: what 'best' means and who decides",
+                    "properties": {
+                        "criterion": {"type": "string", "minLength": 1, "maxLength": 500,
+                                      "description": "what makes an offer the best, e.g. 'lowest price for a "
+                                                     "2 kg bag', 'earliest appointment'"},
+                        "decide": {"type": "string", "enum": list(DECIDERS),
+                                   "description": "ai: the AI picks the best offer by the criterion; user: the "
+                                                  "user is shown the offers and picks"},
+                        "then": {"type": "string", "enum": list(THEN),
+                                 "description": "book_with_chosen: call the chosen one back to accept its "
+                                                "offer; report_only: only report the choice (default)"}}},
         "parallel_calls": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL_CALLS,
                            "description": "until_one_succeeds only: targets called at once (default 1)"},
         "master_prompt": {"type": "string", "maxLength": 8000,
@@ -137,10 +152,22 @@ def validate_plan(raw: Any, default_region: str | None = None) -> PlanCheck:
     # API clients and CSV imports may leave the goal out: each target, as campaigns always behaved. The assistant
     # must state it (webui/assistant.py refuses a plan from the model without it).
     plan.setdefault("goal_type", "each_target")
-    if plan["goal_type"] == "each_target":
-        plan.pop("parallel_calls", None)
-    else:
+    if plan["goal_type"] == "until_one_succeeds":
         plan.setdefault("parallel_calls", 1)
+    else:
+        plan.pop("parallel_calls", None)
+    if plan["goal_type"] == "best_of":
+        best = plan.get("best_of")
+        if best is None:
+            errors.append("best_of: a best_of goal needs best_of.criterion (what makes an offer the best) and "
+                          "best_of.decide (ai or user)")
+        else:
+            best["criterion"] = " ".join(best["criterion"].split())
+            best.setdefault("then", "report_only")
+            if not best["criterion"]:
+                errors.append("best_of.criterion: must not be blank")
+    else:
+        plan.pop("best_of", None)
     seen: dict[str, int] = {}
     for index, target in enumerate(plan["targets"]):
         target["name"] = target["name"].strip()

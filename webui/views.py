@@ -28,6 +28,7 @@ from db.models import (
     TaskEvent,
     TaskStatus,
 )
+from opendeep import best_of
 from opendeep.campaign_goal import describe_goal
 from webui.controls import LIVE, PAUSABLE
 from webui.times import format_when
@@ -116,6 +117,9 @@ def targets_refusal(campaign: Campaign) -> str | None:
     if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED):
         return (f"the campaign is {campaign.status.value}: its summary is final. Start a new campaign for these "
                 f"targets")
+    if campaign.goal_type is CampaignGoal.BEST_OF and campaign.best_decided_at is not None:
+        return ("the best offer of this campaign has been chosen: new targets would not be compared. Start a new "
+                "campaign for these targets")
     return None
 
 
@@ -189,6 +193,7 @@ async def campaign_detail(session: AsyncSession, user_id: int, campaign_id: int,
     return {
         "campaign": {**campaign_dict(campaign, counts), "plan": campaign.plan,
                      "master_prompt": campaign.master_prompt},
+        "best_of": await best_of.state(session, campaign),   # the offers and the choice (None: another goal)
         "tasks": [{**task_dict(task), "calls": calls_by_task[task.id], "events": task_events[task.id]}
                   for task in tasks],
         "costs": await costs.campaign_costs(session, user_id, campaign_id),
@@ -270,7 +275,10 @@ def goal_fields(campaign: Campaign) -> dict[str, Any]:
     """The campaign's goal and editable settings (campaign page, API)."""
     goal = campaign.goal_type or CampaignGoal.EACH_TARGET
     return {"goal_type": goal.value, "parallel_calls": campaign.parallel_calls or 1,
-            "goal_in_words": describe_goal(goal, campaign.parallel_calls or 1),
+            "goal_in_words": describe_goal(goal, campaign.parallel_calls or 1, best_of.settings_of(campaign)),
+            # best of several: the user was asked to choose and has not yet (opendeep/best_of.py)
+            "waiting_for_choice": campaign.best_asked_at is not None and campaign.best_decided_at is None
+            and best_of.awaits_choice(campaign),
             "goal_met_task_id": campaign.goal_met_task_id, "caller_id": campaign.caller_id}
 
 

@@ -182,6 +182,11 @@ def generated_speech(seconds: float, seed: int = 7) -> bytes:
     return mulaw(speech_like(seconds, seed=seed))
 
 
+# Best of several (opendeep/best_of.py): each dentist offers its earliest slot; the user picks; the chosen one is
+# called back to book it.
+OFFER_OBJECTIVE = "Ask for their earliest cleaning slot next week; do not book yet."
+OFFER_SLOTS = ("Thursday at 15:30", "Tuesday at 10:00")   # by target, in plan order
+BEST_OF_PLAN = {"criterion": "earliest appointment", "decide": "user", "then": "book_with_chosen"}
 GOAL_QUESTION = ("Do you want one appointment in total (I call them one at a time and stop as soon as one books "
                  "you), or an appointment with each of them?")
 WRAPPED_UP = "Thank you so much, but we no longer need the appointment: it was booked elsewhere. Sorry, goodbye!"
@@ -192,6 +197,8 @@ def goal_from_words(said: str, targets: int) -> str | None:
     if targets <= 1:
         return "each_target"
     text = f" {said.replace(GOAL_QUESTION, ' ').lower()} "   # the page's answer form repeats the question
+    if any(w in text for w in (" let me pick", " i'll pick", " compare ", " cheapest ", " earliest ")):
+        return "best_of"
     if any(w in text for w in (" one of ", "just one", "only one", "one appointment", " one in total", "the first ")):
         return "until_one_succeeds"
     if any(w in text for w in (" each ", " every ", " all ", " both ")):
@@ -233,6 +240,10 @@ class ScriptedModels:
             return {"content": json.dumps(self.analysis(body))}
         if schema == "campaign_summary":
             return {"content": json.dumps(self.summary(body))}
+        if schema == "best_offer_decision":   # the first offer (decide=ai plans; the demo's plan lets the user pick)
+            offer = json.loads(body["messages"][-1]["content"])["offers"][0]
+            return {"content": json.dumps({"chosen_task_id": offer["task_id"], "reason": "It came first.",
+                                           "compared": []})}
         messages = body.get("messages") or []
         last = messages[-1] if messages else {}
         if last.get("role") == "user":
@@ -242,8 +253,10 @@ class ScriptedModels:
                 return {"content": "Before I plan the calls: " + GOAL_QUESTION,
                         "tool_calls": [{"name": "ask_follow_up_questions",
                                         "arguments": {"questions": [GOAL_QUESTION]}}]}
-            words = ("I will call them one at a time, in this order, and stop as soon as one books you."
-                     if goal == "until_one_succeeds" else "I will call each of them.")
+            words = {"until_one_succeeds": "I will call them one at a time, in this order, and stop as soon as one "
+                                           "books you.",
+                     "best_of": "I will ask each of them for their earliest slot without booking; then you pick "
+                                "one and I call it back to book."}.get(goal, "I will call each of them.")
             first = next((str(m.get("content") or "") for m in messages if m.get("role") == "user"), "")
             return {"content": f"Here is a plan for the calls. {words} Check it, then confirm.",
                     "tool_calls": [{"name": "submit_campaign_plan", "arguments": self.plan(first, goal)}]}
@@ -251,6 +264,12 @@ class ScriptedModels:
 
     def plan(self, request: str | None, goal_type: str = "each_target") -> dict[str, Any]:
         goal = (request or "").strip() or "Book a dental cleaning next week."
+        if goal_type == "best_of":
+            return {"name": "Earliest dental cleaning", "goal": goal[:4000], "goal_type": "best_of",
+                    "best_of": dict(BEST_OF_PLAN), "master_prompt": "Be brief and polite.",
+                    "calling_window": always_open_window(self.targets[0][1]), "max_attempts": self.max_attempts,
+                    "targets": [{"name": name, "phone_number": number, "objective": OFFER_OBJECTIVE}
+                                for name, number in self.targets]}
         return {
             "name": "Dental cleaning next week",
             "goal": goal[:4000],
@@ -263,9 +282,17 @@ class ScriptedModels:
                         for name, number in self.targets],
         }
 
-    @staticmethod
-    def analysis(body: dict[str, Any]) -> dict[str, Any]:
+    def analysis(self, body: dict[str, Any]) -> dict[str, Any]:
         facts = json.dumps(body.get("messages") or [])
+        if OFFER_OBJECTIVE in facts or "Accept the offer" in facts:   # best of several: an offer, or its booking
+            index = next((i for i, (name, _) in enumerate(self.targets) if name in facts), 0)
+            slot = OFFER_SLOTS[index % len(OFFER_SLOTS)]
+            booking = "Accept the offer" in facts
+            return {"outcome": "success", "should_retry": False, "retry_at": None, "callback_requested": False,
+                    "add_to_dnd": False, "notes_for_next_call": "",
+                    "summary": f"Booked the cleaning for {slot}." if booking else f"Earliest slot: {slot}.",
+                    "extracted": [{"name": "appointment" if booking else "earliest", "value": slot}],
+                    "reason": "The booking was confirmed." if booking else "The practice gave its earliest slot."}
         if WRAPPED_UP in facts:   # the call AI withdrew the request: the goal was met on another call
             return {"outcome": "failed", "summary": "The request was withdrawn: the goal was met on another call.",
                     "extracted": [], "should_retry": False, "retry_at": None, "callback_requested": False,
@@ -282,6 +309,9 @@ class ScriptedModels:
             facts = json.loads((body.get("messages") or [{}])[-1].get("content") or "{}")
         except ValueError:
             facts = {}
+        if "best of several" in str(facts.get("goal_type", "")).lower():
+            return {"summary": "Both practices gave their earliest slot; the one chosen was booked.",
+                    "key_findings": [], "next_steps": ["Add the appointment to your calendar."]}
         if "until one succeeds" in str(facts.get("goal_type", "")).lower():
             return {"summary": "One cleaning was booked, as asked; the other practices were not needed.",
                     "key_findings": ["Appointments are available next week."],
@@ -300,6 +330,12 @@ class ScriptedModels:
             return FakeResponse(audio=self.speech, transcript=WRAPPED_UP, chunk_interval=REALTIME_CHUNK_SECONDS,
                                 function_call=("end_call", {"outcome": "objective_not_met",
                                                             "summary": "Withdrawn: booked elsewhere."}))
+        instructions = str(conn.session_config().get("instructions") or "")
+        if index == 0 and ("This call collects an offer" in instructions or "Objective of this call: Accept the offer"
+                           in instructions):   # best of several: ask for the slot, or book the chosen one
+            return FakeResponse(audio=self.speech, transcript=greeting, chunk_interval=REALTIME_CHUNK_SECONDS,
+                                callee_reply=DEMO_CALLEE_OFFER,
+                                function_call=("end_call", {"outcome": "objective_met", "summary": "Done."}))
         if index == 0 and not self.ask_user:
             return FakeResponse(audio=self.speech, transcript=greeting, chunk_interval=REALTIME_CHUNK_SECONDS,
                                 function_call=("end_call", {"outcome": "objective_met",

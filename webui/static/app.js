@@ -183,6 +183,13 @@
     ["call.updated", "call.transcript", "campaign.updated"].forEach((kind) => on(kind, () => refreshTasks()));
     on("call.updated", () => refreshFragment("status-strip"));
     on("campaign.updated", refreshHeader);
+    // A best-of campaign's offers and choice form (webui/best_of_choice.py): shown as soon as the choice is due.
+    on("campaign.updated", (data) => {
+      const box = document.getElementById("best-of-box");
+      if (box && String(data.campaign_id) === document.getElementById("campaign-header").dataset.campaignId) {
+        refreshFragment("best-of-box");
+      }
+    });
     on("campaign.summarized", (data) => { refreshHeader(data); reloadList(); });
     on("notification", (data) => toast(data.message, "info", data.id ? "note-" + data.id : null));
     on("ready", () => { document.body.dataset.liveReady = "1"; });
