@@ -7,15 +7,16 @@ from datetime import UTC, datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from db import repo
 from db.engine import create_engine
 from db.migrate import upgrade
-from db.models import Base, TaskStatus
+from db.models import Base, Campaign, Task, TaskStatus
+from db.typed import table_of
+from db.types import utcnow
 from tests.conftest import _pg_admin, _pg_url_for
-from tests.doubles.task_state import put_task
 
 
 def _exists_on(obj, dialect: str) -> bool:
@@ -57,12 +58,20 @@ async def test_0011_gives_tasks_on_hold_until_a_far_future_date_the_time_they_we
     retry_at = datetime(2027, 1, 5, 9, 0, tzinfo=UTC)
     async with sessions() as session:
         user = await repo.create_user(session, "alice", "x")
-        campaign = await repo.create_campaign(session, user.id, name="c")
-        held, paused, waiting = [(await repo.add_task(session, user.id, campaign.id, target_name=name,
-                                                      phone_number="+14155550100")).id for name in "abc"]
-        await put_task(session, user.id, held, TaskStatus.ON_HOLD, next_action_time=datetime(9999, 12, 31, tzinfo=UTC))
-        await put_task(session, user.id, paused, TaskStatus.ON_HOLD, next_action_time=datetime(2999, 1, 1, tzinfo=UTC))
-        await put_task(session, user.id, waiting, TaskStatus.RETRY_SCHEDULED, next_action_time=retry_at)
+        # Core inserts of the columns 0010 has (the models have more, added by later migrations).
+        campaign_id = (await session.execute(insert(table_of(Campaign)).values(
+            user_id=user.id, name="c", goal="", master_prompt="", status="active", plan={},
+            created_at=utcnow()).returning(table_of(Campaign).c.id))).scalar_one()
+
+        async def task(status: TaskStatus, when: datetime) -> int:
+            return (await session.execute(insert(table_of(Task)).values(
+                user_id=user.id, campaign_id=campaign_id, target_name="t", phone_number="+14155550100",
+                status=status, next_action_time=when, attempt_count=0, max_attempts=3, priority=0, objective="",
+                context={}, language="en", inter_call_context="", result={}, created_at=utcnow(),
+                updated_at=utcnow()).returning(table_of(Task).c.id))).scalar_one()
+        held = await task(TaskStatus.ON_HOLD, datetime(9999, 12, 31, tzinfo=UTC))
+        paused = await task(TaskStatus.ON_HOLD, datetime(2999, 1, 1, tzinfo=UTC))
+        waiting = await task(TaskStatus.RETRY_SCHEDULED, retry_at)
         await session.commit()
     await upgrade(fresh_database_url, engine=engine)
     async with sessions() as session:
