@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from ami_controller.call_events import Advance, CallEventMapper, Finish, SetChannel, originate_action_id
+from ami_controller.call_events import (
+    Advance,
+    CallEventMapper,
+    Finish,
+    SetChannel,
+    call_uniqueids,
+    originate_action_id,
+)
 from db.models import CallOutcome, CallStatus
 from tests.asterisk.stack import BUSY, HANGS_UP_FIRST
 
@@ -26,6 +33,10 @@ async def replay(stack, call_id: int) -> list[object]:
     action_id = originate_action_id(call_id)
     await stack.observer.wait_for(lambda m: m.get("Event") == "OriginateResponse" and m.get("ActionID") == action_id,
                                   10, what="the call's OriginateResponse")
+    # The task is finished once OpenDeep's own AMI session saw the hangups; the observer's session may lag.
+    first_half = call_uniqueids(call_id)[0]
+    await stack.observer.wait_for(lambda m: m.get("Event") == "Hangup" and m.get("Uniqueid") == first_half,
+                                  10, what="the call's ;1 Hangup")
     mapper = CallEventMapper()
     mapper.expect(call_id)
     changes: list[object] = []
