@@ -18,12 +18,10 @@ import httpx
 import pytest
 
 from db.models import CampaignStatus, TaskStatus
-from opendeep.settings import load_settings
 from tests.doubles.ami_helpers import eventually
-from tests.doubles.asterisk_sim import AsteriskSim, Callee
-from tests.doubles.fake_openai import DEMO_TARGETS, FakeOpenAI, ScriptedModels, always_open_window
+from tests.doubles.fake_openai import DEMO_TARGETS, ScriptedModels, always_open_window
 from tests.doubles.fake_realtime import FakeRealtimeConnection, FakeResponse
-from tests.doubles.serve_process import ServeProcess
+from tests.doubles.sim_stack import simulator_stack
 from tests.test_e2e_campaign import PASSWORD, USER, _db_rows, _login, _summary, _task_if
 
 (_, CHEAP_NUMBER), (_, DEAR_NUMBER) = DEMO_TARGETS
@@ -72,29 +70,9 @@ class OfferModels(ScriptedModels):
 @contextlib.asynccontextmanager
 async def _stack(tmp_path, models: ScriptedModels):
     """The scripted models on the fake OpenAI server, the simulator and `opendeep serve`."""
-    fake = models.install(FakeOpenAI())
-    base_url = await fake.start()
-    serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'best.db'}",
-                         extra_env={"OPENAI_BASE_URL": base_url, "ORIGINATE_TIMEOUT_SECONDS": "10",
-                                    "SCHEDULER_POLL_SECONDS": "0.2"})
-    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
-                      default_callee=Callee("answer", talk_seconds=30, speech_seconds=1.0))
-    serve.env["AMI_PORT"] = str(await sim.start())
-    try:
-        await serve.cli("db", "upgrade")
-        await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
-        await serve.start()
-        await eventually(lambda: sim.ami.connected_clients >= 1, 15, 0.1, what="the AMI login")
+    async with simulator_stack(tmp_path, models, user=USER, password=PASSWORD, talk_seconds=30, database="best.db",
+                               env={"SCHEDULER_POLL_SECONDS": "0.2"}) as (serve, sim, _):
         yield serve, sim
-    finally:
-        try:
-            code = await serve.stop()
-        finally:
-            serve.kill()
-            await sim.stop()
-            await fake.stop()
-    assert code == 0, serve.log_text()
-    assert "Traceback" not in serve.log_text(), serve.log_text()
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ import asyncio
 import httpx
 import pytest
 
-from opendeep.settings import load_settings
 from tests.doubles.ami_helpers import eventually
-from tests.doubles.asterisk_sim import AsteriskSim, Callee
-from tests.doubles.fake_openai import FakeOpenAI, ScriptedModels
-from tests.doubles.serve_process import ServeProcess
+from tests.doubles.fake_openai import ScriptedModels
+from tests.doubles.sim_stack import simulator_stack
 
 TARGETS = (("Bright Smile Dental", "+14155550101"), ("Golden Gate Dentistry", "+14155550102"),
            ("Oak Dental", "+14155550103"))
@@ -28,29 +26,10 @@ USER, PASSWORD = "alice", "correct horse battery staple"
 @pytest.fixture
 async def stack(tmp_path):
     models = ScriptedModels(targets=TARGETS, ask_user=False)
-    fake = models.install(FakeOpenAI())
-    base_url = await fake.start()
-    serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'budget.db'}",
-                         extra_env={"OPENAI_BASE_URL": base_url, "ORIGINATE_TIMEOUT_SECONDS": "10",
-                                    "MAX_CONCURRENT_CALLS": "1", "MAX_CONCURRENT_CALLS_PER_USER": "1"})
-    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
-                      default_callee=Callee("answer", talk_seconds=25, speech_seconds=1.0))
-    serve.env["AMI_PORT"] = str(await sim.start())
-    try:
-        await serve.cli("db", "upgrade")
-        await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
-        await serve.start()
-        await eventually(lambda: sim.ami.connected_clients >= 1, 15, 0.1, what="the AMI login")
+    async with simulator_stack(tmp_path, models, user=USER, password=PASSWORD, talk_seconds=25, database="budget.db",
+                               env={"MAX_CONCURRENT_CALLS": "1", "MAX_CONCURRENT_CALLS_PER_USER": "1"}
+                               ) as (serve, sim, fake):
         yield serve, sim, fake, models
-    finally:
-        try:
-            code = await serve.stop()
-        finally:
-            serve.kill()
-            await sim.stop()
-            await fake.stop()
-    assert code == 0, serve.log_text()
-    assert "Traceback" not in serve.log_text(), serve.log_text()
 
 
 async def _campaign(http: httpx.AsyncClient, campaign_id: int) -> dict:

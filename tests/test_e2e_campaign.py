@@ -41,15 +41,14 @@ from db.models import (
     Task,
     TaskStatus,
 )
-from opendeep.settings import load_settings
 from tests.asterisk import audio_match
 from tests.doubles.ami_helpers import eventually
-from tests.doubles.asterisk_sim import AsteriskSim, Callee
+from tests.doubles.asterisk_sim import Callee
 from tests.doubles.audiosocket_client import speech_like
 from tests.doubles.fake_ami import pairs_all, pairs_get
-from tests.doubles.fake_openai import DEMO_CALLEE_OFFER, FakeOpenAI, ScriptedModels
+from tests.doubles.fake_openai import DEMO_CALLEE_OFFER, ScriptedModels
 from tests.doubles.fake_realtime import FakeResponse
-from tests.doubles.serve_process import ServeProcess
+from tests.doubles.sim_stack import simulator_stack
 
 NUMBER = "+14155550123"
 USER, PASSWORD = "alice", "correct horse battery staple"
@@ -60,29 +59,9 @@ ANSWER = "Tuesday at 10:00 please."
 async def stack(tmp_path):
     """The fake models, the simulator and `opendeep serve`, all torn down whatever happens."""
     models = ScriptedModels(targets=(("Bright Smile Dental", NUMBER),))
-    fake = models.install(FakeOpenAI())
-    base_url = await fake.start()
-    serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}",
-                         extra_env={"OPENAI_BASE_URL": base_url, "HITL_TIMEOUT_SECONDS": "30",
-                                    "ORIGINATE_TIMEOUT_SECONDS": "10"})
-    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
-                      default_callee=Callee("answer", talk_seconds=25, speech_seconds=1.0))
-    serve.env["AMI_PORT"] = str(await sim.start())
-    try:
-        await serve.cli("db", "upgrade")
-        await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
-        await serve.start()
-        await eventually(lambda: sim.ami.connected_clients >= 1, 15, 0.1, what="the AMI login")
+    async with simulator_stack(tmp_path, models, user=USER, password=PASSWORD, talk_seconds=25,
+                               env={"HITL_TIMEOUT_SECONDS": "30"}) as (serve, sim, fake):
         yield serve, sim, fake, models
-    finally:
-        try:
-            code = await serve.stop()
-        finally:
-            serve.kill()
-            await sim.stop()
-            await fake.stop()
-    assert code == 0, serve.log_text()
-    assert "Traceback" not in serve.log_text(), serve.log_text()
 
 
 async def _login(http: httpx.AsyncClient) -> str:

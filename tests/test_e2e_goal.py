@@ -14,19 +14,16 @@ import httpx
 import pytest
 
 from db.models import CampaignStatus, FeedbackStatus, TaskStatus
-from opendeep.settings import load_settings
 from tests.doubles.ami_helpers import eventually
-from tests.doubles.asterisk_sim import AsteriskSim, Callee
 from tests.doubles.fake_ami import pairs_get
 from tests.doubles.fake_openai import (
     DEMO_TARGETS,
     GOAL_QUESTION,
     WRAPPED_UP,
-    FakeOpenAI,
     ScriptedModels,
     always_open_window,
 )
-from tests.doubles.serve_process import ServeProcess
+from tests.doubles.sim_stack import simulator_stack
 from tests.test_e2e_campaign import PASSWORD, USER, _db_rows, _login, _pending_questions, _summary, _task_if
 
 ANSWER = "Tuesday at 10:00 please."
@@ -37,29 +34,10 @@ ANSWER = "Tuesday at 10:00 please."
 async def goal_stack(tmp_path):
     """The scripted models (reading the goal from the chat), the simulator and `opendeep serve`."""
     models = ScriptedModels(DEMO_TARGETS, goal=None)
-    fake = models.install(FakeOpenAI())
-    base_url = await fake.start()
-    serve = ServeProcess(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'goal.db'}",
-                         extra_env={"OPENAI_BASE_URL": base_url, "HITL_TIMEOUT_SECONDS": "60",
-                                    "ORIGINATE_TIMEOUT_SECONDS": "10", "SCHEDULER_POLL_SECONDS": "0.2"})
-    sim = AsteriskSim(load_settings(serve.settings_env(), dotenv=None), directory=serve.workdir,
-                      default_callee=Callee("answer", talk_seconds=60, speech_seconds=1.0))
-    serve.env["AMI_PORT"] = str(await sim.start())
-    try:
-        await serve.cli("db", "upgrade")
-        await serve.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
-        await serve.start()
-        await eventually(lambda: sim.ami.connected_clients >= 1, 15, 0.1, what="the AMI login")
+    async with simulator_stack(tmp_path, models, user=USER, password=PASSWORD, talk_seconds=60, database="goal.db",
+                               env={"HITL_TIMEOUT_SECONDS": "60", "SCHEDULER_POLL_SECONDS": "0.2"}
+                               ) as (serve, sim, fake):
         yield serve, sim, fake, models
-    finally:
-        try:
-            code = await serve.stop()
-        finally:
-            serve.kill()
-            await sim.stop()
-            await fake.stop()
-    assert code == 0, serve.log_text()
-    assert "Traceback" not in serve.log_text(), serve.log_text()
 
 
 async def _task(http: httpx.AsyncClient, task_id: int) -> dict:
